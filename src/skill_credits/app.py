@@ -1,0 +1,103 @@
+"""create_app(settings): the one place where plugins, routes and resources are wired."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from litestar import Litestar, Router
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from skill_credits.auth import authenticated
+from skill_credits.cache import SkillCache, create_redis
+from skill_credits.db import Database, create_engine
+from skill_credits.errors import internal_error_handler, problem_details_plugin
+from skill_credits.health import healthz, readyz
+from skill_credits.ledger.endpoints import LedgerController
+from skill_credits.settings import Settings
+from skill_credits.skills import service as skills_service
+from skill_credits.skills.endpoints import AdminSkillController, CatalogueController
+
+log = logging.getLogger(__name__)
+REPAIR_INTERVAL_SECONDS = 1.0
+
+
+def provide_db(state: State) -> Database:
+    return state.db
+
+
+def provide_cache(state: State) -> SkillCache:
+    return state.cache
+
+
+async def _repair_cache_forever(db: Database, cache: SkillCache) -> None:
+    """Writes that missed Redis while it was away are made again once it answers."""
+    while True:
+        await asyncio.sleep(REPAIR_INTERVAL_SECONDS)
+        if cache.needs_repair and await cache.ping():
+            try:
+                await skills_service.republish_all(db, cache)
+            except Exception:  # noqa: BLE001 - try again next round
+                cache.needs_repair = True
+
+
+def create_app(settings: Settings) -> Litestar:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        db = Database(create_engine(settings))
+        cache = SkillCache(
+            create_redis(settings.redis_url, settings.redis_timeout),
+            settings.redis_prefix,
+            timeout=settings.redis_timeout,
+            retry_after=settings.redis_retry_after,
+        )
+        app.state.db, app.state.cache = db, cache
+        repair = asyncio.create_task(_repair_cache_forever(db, cache))
+        try:
+            yield
+        finally:
+            repair.cancel()
+            await cache.close()
+            await db.dispose()
+
+    api = Router(
+        path="/",
+        guards=[authenticated],
+        route_handlers=[LedgerController, CatalogueController, AdminSkillController],
+        security=[{"BearerToken": []}],
+    )
+    return Litestar(
+        route_handlers=[api, healthz, readyz],
+        lifespan=[lifespan],
+        dependencies={
+            "db": Provide(provide_db, sync_to_thread=False),
+            "cache": Provide(provide_cache, sync_to_thread=False),
+        },
+        plugins=[problem_details_plugin()],
+        exception_handlers={Exception: internal_error_handler},
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="skill-credits",
+            version="1.0.0",
+            description="Prepaid credits for paid AI tools (skills).",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "BearerToken": SecurityScheme(
+                        type="http", scheme="bearer", description="An API key"
+                    )
+                }
+            ),
+        ),
+        debug=False,
+    )
+
+
+def create_app_from_env() -> Litestar:
+    """Factory for uvicorn workers: each process reads its settings from the environment."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,127 @@
+"""The `skill-credits` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from skill_credits.settings import Settings
+
+
+async def _with_connection(settings: Settings, work):
+    from skill_credits.db import Database, create_engine
+
+    db = Database(create_engine(settings))
+    try:
+        async with db.engine.begin() as conn:
+            return await work(conn)
+    finally:
+        await db.dispose()
+
+
+def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
+    from skill_credits.migrate import migrate
+
+    migrate(settings)
+    print("database is at the newest schema")
+    return 0
+
+
+def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    from skill_credits.auth import create_key
+
+    key = asyncio.run(_with_connection(settings, lambda c: create_key(c, args.name, args.role)))
+    print(f"created {key.role} key {key.name!r}; it is shown once, store it now:")
+    print(key.token)
+    return 0
+
+
+def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from skill_credits.auth import revoke_key
+
+    if asyncio.run(_with_connection(settings, lambda c: revoke_key(c, args.name))):
+        print(f"revoked key {args.name!r}")
+        return 0
+    print(f"no live key named {args.name!r}", file=sys.stderr)
+    return 1
+
+
+def cmd_reconcile(settings: Settings, _: argparse.Namespace) -> int:
+    from skill_credits.ledger.repository import reconcile
+
+    problems = asyncio.run(_with_connection(settings, reconcile))
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{len(problems)} difference(s) found", file=sys.stderr)
+        return 1
+    print("every balance matches its log")
+    return 0
+
+
+async def _bootstrap_admin(settings: Settings) -> str | None:
+    """On first start, with no live admin key, make one so a newcomer can log in."""
+    from skill_credits.auth import create_key, has_admin_key
+
+    async def work(conn):
+        if await has_admin_key(conn):
+            return None
+        return (await create_key(conn, "admin", "admin")).token
+
+    return await _with_connection(settings, work)
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    token = asyncio.run(_bootstrap_admin(settings))
+    if token:
+        print("No admin key existed, so one named 'admin' was created. It is shown once:")
+        print(f"  {token}")
+        sys.stdout.flush()
+    uvicorn.run(
+        "skill_credits.app:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=os.environ.get("LOG_LEVEL", "warning"),
+        access_log=False,
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skill-credits", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="create the database if missing, upgrade to head").set_defaults(
+        run=cmd_migrate
+    )
+    serve = sub.add_parser("serve", help="serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(run=cmd_serve)
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys", required=True)
+    create = keys.add_parser("create", help="create a key; prints it on the last line")
+    create.add_argument("--role", choices=("admin", "service"), required=True)
+    create.add_argument("--name", required=True)
+    create.set_defaults(run=cmd_keys_create)
+    revoke = keys.add_parser("revoke", help="revoke the live key with this name")
+    revoke.add_argument("name")
+    revoke.set_defaults(run=cmd_keys_revoke)
+    sub.add_parser("reconcile", help="check balances against the log; exit 1 if any differ").set_defaults(
+        run=cmd_reconcile
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.run(Settings.from_env(), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Response, get
+from sqlalchemy import text
+
+from skill_credits.cache import SkillCache
+from skill_credits.db import Database
+
+
+@get("/healthz", tags=["operations"], summary="The process lives")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", tags=["operations"], summary="PostgreSQL answers (and is Redis up?)")
+async def readyz(db: Database, cache: SkillCache) -> Response[dict[str, str]]:
+    try:
+        async with asyncio.timeout(1.5):
+            async with db.autocommit.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        postgres = "up"
+    except Exception:  # noqa: BLE001 - any failure means "not ready"
+        postgres = "down"
+    redis = "up" if await cache.ping() else "down"
+    status = 200 if postgres == "up" else 503
+    return Response({"postgres": postgres, "redis": redis}, status_code=status)

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+
+from skill_credits.auth import principal_of
+from skill_credits.cache import SkillCache
+from skill_credits.db import Database
+from skill_credits.errors import ApiError, validation_error
+from skill_credits.ledger import repository as repo
+from skill_credits.ledger import service
+from skill_credits.ledger.schemas import (
+    TRANSACTION_TYPES,
+    ChargeIn,
+    CreditIn,
+    RefundIn,
+    Transaction,
+    TransactionPage,
+    User,
+)
+from skill_credits.validation import idempotency_key, path_user_id, path_uuid
+
+IdempotencyKey = Parameter(
+    header="Idempotency-Key",
+    default=None,
+    required=False,
+    description="1-255 printable ASCII characters; a repeat replays the first answer",
+)
+
+
+def created(written: service.Written) -> Response[Transaction]:
+    headers = {"Idempotent-Replayed": "true"} if written.replayed else {}
+    return Response(written.transaction, status_code=201, headers=headers)
+
+
+def user_not_found(user_id: str) -> ApiError:
+    return ApiError(404, "user_not_found", f"no user {user_id}")
+
+
+class LedgerController(Controller):
+    path = "/v1"
+    tags = ["ledger"]
+
+    @post("/charges", summary="Charge a skill at its current cost")
+    async def charge(
+        self,
+        request: Request,
+        data: ChargeIn,
+        db: Database,
+        cache: SkillCache,
+        key: str | None = IdempotencyKey,
+    ) -> Response[Transaction]:
+        idempotency_key(key)
+        digest = service.request_hash("POST", "/v1/charges", data)
+        async with db.autocommit.connect() as conn:
+            return created(await service.charge(conn, cache, data, key, digest))
+
+    @post("/users/{user_id:str}/credits", summary="Add (or, as admin, adjust) credits")
+    async def add_credits(
+        self,
+        request: Request,
+        user_id: str,
+        data: CreditIn,
+        db: Database,
+        key: str | None = IdempotencyKey,
+    ) -> Response[Transaction]:
+        path_user_id(user_id)
+        idempotency_key(key)
+        if data.type == "ADJUSTMENT" and not principal_of(request).is_admin:
+            raise ApiError(403, "forbidden", "ADJUSTMENT needs an admin key")
+        digest = service.request_hash("POST", f"/v1/users/{user_id}/credits", data)
+        async with db.autocommit.connect() as conn:
+            return created(await service.add_credits(conn, user_id, data, key, digest))
+
+    @get("/users/{user_id:str}", summary="A user's balance")
+    async def get_user(self, user_id: str, db: Database) -> User:
+        path_user_id(user_id)
+        async with db.autocommit.connect() as conn:
+            user = await repo.get_user(conn, user_id)
+        if user is None:
+            raise user_not_found(user_id)
+        return user
+
+    @get("/users/{user_id:str}/transactions", summary="A user's log, newest first")
+    async def list_transactions(
+        self,
+        user_id: str,
+        db: Database,
+        limit: int = Parameter(default=50, ge=1, le=200),
+        cursor: str | None = Parameter(default=None, required=False, max_length=64),
+        tx_type: str | None = Parameter(query="type", default=None, required=False),
+    ) -> TransactionPage:
+        path_user_id(user_id)
+        before = None
+        if cursor is not None and (before := repo.decode_cursor(cursor)) is None:
+            raise validation_error("cursor", "is not a cursor this API returned")
+        if tx_type is not None and tx_type not in TRANSACTION_TYPES:
+            raise validation_error("type", f"must be one of {', '.join(TRANSACTION_TYPES)}")
+        async with db.autocommit.connect() as conn:
+            if await repo.get_user(conn, user_id) is None:
+                raise user_not_found(user_id)
+            items, next_cursor = await repo.page(conn, user_id, limit, before, tx_type)
+        return TransactionPage(items, next_cursor)
+
+    @get("/transactions/{tx_id:str}", summary="One transaction")
+    async def get_transaction(self, tx_id: str, db: Database) -> Transaction:
+        tx_uuid = str(path_uuid(tx_id))
+        async with db.autocommit.connect() as conn:
+            row = await repo.get_transaction(conn, tx_uuid)
+        if row is None:
+            raise ApiError(404, "transaction_not_found", f"no transaction {tx_id}")
+        return repo.transaction_from_row(row)
+
+    @post("/transactions/{tx_id:str}/refund", summary="Refund a CONSUMPTION in full, once")
+    async def refund(
+        self,
+        tx_id: str,
+        db: Database,
+        data: RefundIn | None = None,
+        key: str | None = IdempotencyKey,
+    ) -> Response[Transaction]:
+        tx_uuid = str(path_uuid(tx_id))
+        idempotency_key(key)
+        body = data or RefundIn()
+        digest = service.request_hash("POST", f"/v1/transactions/{tx_uuid}/refund", body)
+        async with db.autocommit.connect() as conn:
+            return created(await service.refund(conn, tx_uuid, body, key, digest))

@@ -1,0 +1,270 @@
+"""Every query of the ledger.
+
+The writes are single statements (CTEs): each guards the balance in its WHERE,
+changes it and inserts the log row, so in autocommit each is its own transaction and
+one round trip. ``users.hold_seq`` makes them safe against concurrent hold changes: a
+statement that waited for a hold change sees a new ``hold_seq`` on re-check and writes
+nothing, and its caller retries with a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from skill_credits.ledger.schemas import Transaction, User
+
+TX_COLUMNS = (
+    "id::text AS id, user_id, type, amount, balance_after, skill, units, unit_cost,"
+    " description, refund_of::text AS refund_of, created_at"
+)
+RESERVED = (
+    "(SELECT coalesce(sum(h.amount), 0)::bigint FROM holds h"
+    " WHERE h.user_id = :user_id AND h.status = 'held' AND h.expires_at > now())"
+)
+UNCHANGED_HOLDS = "users.hold_seq = (SELECT u0.hold_seq FROM users u0 WHERE u0.user_id = :user_id)"
+KEY_UNUSED = (
+    "NOT EXISTS (SELECT 1 FROM transactions k"
+    " WHERE k.user_id = :user_id AND k.idempotency_key = CAST(:key AS text))"
+)
+
+CHARGE = text(f"""
+WITH s AS (
+    SELECT id, name, display_name, description, cost, is_active, version, created_at, updated_at
+    FROM skills
+    WHERE name = :skill AND is_active
+      AND (CAST(:version AS integer) IS NULL OR version = CAST(:version AS integer))
+), u AS (
+    UPDATE users SET credits = users.credits - s.cost * CAST(:units AS integer)
+    FROM s
+    WHERE users.user_id = :user_id
+      AND {UNCHANGED_HOLDS}
+      AND users.credits - {RESERVED} >= s.cost * CAST(:units AS integer)
+      AND {KEY_UNUSED}
+    RETURNING users.credits, s.id AS s_id, s.name AS s_name, s.display_name AS s_display_name,
+              s.description AS s_description, s.cost AS s_cost, s.version AS s_version,
+              s.created_at AS s_created_at, s.updated_at AS s_updated_at
+), t AS (
+    INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill, units,
+                              unit_cost, description, idempotency_key, request_hash)
+    SELECT :user_id, 'CONSUMPTION', -(u.s_cost * CAST(:units AS integer)), u.credits, u.s_id,
+           u.s_name, CAST(:units AS integer), u.s_cost, CAST(:description AS text),
+           CAST(:key AS text), CAST(:hash AS bytea)
+    FROM u
+    RETURNING {TX_COLUMNS}
+)
+SELECT t.*, u.s_id::text AS s_id, u.s_name, u.s_display_name, u.s_description, u.s_cost,
+       u.s_version, u.s_created_at, u.s_updated_at
+FROM t, u
+""")
+
+CREDIT = text(f"""
+WITH u AS (
+    INSERT INTO users AS usr (user_id, credits)
+    SELECT :user_id, CAST(:amount AS bigint)
+    WHERE {KEY_UNUSED}
+    ON CONFLICT (user_id) DO UPDATE SET credits = usr.credits + EXCLUDED.credits
+    RETURNING usr.credits
+)
+INSERT INTO transactions (user_id, type, amount, balance_after, description, idempotency_key,
+                          request_hash)
+SELECT :user_id, :type, CAST(:amount AS bigint), u.credits, CAST(:description AS text),
+       CAST(:key AS text), CAST(:hash AS bytea)
+FROM u
+RETURNING {TX_COLUMNS}
+""")
+
+DEBIT = text(f"""
+WITH u AS (
+    UPDATE users SET credits = users.credits + CAST(:amount AS bigint)
+    WHERE users.user_id = :user_id
+      AND {UNCHANGED_HOLDS}
+      AND users.credits - {RESERVED} >= -CAST(:amount AS bigint)
+      AND {KEY_UNUSED}
+    RETURNING users.credits
+)
+INSERT INTO transactions (user_id, type, amount, balance_after, description, idempotency_key,
+                          request_hash)
+SELECT :user_id, :type, CAST(:amount AS bigint), u.credits, CAST(:description AS text),
+       CAST(:key AS text), CAST(:hash AS bytea)
+FROM u
+RETURNING {TX_COLUMNS}
+""")
+
+REFUND = text(f"""
+WITH o AS (
+    SELECT o.id, o.user_id, o.amount FROM transactions o
+    WHERE o.id = CAST(:id AS uuid) AND o.type = 'CONSUMPTION'
+      AND NOT EXISTS (SELECT 1 FROM transactions r WHERE r.refund_of = o.id)
+      AND NOT EXISTS (SELECT 1 FROM transactions k
+                      WHERE k.user_id = o.user_id AND k.idempotency_key = CAST(:key AS text))
+), u AS (
+    UPDATE users SET credits = users.credits - o.amount
+    FROM o
+    WHERE users.user_id = o.user_id
+    RETURNING users.user_id, users.credits, o.id AS refund_of, o.amount
+)
+INSERT INTO transactions (user_id, type, amount, balance_after, refund_of, description,
+                          idempotency_key, request_hash)
+SELECT u.user_id, 'REFUND', -u.amount, u.credits, u.refund_of, CAST(:description AS text),
+       CAST(:key AS text), CAST(:hash AS bytea)
+FROM u
+RETURNING {TX_COLUMNS}
+""")
+
+
+def transaction_from_row(row: Any) -> Transaction:
+    return Transaction(
+        id=row.id,
+        user_id=row.user_id,
+        type=row.type,
+        amount=row.amount,
+        balance_after=row.balance_after,
+        skill=row.skill,
+        units=row.units,
+        unit_cost=row.unit_cost,
+        description=row.description,
+        refund_of=row.refund_of,
+        created_at=row.created_at,
+    )
+
+
+async def charge(conn: AsyncConnection, params: dict[str, Any]) -> Row | None:
+    return (await conn.execute(CHARGE, params)).first()
+
+
+async def credit(conn: AsyncConnection, params: dict[str, Any]) -> Row | None:
+    statement = CREDIT if params["amount"] > 0 else DEBIT
+    return (await conn.execute(statement, params)).first()
+
+
+async def refund(conn: AsyncConnection, params: dict[str, Any]) -> Row | None:
+    return (await conn.execute(REFUND, params)).first()
+
+
+async def by_idempotency_key(conn: AsyncConnection, user_id: str, key: str) -> Row | None:
+    return (
+        await conn.execute(
+            text(
+                f"SELECT {TX_COLUMNS}, request_hash FROM transactions"
+                " WHERE user_id = :user_id AND idempotency_key = :key"
+            ),
+            {"user_id": user_id, "key": key},
+        )
+    ).first()
+
+
+async def get_user(conn: AsyncConnection, user_id: str) -> User | None:
+    row = (
+        await conn.execute(
+            text(
+                f"SELECT user_id, credits, {RESERVED} AS reserved, created_at"
+                " FROM users WHERE user_id = :user_id"
+            ),
+            {"user_id": user_id},
+        )
+    ).first()
+    if row is None:
+        return None
+    return User(
+        user_id=row.user_id,
+        credits=row.credits,
+        reserved=row.reserved,
+        available=row.credits - row.reserved,
+        created_at=row.created_at,
+    )
+
+
+async def get_transaction(conn: AsyncConnection, tx_id: str) -> Row | None:
+    return (
+        await conn.execute(
+            text(
+                f"SELECT {TX_COLUMNS},"
+                " EXISTS (SELECT 1 FROM transactions r WHERE r.refund_of = t.id) AS refunded"
+                " FROM transactions t WHERE id = CAST(:id AS uuid)"
+            ),
+            {"id": tx_id},
+        )
+    ).first()
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int | None:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    if not raw.startswith("s") or not raw[1:].isdigit() or len(raw) > 20:
+        return None
+    return int(raw[1:])
+
+
+async def page(
+    conn: AsyncConnection, user_id: str, limit: int, before_seq: int | None, tx_type: str | None
+) -> tuple[list[Transaction], str | None]:
+    """Keyset page, newest first: an index range scan on (user_id[, type], seq DESC)."""
+    where = ["user_id = :user_id"]
+    if tx_type is not None:
+        where.append("type = :type")
+    if before_seq is not None:
+        where.append("seq < :before")
+    rows = (
+        await conn.execute(
+            text(
+                f"SELECT {TX_COLUMNS}, seq FROM transactions WHERE {' AND '.join(where)}"
+                " ORDER BY seq DESC LIMIT :limit"
+            ),
+            {"user_id": user_id, "type": tx_type, "before": before_seq, "limit": limit + 1},
+        )
+    ).all()
+    items = [transaction_from_row(r) for r in rows[:limit]]
+    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
+    return items, next_cursor
+
+
+async def reconcile(conn: AsyncConnection) -> list[str]:
+    """Every way the stored balances and the log disagree, as human-readable lines."""
+    problems: list[str] = []
+    rows = await conn.execute(
+        text(
+            "SELECT u.user_id, u.credits, coalesce(sum(t.amount), 0) AS total"
+            " FROM users u LEFT JOIN transactions t ON t.user_id = u.user_id"
+            " GROUP BY u.user_id, u.credits HAVING u.credits <> coalesce(sum(t.amount), 0)"
+        )
+    )
+    for r in rows:
+        problems.append(f"user {r.user_id}: credits {r.credits} but the log sums to {r.total}")
+    rows = await conn.execute(
+        text(
+            "SELECT id, user_id, balance_after, running FROM ("
+            "  SELECT id, user_id, balance_after,"
+            "         sum(amount) OVER (PARTITION BY user_id ORDER BY seq) AS running"
+            "  FROM transactions) x WHERE balance_after <> running"
+        )
+    )
+    for r in rows:
+        problems.append(
+            f"transaction {r.id} of {r.user_id}: balance_after {r.balance_after}"
+            f" but the log up to it sums to {r.running}"
+        )
+    rows = await conn.execute(
+        text(
+            "SELECT u.user_id, u.credits, latest.balance_after FROM users u"
+            " JOIN LATERAL (SELECT balance_after FROM transactions t WHERE t.user_id = u.user_id"
+            "               ORDER BY seq DESC LIMIT 1) latest ON true"
+            " WHERE latest.balance_after <> u.credits"
+        )
+    )
+    for r in rows:
+        problems.append(
+            f"user {r.user_id}: credits {r.credits} but the last balance_after is {r.balance_after}"
+        )
+    return problems

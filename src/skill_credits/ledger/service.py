@@ -1,0 +1,207 @@
+"""Money moves here. Each write is one statement in autocommit (its own transaction).
+
+When a statement writes nothing, the failure path reads what it needs to answer
+precisely (replay, 404, 403, 402) and, when the answer is "something changed under
+us" (a new skill version, a concurrent hold), runs the statement again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from skill_credits.cache import SkillCache
+from skill_credits.db import constraint_name, sqlstate
+from skill_credits.errors import ApiError, validation_error
+from skill_credits.ledger import repository as repo
+from skill_credits.ledger.schemas import ChargeIn, CreditIn, RefundIn, Transaction
+from skill_credits.skills import repository as skills_repo
+from skill_credits.skills.schemas import Skill
+
+MAX_ATTEMPTS = 5
+IDEMPOTENCY_CONSTRAINTS = {"transactions_idempotency"}
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    transaction: Transaction
+    replayed: bool = False
+
+
+def request_hash(method: str, path: str, body: msgspec.Struct | None) -> bytes:
+    """What makes two requests "the same" for an Idempotency-Key: route, path, decoded body."""
+    encoded = msgspec.json.encode(body) if body is not None else b""
+    return hashlib.sha256(f"{method} {path}\n".encode() + encoded).digest()
+
+
+async def _replay(conn: AsyncConnection, user_id: str, key: str | None, digest: bytes):
+    """The stored answer for ``key``, 422 if it was used for another request, else None."""
+    if key is None:
+        return None
+    row = await repo.by_idempotency_key(conn, user_id, key)
+    if row is None:
+        return None
+    if bytes(row.request_hash) != digest:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request",
+        )
+    return Written(repo.transaction_from_row(row), replayed=True)
+
+
+def _is_unique_violation(exc: sa_exc.IntegrityError, names: set[str]) -> bool:
+    return sqlstate(exc) == "23505" and constraint_name(exc) in names
+
+
+def _overflow(exc: sa_exc.DBAPIError) -> bool:
+    return sqlstate(exc) == "22003"
+
+
+def insufficient(credits: int, available: int, required: int) -> ApiError:
+    return ApiError(
+        402,
+        "insufficient_credits",
+        f"available credits {available} are below the {required} required",
+        extra={"credits": credits, "available": available, "required": required},
+    )
+
+
+def _skill_from_charge_row(row: Any) -> Skill:
+    return Skill(
+        id=row.s_id,
+        name=row.s_name,
+        display_name=row.s_display_name,
+        description=row.s_description,
+        cost=row.s_cost,
+        is_active=True,
+        version=row.s_version,
+        created_at=row.s_created_at,
+        updated_at=row.s_updated_at,
+    )
+
+
+async def charge(
+    conn: AsyncConnection, cache: SkillCache, data: ChargeIn, key: str | None, digest: bytes
+) -> Written:
+    cached = await cache.get(data.skill)
+    version = cached.version if cached is not None else None
+    params = {
+        "skill": data.skill,
+        "version": version,
+        "user_id": data.user_id,
+        "units": data.units,
+        "description": data.description,
+        "key": key,
+        "hash": digest,
+    }
+    for _ in range(MAX_ATTEMPTS):
+        try:
+            row = await repo.charge(conn, params)
+        except sa_exc.IntegrityError as exc:
+            if not _is_unique_violation(exc, IDEMPOTENCY_CONSTRAINTS):
+                raise
+            row = None  # a concurrent request with this key won; answer as it did
+        if row is not None:
+            if cached is None or cached.version != row.s_version:
+                await cache.put(_skill_from_charge_row(row))
+            return Written(repo.transaction_from_row(row))
+
+        if (done := await _replay(conn, data.user_id, key, digest)) is not None:
+            return done
+        skill = await skills_repo.get(conn, data.skill)
+        if skill is None:
+            raise ApiError(404, "skill_not_found", f"no skill named {data.skill}")
+        if params["version"] is not None and skill.version != params["version"]:
+            await cache.put(skill)  # the cache was behind: price at the current version
+            params["version"] = skill.version
+            cached = skill
+            continue
+        if not skill.is_active:
+            raise ApiError(403, "skill_disabled", f"{data.skill} is disabled")
+        user = await repo.get_user(conn, data.user_id)
+        if user is None:
+            raise ApiError(404, "user_not_found", f"no user {data.user_id}")
+        required = skill.cost * data.units
+        if user.available < required:
+            raise insufficient(user.credits, user.available, required)
+        # A hold or an edit changed between the statement and these reads: try again.
+    raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
+
+
+async def add_credits(
+    conn: AsyncConnection, user_id: str, data: CreditIn, key: str | None, digest: bytes
+) -> Written:
+    params = {
+        "user_id": user_id,
+        "type": data.type,
+        "amount": data.amount,
+        "description": data.description,
+        "key": key,
+        "hash": digest,
+    }
+    for _ in range(MAX_ATTEMPTS):
+        try:
+            row = await repo.credit(conn, params)
+        except sa_exc.IntegrityError as exc:
+            if not _is_unique_violation(exc, IDEMPOTENCY_CONSTRAINTS):
+                raise
+            row = None
+        except sa_exc.DBAPIError as exc:
+            if _overflow(exc):
+                raise validation_error(
+                    "amount", "the balance would pass the 64-bit range"
+                ) from None
+            raise
+        if row is not None:
+            return Written(repo.transaction_from_row(row))
+        if (done := await _replay(conn, user_id, key, digest)) is not None:
+            return done
+        if data.amount > 0:
+            continue  # only a concurrent key could stop an upsert
+        user = await repo.get_user(conn, user_id)
+        if user is None:
+            raise ApiError(404, "user_not_found", f"no user {user_id}")
+        if user.available < -data.amount:
+            raise insufficient(user.credits, user.available, -data.amount)
+    raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
+
+
+async def refund(
+    conn: AsyncConnection, tx_id: str, data: RefundIn, key: str | None, digest: bytes
+) -> Written:
+    params = {"id": tx_id, "description": data.description, "key": key, "hash": digest}
+    for _ in range(MAX_ATTEMPTS):
+        try:
+            row = await repo.refund(conn, params)
+        except sa_exc.IntegrityError as exc:
+            if not _is_unique_violation(
+                exc, IDEMPOTENCY_CONSTRAINTS | {"transactions_refund_once"}
+            ):
+                raise
+            row = None
+        except sa_exc.DBAPIError as exc:
+            if _overflow(exc):
+                raise validation_error(
+                    "amount", "the balance would pass the 64-bit range"
+                ) from None
+            raise
+        if row is not None:
+            return Written(repo.transaction_from_row(row))
+        original = await repo.get_transaction(conn, tx_id)
+        if original is None:
+            raise ApiError(404, "transaction_not_found", f"no transaction {tx_id}")
+        if (done := await _replay(conn, original.user_id, key, digest)) is not None:
+            return done
+        if original.type != "CONSUMPTION":
+            raise ApiError(
+                409, "not_refundable", f"only CONSUMPTION can be refunded, not {original.type}"
+            )
+        if original.refunded:
+            raise ApiError(409, "already_refunded", f"transaction {tx_id} was refunded already")
+    raise ApiError(503, "service_unavailable", "too much contention on this user; retry")

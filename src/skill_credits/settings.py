@@ -1,0 +1,48 @@
+"""Settings, read once from the environment and passed in explicitly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_DATABASE_URL = "postgresql://localhost:5432/skill_credits"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    # Every Redis key this process writes starts with this prefix (tests use their own).
+    redis_prefix: str = "skill_credits:"
+    # Upper bound of one Redis call; the contract allows a dead Redis to cost 250 ms at most.
+    redis_timeout: float = 0.1
+    # How long Redis is skipped after it failed, before the next call tries it again.
+    redis_retry_after: float = 1.0
+    # PostgreSQL: connect/checkout bounds keep "database down" answers under 2 s.
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    db_connect_timeout: float = 1.0
+    db_pool_timeout: float = 1.0
+    db_command_timeout: float = 10.0
+    max_body_bytes: int = 64 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
+            redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
+            redis_prefix=env.get("REDIS_PREFIX", "skill_credits:"),
+            redis_timeout=float(env.get("REDIS_TIMEOUT", "0.1")),
+            db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
+        )
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL in the form SQLAlchemy's asyncpg dialect wants."""
+        scheme, sep, rest = self.database_url.partition("://")
+        if not sep:
+            raise ValueError(f"DATABASE_URL is not a URL: {self.database_url!r}")
+        return f"postgresql+asyncpg://{rest}"

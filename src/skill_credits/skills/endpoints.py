@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from litestar import Controller, Request, Response, get, patch, post
+from litestar.params import Parameter
+
+from skill_credits.auth import require_admin
+from skill_credits.cache import SkillCache
+from skill_credits.db import Database
+from skill_credits.skills import repository as repo
+from skill_credits.skills import service
+from skill_credits.skills.schemas import (
+    Catalogue,
+    Skill,
+    SkillCreate,
+    SkillHistory,
+    SkillList,
+    SkillPatch,
+    catalogue_item,
+)
+from skill_credits.validation import path_skill_name
+
+
+class CatalogueController(Controller):
+    path = "/v1/skills"
+    tags = ["skills"]
+
+    @get("/", summary="The live catalogue: active skills")
+    async def catalogue(self, db: Database, cache: SkillCache) -> Catalogue:
+        skills = await service.active_catalogue(db, cache)
+        return Catalogue([catalogue_item(s) for s in skills])
+
+
+class AdminSkillController(Controller):
+    path = "/v1/admin/skills"
+    tags = ["admin"]
+
+    @get("/", summary="All skills, inactive included")
+    async def list_skills(self, request: Request, db: Database) -> SkillList:
+        require_admin(request)
+        async with db.autocommit.connect() as conn:
+            return SkillList(await repo.list_all(conn))
+
+    @post("/", summary="Create a skill")
+    async def create_skill(
+        self, request: Request, data: SkillCreate, db: Database, cache: SkillCache
+    ) -> Response[Skill]:
+        principal = require_admin(request)
+        async with db.engine.begin() as conn:
+            skill = await service.create(conn, data, principal.name)
+        await service.publish(db, cache, skill)
+        return Response(skill, status_code=201, headers={"ETag": f'"{skill.version}"'})
+
+    @get("/{name:str}", summary="One skill, with its version as ETag")
+    async def get_skill(self, request: Request, name: str, db: Database) -> Response[Skill]:
+        path_skill_name(name)
+        require_admin(request)
+        async with db.autocommit.connect() as conn:
+            skill = await repo.get(conn, name)
+        if skill is None:
+            raise service.skill_not_found(name)
+        return Response(skill, headers={"ETag": f'"{skill.version}"'})
+
+    @patch("/{name:str}", summary="Edit a skill (optional If-Match with its version)")
+    async def patch_skill(
+        self,
+        request: Request,
+        name: str,
+        data: SkillPatch,
+        db: Database,
+        cache: SkillCache,
+        if_match: str | None = Parameter(header="If-Match", default=None, required=False),
+    ) -> Response[Skill]:
+        path_skill_name(name)
+        principal = require_admin(request)
+        async with db.engine.begin() as conn:
+            skill = await service.update(conn, name, data, principal.name, if_match)
+        await service.publish(db, cache, skill)
+        return Response(skill, headers={"ETag": f'"{skill.version}"'})
+
+    @get("/{name:str}/history", summary="Every edit of a skill, newest first")
+    async def history(self, request: Request, name: str, db: Database) -> SkillHistory:
+        path_skill_name(name)
+        require_admin(request)
+        async with db.autocommit.connect() as conn:
+            skill = await repo.get(conn, name)
+            if skill is None:
+                raise service.skill_not_found(name)
+            return SkillHistory(await repo.history(conn, skill.id))

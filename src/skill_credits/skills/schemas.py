@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from skill_credits.validation import check_skill_name, check_text
+
+DisplayName = Annotated[str, Meta(min_length=1, max_length=120)]
+Description = Annotated[str, Meta(max_length=2000)]
+Cost = Annotated[int, Meta(ge=0, le=1_000_000_000)]
+SkillName = Annotated[str, Meta(min_length=1, max_length=64, examples=["GEO_WRITER_FULL"])]
+
+
+class SkillCreate(Struct, forbid_unknown_fields=True):
+    name: SkillName
+    display_name: DisplayName
+    cost: Cost
+    description: Description | None = None
+    is_active: bool = True
+
+    def __post_init__(self) -> None:
+        check_skill_name(self.name)
+        check_text(self.display_name, "display_name")
+        check_text(self.description, "description")
+
+
+class SkillPatch(Struct, forbid_unknown_fields=True):
+    display_name: DisplayName | UnsetType = UNSET
+    description: Description | None | UnsetType = UNSET
+    cost: Cost | UnsetType = UNSET
+    is_active: bool | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        if all(getattr(self, f) is UNSET for f in self.__struct_fields__):
+            raise ValueError("body: name at least one of display_name, description, cost, is_active")
+        if self.display_name is not UNSET:
+            check_text(self.display_name, "display_name")
+        if self.description is not UNSET:
+            check_text(self.description, "description")
+
+    def given(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__struct_fields__ if getattr(self, f) is not UNSET}
+
+
+class Skill(Struct, kw_only=True):
+    """A skill as the admin API shows it, and as the Redis cache holds it."""
+
+    id: str
+    name: str
+    display_name: str
+    description: str | None
+    cost: int
+    is_active: bool
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class SkillList(Struct):
+    items: list[Skill]
+
+
+class CatalogueItem(Struct):
+    name: str
+    display_name: str
+    description: str | None
+    cost: int
+
+
+class Catalogue(Struct):
+    items: list[CatalogueItem]
+
+
+class SkillEdit(Struct):
+    version: int
+    changed_at: datetime
+    actor: str
+    changes: dict[str, list[Any]]
+
+
+class SkillHistory(Struct):
+    items: list[SkillEdit]
+
+
+def catalogue_item(skill: Skill) -> CatalogueItem:
+    return CatalogueItem(skill.name, skill.display_name, skill.description, skill.cost)
+
+
+_encoder = msgspec.json.Encoder()
+_skill_decoder = msgspec.json.Decoder(Skill)
+_skills_decoder = msgspec.json.Decoder(list[Skill])
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(value)
+
+
+def decode_skill(raw: bytes) -> Skill:
+    return _skill_decoder.decode(raw)
+
+
+def decode_skills(raw: bytes) -> list[Skill]:
+    return _skills_decoder.decode(raw)

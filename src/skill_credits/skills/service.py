@@ -1,0 +1,105 @@
+"""Skill catalogue logic. Functions take the connection; the caller owns the transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from skill_credits.cache import SkillCache
+from skill_credits.db import Database
+from skill_credits.errors import ApiError
+from skill_credits.skills import repository as repo
+from skill_credits.skills.schemas import Skill, SkillCreate, SkillPatch
+
+FIELDS = ("display_name", "description", "cost", "is_active")
+
+
+def skill_not_found(name: str) -> ApiError:
+    return ApiError(404, "skill_not_found", f"no skill named {name}")
+
+
+async def create(conn: AsyncConnection, data: SkillCreate, actor: str) -> Skill:
+    values = {"name": data.name, **{f: getattr(data, f) for f in FIELDS}}
+    skill = await repo.insert(conn, values)
+    if skill is None:
+        raise ApiError(409, "skill_exists", f"a skill named {data.name} exists already")
+    await repo.insert_history(conn, skill, actor, {f: [None, values[f]] for f in FIELDS})
+    return skill
+
+
+def parse_if_match(header: str | None) -> str | None:
+    if header is None:
+        return None
+    value = header.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+async def update(
+    conn: AsyncConnection, name: str, data: SkillPatch, actor: str, if_match: str | None
+) -> Skill:
+    """Apply ``data`` under a row lock; values equal to the current ones change nothing."""
+    skill = await repo.get(conn, name, for_update=True)
+    if skill is None:
+        raise skill_not_found(name)
+    expected = parse_if_match(if_match)
+    if expected is not None and expected != "*" and expected != str(skill.version):
+        raise ApiError(
+            412,
+            "version_conflict",
+            f"{name} is at version {skill.version}, not {expected}: it changed meanwhile",
+            extra={"current_version": skill.version},
+            headers={"ETag": f'"{skill.version}"'},
+        )
+    changes: dict[str, list[Any]] = {}
+    for field, new in data.given().items():
+        old = getattr(skill, field)
+        if old != new:
+            changes[field] = [old, new]
+    if not changes:
+        return skill
+    updated = await repo.update(conn, skill.id, {f: new for f, (_, new) in changes.items()})
+    await repo.insert_history(conn, updated, actor, changes)
+    return updated
+
+
+async def publish(db: Database, cache: SkillCache, skill: Skill) -> None:
+    """After a commit: the new version into the cache, and the catalogue rebuilt.
+
+    The edit has committed whatever happens here; a failure only leaves the cache to
+    be repaired (and the charge statement never trusts it for the price).
+    """
+    await cache.put(skill)
+    try:
+        await refresh_catalogue(db, cache)
+    except Exception:  # noqa: BLE001 - the database blinked after the commit
+        cache.needs_repair = True
+
+
+async def refresh_catalogue(db: Database, cache: SkillCache) -> list[Skill]:
+    async with db.autocommit.connect() as conn:
+        stamp, skills = await repo.catalogue(conn)
+    await cache.put_catalogue(stamp, skills)
+    return skills
+
+
+async def active_catalogue(db: Database, cache: SkillCache) -> list[Skill]:
+    cached = await cache.get_catalogue()
+    if cached is not None:
+        return cached
+    return await refresh_catalogue(db, cache)
+
+
+async def republish_all(db: Database, cache: SkillCache) -> None:
+    """Repair after Redis was unreachable: every skill and the catalogue from PostgreSQL.
+
+    The compare-and-set keeps this from ever replacing a newer entry.
+    """
+    cache.needs_repair = False
+    async with db.autocommit.connect() as conn:
+        skills = await repo.list_all(conn)
+    for skill in skills:
+        await cache.put(skill)
+    await refresh_catalogue(db, cache)
