@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 from sqlalchemy import text
 
 from skill_credits.cache import SkillCache
@@ -15,7 +16,9 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz", tags=["operations"], summary="PostgreSQL answers (and is Redis up?)")
-async def readyz(db: Database, cache: SkillCache) -> Response[dict[str, str]]:
+async def readyz(
+    db: NamedDependency[Database], cache: NamedDependency[SkillCache]
+) -> Response[dict[str, str]]:
     try:
         async with asyncio.timeout(1.5):
             async with db.autocommit.connect() as conn:

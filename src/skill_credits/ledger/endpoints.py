@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from skill_credits.auth import principal_of
 from skill_credits.cache import SkillCache
@@ -20,12 +23,14 @@ from skill_credits.ledger.schemas import (
 )
 from skill_credits.validation import idempotency_key, path_user_id, path_uuid
 
-IdempotencyKey = Parameter(
-    header="Idempotency-Key",
-    default=None,
-    required=False,
-    description="1-255 printable ASCII characters; a repeat replays the first answer",
-)
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        description="1-255 printable ASCII characters; a repeat replays the first answer",
+    ),
+]
+Db = NamedDependency[Database]
 
 
 def created(written: service.Written) -> Response[Transaction]:
@@ -45,10 +50,10 @@ class LedgerController(Controller):
     async def charge(
         self,
         request: Request,
-        data: ChargeIn,
-        db: Database,
-        cache: SkillCache,
-        key: str | None = IdempotencyKey,
+        data: JSONBody[ChargeIn],
+        db: Db,
+        cache: NamedDependency[SkillCache],
+        key: IdempotencyKey = None,
     ) -> Response[Transaction]:
         idempotency_key(key)
         digest = service.request_hash("POST", "/v1/charges", data)
@@ -59,10 +64,10 @@ class LedgerController(Controller):
     async def add_credits(
         self,
         request: Request,
-        user_id: str,
-        data: CreditIn,
-        db: Database,
-        key: str | None = IdempotencyKey,
+        user_id: FromPath[str],
+        data: JSONBody[CreditIn],
+        db: Db,
+        key: IdempotencyKey = None,
     ) -> Response[Transaction]:
         path_user_id(user_id)
         idempotency_key(key)
@@ -73,7 +78,7 @@ class LedgerController(Controller):
             return created(await service.add_credits(conn, user_id, data, key, digest))
 
     @get("/users/{user_id:str}", summary="A user's balance")
-    async def get_user(self, user_id: str, db: Database) -> User:
+    async def get_user(self, user_id: FromPath[str], db: Db) -> User:
         path_user_id(user_id)
         async with db.autocommit.connect() as conn:
             user = await repo.get_user(conn, user_id)
@@ -84,11 +89,11 @@ class LedgerController(Controller):
     @get("/users/{user_id:str}/transactions", summary="A user's log, newest first")
     async def list_transactions(
         self,
-        user_id: str,
-        db: Database,
-        limit: int = Parameter(default=50, ge=1, le=200),
-        cursor: str | None = Parameter(default=None, required=False, max_length=64),
-        tx_type: str | None = Parameter(query="type", default=None, required=False),
+        user_id: FromPath[str],
+        db: Db,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        tx_type: Annotated[str | None, QueryParameter(name="type")] = None,
     ) -> TransactionPage:
         path_user_id(user_id)
         before = None
@@ -103,7 +108,7 @@ class LedgerController(Controller):
         return TransactionPage(items, next_cursor)
 
     @get("/transactions/{tx_id:str}", summary="One transaction")
-    async def get_transaction(self, tx_id: str, db: Database) -> Transaction:
+    async def get_transaction(self, tx_id: FromPath[str], db: Db) -> Transaction:
         tx_uuid = str(path_uuid(tx_id))
         async with db.autocommit.connect() as conn:
             row = await repo.get_transaction(conn, tx_uuid)
@@ -114,10 +119,10 @@ class LedgerController(Controller):
     @post("/transactions/{tx_id:str}/refund", summary="Refund a CONSUMPTION in full, once")
     async def refund(
         self,
-        tx_id: str,
-        db: Database,
-        data: RefundIn | None = None,
-        key: str | None = IdempotencyKey,
+        tx_id: FromPath[str],
+        db: Db,
+        data: JSONBody[RefundIn | None] = None,
+        key: IdempotencyKey = None,
     ) -> Response[Transaction]:
         tx_uuid = str(path_uuid(tx_id))
         idempotency_key(key)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar import Controller, Request, Response, get, patch, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from skill_credits.auth import require_admin
 from skill_credits.cache import SkillCache
@@ -25,7 +28,7 @@ class CatalogueController(Controller):
     tags = ["skills"]
 
     @get("/", summary="The live catalogue: active skills")
-    async def catalogue(self, db: Database, cache: SkillCache) -> Catalogue:
+    async def catalogue(self, db: NamedDependency[Database], cache: NamedDependency[SkillCache]) -> Catalogue:
         skills = await service.active_catalogue(db, cache)
         return Catalogue([catalogue_item(s) for s in skills])
 
@@ -35,14 +38,14 @@ class AdminSkillController(Controller):
     tags = ["admin"]
 
     @get("/", summary="All skills, inactive included")
-    async def list_skills(self, request: Request, db: Database) -> SkillList:
+    async def list_skills(self, request: Request, db: NamedDependency[Database]) -> SkillList:
         require_admin(request)
         async with db.autocommit.connect() as conn:
             return SkillList(await repo.list_all(conn))
 
     @post("/", summary="Create a skill")
     async def create_skill(
-        self, request: Request, data: SkillCreate, db: Database, cache: SkillCache
+        self, request: Request, data: JSONBody[SkillCreate], db: NamedDependency[Database], cache: NamedDependency[SkillCache]
     ) -> Response[Skill]:
         principal = require_admin(request)
         async with db.engine.begin() as conn:
@@ -51,7 +54,7 @@ class AdminSkillController(Controller):
         return Response(skill, status_code=201, headers={"ETag": f'"{skill.version}"'})
 
     @get("/{name:str}", summary="One skill, with its version as ETag")
-    async def get_skill(self, request: Request, name: str, db: Database) -> Response[Skill]:
+    async def get_skill(self, request: Request, name: FromPath[str], db: NamedDependency[Database]) -> Response[Skill]:
         path_skill_name(name)
         require_admin(request)
         async with db.autocommit.connect() as conn:
@@ -64,11 +67,11 @@ class AdminSkillController(Controller):
     async def patch_skill(
         self,
         request: Request,
-        name: str,
-        data: SkillPatch,
-        db: Database,
-        cache: SkillCache,
-        if_match: str | None = Parameter(header="If-Match", default=None, required=False),
+        name: FromPath[str],
+        data: JSONBody[SkillPatch],
+        db: NamedDependency[Database],
+        cache: NamedDependency[SkillCache],
+        if_match: Annotated[str | None, HeaderParameter(name="If-Match")] = None,
     ) -> Response[Skill]:
         path_skill_name(name)
         principal = require_admin(request)
@@ -78,7 +81,7 @@ class AdminSkillController(Controller):
         return Response(skill, headers={"ETag": f'"{skill.version}"'})
 
     @get("/{name:str}/history", summary="Every edit of a skill, newest first")
-    async def history(self, request: Request, name: str, db: Database) -> SkillHistory:
+    async def history(self, request: Request, name: FromPath[str], db: NamedDependency[Database]) -> SkillHistory:
         path_skill_name(name)
         require_admin(request)
         async with db.autocommit.connect() as conn:

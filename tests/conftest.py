@@ -1,0 +1,166 @@
+"""Test resources: a throwaway database and Redis key prefix per run, real servers only.
+
+PostgreSQL and Redis are taken from TEST_DATABASE_URL / TEST_REDIS_URL, else the local
+defaults (127.0.0.1:5432 as the current user, 127.0.0.1:6379), else — where Docker
+exists — testcontainers. The run creates its own database and drops it at the end, and
+writes Redis keys only under its own prefix, which it deletes at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+import redis as redis_sync
+from litestar.testing import AsyncTestClient
+
+from skill_credits.app import create_app
+from skill_credits.auth import create_key, revoke_key
+from skill_credits.db import Database, create_engine
+from skill_credits.migrate import migrate
+from skill_credits.settings import Settings
+
+LOCAL_PG = "postgresql://127.0.0.1:5432"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _pg_answers(base: str) -> bool:
+    async def probe() -> bool:
+        try:
+            conn = await asyncpg.connect(f"{base}/postgres", timeout=2)
+        except Exception:  # noqa: BLE001
+            return False
+        await conn.close()
+        return True
+
+    return asyncio.run(probe())
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return redis_sync.Redis.from_url(url, socket_timeout=1).ping()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_base() -> Iterator[str]:
+    """A server URL without a database name."""
+    base = os.environ.get("TEST_DATABASE_URL", LOCAL_PG).rstrip("/")
+    if _pg_answers(base):
+        yield base
+        return
+    if shutil.which("docker") is None:
+        pytest.exit(f"no PostgreSQL at {base} and no Docker for testcontainers", returncode=2)
+    from testcontainers.postgres import PostgresContainer
+
+    with PostgresContainer("postgres:15-alpine", driver=None) as pg:
+        url = pg.get_connection_url()
+        yield url.rsplit("/", 1)[0]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("TEST_REDIS_URL", LOCAL_REDIS)
+    if _redis_answers(url):
+        yield url
+        return
+    if shutil.which("docker") is None:
+        pytest.exit(f"no Redis at {url} and no Docker for testcontainers", returncode=2)
+    from testcontainers.redis import RedisContainer
+
+    with RedisContainer("redis:7-alpine") as r:
+        yield f"redis://{r.get_container_host_ip()}:{r.get_exposed_port(6379)}/0"
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_base: str, run_id: str) -> Iterator[str]:
+    name = f"sc_test_{run_id}"
+    url = f"{pg_base}/{name}"
+    migrate(Settings(database_url=url))  # creates the database, upgrades to head
+    yield url
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(f"{pg_base}/postgres")
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="session")
+def redis_prefix(redis_url: str, run_id: str) -> Iterator[str]:
+    prefix = f"sc_test_{run_id}:"
+    yield prefix
+    client = redis_sync.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{prefix}*", count=500):
+        client.delete(key)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str, redis_prefix: str) -> Settings:
+    return Settings(database_url=database_url, redis_url=redis_url, redis_prefix=redis_prefix)
+
+
+@pytest.fixture(scope="session")
+def server_env(settings: Settings) -> dict[str, str]:
+    """Environment for a `skill-credits` child process using this run's resources."""
+    return {
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "REDIS_PREFIX": settings.redis_prefix,
+    }
+
+
+@pytest.fixture(scope="session")
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = Database(create_engine(settings))
+    yield database
+    await database.dispose()
+
+
+@dataclass(frozen=True)
+class Keys:
+    admin: str
+    service: str
+    revoked: str
+    admin_name: str
+
+    def auth(self, role: str | None) -> dict[str, str]:
+        token = {"admin": self.admin, "service": self.service, "revoked": self.revoked}.get(
+            role or ""
+        )
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@pytest.fixture(scope="session")
+async def keys(db: Database, run_id: str) -> Keys:
+    async with db.engine.begin() as conn:
+        admin = await create_key(conn, f"admin-{run_id}", "admin")
+        service = await create_key(conn, f"service-{run_id}", "service")
+        revoked = await create_key(conn, f"revoked-{run_id}", "admin")
+        await revoke_key(conn, revoked.name)
+    return Keys(admin.token, service.token, revoked.token, admin.name)
+
+
+@pytest.fixture(scope="session")
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:
+    async with AsyncTestClient(app=create_app(settings), timeout=30) as c:
+        yield c
+
+
+def unique(prefix: str = "U") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12].upper()}"

@@ -1,0 +1,221 @@
+"""Charges, credits, refunds and history against the real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from skill_credits.ledger.repository import reconcile
+from tests.integration.helpers import Api
+
+
+@pytest.fixture
+def api(client, keys) -> Api:
+    return Api(client, keys)
+
+
+async def assert_reconciled(db) -> None:
+    async with db.autocommit.connect() as conn:
+        assert await reconcile(conn) == []
+
+
+async def test_charge_deducts_current_cost_and_logs_it(api: Api, db) -> None:
+    skill = await api.create_skill(cost=7)
+    user = await api.new_user(100)
+    r = await api.charge(user, skill["name"], units=3, description="3 pages")
+    assert r.status_code == 201, r.text
+    tx = r.json()
+    assert tx["type"] == "CONSUMPTION"
+    assert (tx["amount"], tx["balance_after"], tx["units"], tx["unit_cost"]) == (-21, 79, 3, 7)
+    assert tx["skill"] == skill["name"] and tx["refund_of"] is None
+    assert tx["description"] == "3 pages" and tx["created_at"].endswith("Z")
+    assert await api.balance(user) == 79
+    got = await api.c.get(f"/v1/transactions/{tx['id']}", headers=api.keys.auth("service"))
+    assert got.json() == tx
+    await assert_reconciled(db)
+
+
+async def test_zero_cost_skill_still_writes_a_consumption_row(api: Api) -> None:
+    skill = await api.create_skill(cost=0)
+    user = await api.new_user(5)
+    r = await api.charge(user, skill["name"])
+    assert r.status_code == 201 and r.json()["amount"] == 0 and r.json()["balance_after"] == 5
+    refund = await api.c.post(
+        f"/v1/transactions/{r.json()['id']}/refund", headers=api.keys.auth("service")
+    )
+    assert refund.status_code == 201 and refund.json()["amount"] == 0
+
+
+async def test_errors_in_contract_order_skill_then_user_then_balance(api: Api) -> None:
+    skill = await api.create_skill(cost=10)
+    off = await api.create_skill(cost=10, is_active=False)
+    poor = await api.new_user(5)
+    r = await api.charge("nobody_here", "NO_SUCH_SKILL")
+    assert (r.status_code, r.json()["code"]) == (404, "skill_not_found")
+    r = await api.charge("nobody_here", off["name"])
+    assert (r.status_code, r.json()["code"]) == (403, "skill_disabled")
+    r = await api.charge("nobody_here", skill["name"])
+    assert (r.status_code, r.json()["code"]) == (404, "user_not_found")
+    r = await api.charge(poor, skill["name"])
+    assert r.status_code == 402
+    body = r.json()
+    assert body["code"] == "insufficient_credits"
+    assert (body["credits"], body["required"]) == (5, 10)
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert await api.balance(poor) == 5
+
+
+@pytest.mark.parametrize(("balance", "cost", "requests"), [(1000, 7, 220), (50, 1, 200)])
+async def test_concurrent_charges_never_overdraw(api: Api, db, balance, cost, requests) -> None:
+    skill = await api.create_skill(cost=cost)
+    user = await api.new_user(balance)
+    responses = await asyncio.gather(
+        *(api.charge(user, skill["name"]) for _ in range(requests))
+    )
+    codes = [r.status_code for r in responses]
+    assert codes.count(201) == min(requests, balance // cost)
+    assert codes.count(402) == requests - codes.count(201)
+    assert await api.balance(user) == balance - cost * codes.count(201)
+    afters = sorted(r.json()["balance_after"] for r in responses if r.status_code == 201)
+    assert len(set(afters)) == len(afters)  # every charge saw its own balance
+    await assert_reconciled(db)
+
+
+async def test_thirty_concurrent_requests_with_one_key_deduct_once(api: Api, db) -> None:
+    skill = await api.create_skill(cost=3)
+    user = await api.new_user(100)
+    responses = await asyncio.gather(
+        *(api.charge(user, skill["name"], key="same-key-30") for _ in range(30))
+    )
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.text for r in responses}) == 1
+    replayed = [r.headers.get("Idempotent-Replayed") for r in responses]
+    assert replayed.count("true") == 29
+    assert await api.balance(user) == 97
+    await assert_reconciled(db)
+
+
+async def test_idempotency_key_rules(api: Api) -> None:
+    skill = await api.create_skill(cost=1)
+    alice, bob = await api.new_user(10), await api.new_user(10)
+    first = await api.charge(alice, skill["name"], key="k")
+    again = await api.charge(alice, skill["name"], key="k")
+    assert again.status_code == 201 and again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    other_body = await api.charge(alice, skill["name"], key="k", units=2)
+    assert (other_body.status_code, other_body.json()["code"]) == (422, "idempotency_key_reused")
+    other_path = await api.c.post(
+        f"/v1/users/{alice}/credits",
+        json={"amount": 5, "type": "GRANT"},
+        headers={**api.keys.auth("service"), "Idempotency-Key": "k"},
+    )
+    assert other_path.status_code == 422
+    # keys belong to a user: bob may use the same key
+    assert (await api.charge(bob, skill["name"], key="k")).status_code == 201
+    assert await api.balance(alice) == 9 and await api.balance(bob) == 9
+    # a failed request stores nothing: the retry is evaluated afresh
+    poor = await api.new_user(0)
+    await api.credit(poor, 1)
+    await api.patch_skill(skill["name"], cost=5)
+    assert (await api.charge(poor, skill["name"], key="retry")).status_code == 402
+    await api.credit(poor, 10)
+    assert (await api.charge(poor, skill["name"], key="retry")).status_code == 201
+
+
+async def test_idempotent_credits_and_refunds(api: Api, db) -> None:
+    user = await api.new_user(0)
+    headers = {**api.keys.auth("service"), "Idempotency-Key": "topup-1"}
+    body = {"amount": 40, "type": "PURCHASE", "description": "order 17"}
+    results = await asyncio.gather(
+        *(api.c.post(f"/v1/users/{user}/credits", json=body, headers=headers) for _ in range(10))
+    )
+    assert {r.status_code for r in results} == {201} and len({r.text for r in results}) == 1
+    assert await api.balance(user) == 40
+    skill = await api.create_skill(cost=15)
+    charge = (await api.charge(user, skill["name"])).json()
+    refund_headers = {**api.keys.auth("service"), "Idempotency-Key": "refund-1"}
+    url = f"/v1/transactions/{charge['id']}/refund"
+    first = await api.c.post(url, json={"description": "tool failed"}, headers=refund_headers)
+    assert first.status_code == 201
+    again = await api.c.post(url, json={"description": "tool failed"}, headers=refund_headers)
+    assert again.status_code == 201 and again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await api.balance(user) == 40
+    await assert_reconciled(db)
+
+
+async def test_refund_rules(api: Api, db) -> None:
+    skill = await api.create_skill(cost=4)
+    user = await api.new_user(20)
+    charge = (await api.charge(user, skill["name"], units=2)).json()
+    auth = api.keys.auth("service")
+    url = f"/v1/transactions/{charge['id']}/refund"
+    results = await asyncio.gather(*(api.c.post(url, headers=auth) for _ in range(12)))
+    codes = sorted(r.status_code for r in results)
+    assert codes == [201] + [409] * 11
+    assert {r.json()["code"] for r in results if r.status_code == 409} == {"already_refunded"}
+    refund = next(r.json() for r in results if r.status_code == 201)
+    assert (refund["type"], refund["amount"], refund["refund_of"]) == ("REFUND", 8, charge["id"])
+    assert refund["balance_after"] == 20
+    r = await api.c.post(f"/v1/transactions/{refund['id']}/refund", headers=auth)
+    assert (r.status_code, r.json()["code"]) == (409, "not_refundable")
+    r = await api.c.post(
+        "/v1/transactions/7b0c5d7e-0000-4000-8000-000000000000/refund", headers=auth
+    )
+    assert (r.status_code, r.json()["code"]) == (404, "transaction_not_found")
+    await assert_reconciled(db)
+
+
+async def test_credits_adjustments_and_overflow(api: Api, db) -> None:
+    user = await api.new_user(0)
+    admin, service = api.keys.auth("admin"), api.keys.auth("service")
+    url = f"/v1/users/{user}/credits"
+    r = await api.c.post(url, json={"amount": 10, "type": "PURCHASE"}, headers=service)
+    assert r.status_code == 201 and r.json()["balance_after"] == 10
+    r = await api.c.post(url, json={"amount": -3, "type": "ADJUSTMENT"}, headers=service)
+    assert (r.status_code, r.json()["code"]) == (403, "forbidden")
+    r = await api.c.post(url, json={"amount": -11, "type": "ADJUSTMENT"}, headers=admin)
+    assert (r.status_code, r.json()["code"], r.json()["required"]) == (
+        402, "insufficient_credits", 11)
+    r = await api.c.post(url, json={"amount": -10, "type": "ADJUSTMENT"}, headers=admin)
+    assert r.status_code == 201 and r.json()["balance_after"] == 0
+    r = await api.c.post(
+        "/v1/users/ghost_user_x/credits", json={"amount": -1, "type": "ADJUSTMENT"}, headers=admin
+    )
+    assert (r.status_code, r.json()["code"]) == (404, "user_not_found")
+    r = await api.c.post(url, json={"amount": 2**63 - 1, "type": "GRANT"}, headers=admin)
+    assert r.status_code == 201
+    r = await api.c.post(url, json={"amount": 1, "type": "GRANT"}, headers=admin)
+    assert (r.status_code, r.json()["code"]) == (400, "validation_error")
+    assert "amount" in r.json()["detail"]
+    assert await api.balance(user) == 2**63 - 1
+    await assert_reconciled(db)
+
+
+async def test_history_is_newest_first_with_keyset_pages(api: Api) -> None:
+    skill = await api.create_skill(cost=1)
+    user = await api.new_user(100)
+    for _ in range(11):
+        assert (await api.charge(user, skill["name"])).status_code == 201
+    auth = api.keys.auth("service")
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 5} | ({"cursor": cursor} if cursor else {})
+        page = (await api.c.get(f"/v1/users/{user}/transactions", params=params, headers=auth))
+        assert page.status_code == 200, page.text
+        seen += page.json()["items"]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 12
+    assert [t["balance_after"] for t in seen] == list(range(89, 101))
+    only = await api.c.get(
+        f"/v1/users/{user}/transactions", params={"type": "GRANT"}, headers=auth
+    )
+    assert [t["type"] for t in only.json()["items"]] == ["GRANT"]
+    missing = await api.c.get("/v1/users/nobody_at_all/transactions", headers=auth)
+    assert (missing.status_code, missing.json()["code"]) == (404, "user_not_found")
+    user_view = (await api.c.get(f"/v1/users/{user}", headers=auth)).json()
+    assert user_view["credits"] == user_view["available"] == 89 and user_view["reserved"] == 0
