@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from skill_credits.auth import authenticated
+from skill_credits.bodies import strict_body
 from skill_credits.cache import SkillCache, create_redis
 from skill_credits.db import Database, create_engine
 from skill_credits.errors import internal_error_handler, problem_details_plugin
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> Litestar:
     api = Router(
         path="/",
         guards=[authenticated],
+        before_request=strict_body,
         route_handlers=[LedgerController, CatalogueController, AdminSkillController],
         security=[{"BearerToken": []}],
     )

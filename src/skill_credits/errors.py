@@ -98,7 +98,7 @@ def _validation_detail(exc: ValidationException) -> tuple[str, str | None]:
             if not key or key == "data":
                 key = "body"
             return f"{key}: {message}", str(key)
-    return str(exc.detail), None
+    return f"body: {exc.detail}", "body"
 
 
 def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:

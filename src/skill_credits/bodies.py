@@ -1,0 +1,59 @@
+"""Strict JSON bodies.
+
+Litestar converts request bodies with msgspec in lax mode, which would turn
+``"units": "2"`` into 2. The contract wants wrong types refused, so this
+``before_request`` hook decodes the raw body strictly against the handler's own
+``data`` annotation first. It runs after the auth guard and reads the body through
+Litestar (so the 64 KiB limit answers 413), keeping the order 401, 413, 400.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import msgspec
+from litestar import Request
+from litestar.handlers import HTTPRouteHandler
+
+from skill_credits.errors import validation_error
+
+
+@cache
+def _body_type(handler: HTTPRouteHandler) -> tuple[Any, bool] | None:
+    field = handler.parsed_fn_signature.parameters.get("data")
+    if field is None:
+        return None
+    return field.annotation, field.is_optional
+
+
+def _field_and_message(exc: msgspec.ValidationError) -> tuple[str, str]:
+    message = str(exc)
+    path = None
+    if " - at `$" in message:
+        message, _, path = message.partition(" - at `$")
+        path = path.rstrip("`").lstrip(".") or None
+    if path is None and ": " in message and message.split(": ", 1)[0].isidentifier():
+        path, message = message.split(": ", 1)  # our own __post_init__ messages
+    if path is None and "unknown field" in message:
+        path = message.rsplit("`", 2)[-2] if message.count("`") >= 2 else None
+    return path or "body", message
+
+
+async def strict_body(request: Request) -> None:
+    declared = _body_type(request.route_handler)
+    if declared is None:
+        return
+    body_type, optional = declared
+    raw = await request.body()
+    if not raw.strip():
+        if optional:
+            return
+        raise validation_error("body", "a JSON object is required")
+    try:
+        msgspec.json.decode(raw, type=body_type)
+    except msgspec.ValidationError as exc:
+        field, message = _field_and_message(exc)
+        raise validation_error(field, message) from None
+    except msgspec.DecodeError as exc:
+        raise validation_error("body", f"malformed JSON ({exc})") from None

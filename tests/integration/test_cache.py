@@ -1,0 +1,55 @@
+"""The skill cache on a real Redis: versions only move forward; failures cost one timeout."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from skill_credits.cache import SkillCache, create_redis
+from skill_credits.skills.schemas import Skill
+from tests.conftest import unique
+from tests.support import RedisServer
+
+
+def skill(name: str, version: int, cost: int) -> Skill:
+    now = datetime.now(UTC)
+    return Skill(id="00000000-0000-4000-8000-000000000000", name=name, display_name=name,
+                 description=None, cost=cost, is_active=True, version=version,
+                 created_at=now, updated_at=now)
+
+
+async def test_an_older_version_never_replaces_a_newer_one(settings) -> None:
+    cache = SkillCache(create_redis(settings.redis_url, 0.2), settings.redis_prefix)
+    try:
+        name = unique("CAS")
+        assert await cache.get(name) is None
+        assert await cache.put(skill(name, 2, 20))
+        # a reader that loaded version 1 before the edit comes late with it
+        await cache.put(skill(name, 1, 10))
+        assert (await cache.get(name)).version == 2
+        await cache.put(skill(name, 3, 30))
+        assert (await cache.get(name)).cost == 30
+        assert (cache.hits, cache.misses) == (2, 1)
+    finally:
+        await cache.close()
+
+
+async def test_a_hung_redis_costs_one_timeout_then_is_skipped() -> None:
+    redis = RedisServer()
+    redis.start()
+    cache = SkillCache(create_redis(redis.url, 0.1), "t:", timeout=0.1, retry_after=1.0)
+    try:
+        await cache.put(skill("HUNG", 1, 1))
+        redis.pause()
+        started = time.monotonic()
+        assert await cache.get("HUNG") is None
+        first = time.monotonic() - started
+        started = time.monotonic()
+        for _ in range(20):
+            assert await cache.get("HUNG") is None
+        rest = time.monotonic() - started
+        assert first < 0.25 and rest < 0.05
+        assert not await cache.put(skill("HUNG", 2, 2)) and cache.needs_repair
+    finally:
+        await cache.close()
+        redis.cleanup()

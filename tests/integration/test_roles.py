@@ -1,0 +1,57 @@
+"""Every route x {no key, revoked key, service key, admin key}."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import unique
+from tests.integration.helpers import Api
+
+
+@pytest.fixture(scope="module")
+async def world(client, keys):
+    api = Api(client, keys)
+    skill = await api.create_skill(cost=1, name=unique("ROLE"))
+    user = await api.new_user(1000)
+    return {"api": api, "skill": skill["name"], "user": user}
+
+
+async def _routes(world):
+    """(method, path, body, status for service, status for admin); fresh objects per call."""
+    api: Api = world["api"]
+    skill, user = world["skill"], world["user"]
+    tx = (await api.charge(user, skill)).json()["id"]
+    return [
+        ("POST", "/v1/charges", {"user_id": user, "skill": skill}, 201, 201),
+        ("POST", f"/v1/users/{user}/credits", {"amount": 5, "type": "PURCHASE"}, 201, 201),
+        ("POST", f"/v1/users/{user}/credits", {"amount": 5, "type": "GRANT"}, 201, 201),
+        ("POST", f"/v1/users/{user}/credits", {"amount": -1, "type": "ADJUSTMENT"}, 403, 201),
+        ("GET", f"/v1/users/{user}", None, 200, 200),
+        ("GET", f"/v1/users/{user}/transactions", None, 200, 200),
+        ("GET", f"/v1/transactions/{tx}", None, 200, 200),
+        ("POST", f"/v1/transactions/{tx}/refund", {}, 201, 201),
+        ("GET", "/v1/skills", None, 200, 200),
+        ("GET", "/v1/admin/skills", None, 403, 200),
+        ("POST", "/v1/admin/skills", {"name": unique("R"), "display_name": "r", "cost": 1}, 403, 201),
+        ("GET", f"/v1/admin/skills/{skill}", None, 403, 200),
+        ("PATCH", f"/v1/admin/skills/{skill}", {"description": unique("d")}, 403, 200),
+        ("GET", f"/v1/admin/skills/{skill}/history", None, 403, 200),
+    ]
+
+
+@pytest.mark.parametrize("role", [None, "revoked", "service", "admin"])
+async def test_role_matrix(world, role) -> None:
+    api: Api = world["api"]
+    for method, path, body, as_service, as_admin in await _routes(world):
+        expected = {None: 401, "revoked": 401, "service": as_service, "admin": as_admin}[role]
+        r = await api.c.request(method, path, json=body, headers=api.keys.auth(role))
+        assert r.status_code == expected, (method, path, role, r.text)
+        if expected in (401, 403):
+            assert r.json()["code"] == ("unauthorized" if expected == 401 else "forbidden")
+
+
+async def test_malformed_authorization_headers_are_401(client) -> None:
+    for header in ["Bearer", "Bearer ", "Basic abc", "Bearer sck_x", "Bearer sck__", "Bearer a_b_c",
+                   "Bearer sck_0000000000000000_secret", "bearer " + "x" * 5000]:
+        r = await client.get("/v1/skills", headers={"Authorization": header})
+        assert r.status_code == 401, (header, r.text)
