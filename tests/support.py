@@ -52,8 +52,19 @@ class RedisServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is needed for this test"
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -99,8 +110,16 @@ class AppServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "skill_credits.cli", "serve", "--port", str(self.port),
-             "--workers", str(self.workers)],
+            [
+                sys.executable,
+                "-m",
+                "skill_credits.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+            ],
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -73,7 +73,8 @@ CREATE TABLE transactions (
     created_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
     CONSTRAINT transactions_idempotency UNIQUE (user_id, idempotency_key),
     CONSTRAINT transactions_consumption_fields CHECK (
-        (type = 'CONSUMPTION') = (skill_id IS NOT NULL AND units IS NOT NULL AND unit_cost IS NOT NULL)
+        (type = 'CONSUMPTION')
+        = (skill_id IS NOT NULL AND units IS NOT NULL AND unit_cost IS NOT NULL)
     ),
     CONSTRAINT transactions_consumption_amount CHECK (
         type <> 'CONSUMPTION' OR amount = -(units * unit_cost)

@@ -84,10 +84,7 @@ async def verify_token(conn: AsyncConnection, token: str) -> Principal | None:
     key_id, secret = parts
     row = (
         await conn.execute(
-            text(
-                "SELECT name, role, key_hash FROM api_keys"
-                " WHERE id = :id AND revoked_at IS NULL"
-            ),
+            text("SELECT name, role, key_hash FROM api_keys WHERE id = :id AND revoked_at IS NULL"),
             {"id": key_id},
         )
     ).first()

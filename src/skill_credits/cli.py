@@ -112,9 +112,9 @@ def parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke the live key with this name")
     revoke.add_argument("name")
     revoke.set_defaults(run=cmd_keys_revoke)
-    sub.add_parser("reconcile", help="check balances against the log; exit 1 if any differ").set_defaults(
-        run=cmd_reconcile
-    )
+    sub.add_parser(
+        "reconcile", help="check balances against the log; exit 1 if any differ"
+    ).set_defaults(run=cmd_reconcile)
     return p
 
 

@@ -43,9 +43,11 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.TimeoutError):  # pool checkout timed out
         return True
     if isinstance(exc, sa_exc.DBAPIError):
-        return exc.connection_invalidated or isinstance(
-            exc, (sa_exc.OperationalError, sa_exc.InterfaceError)
-        ) and not isinstance(exc, sa_exc.IntegrityError)
+        return (
+            exc.connection_invalidated
+            or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+            and not isinstance(exc, sa_exc.IntegrityError)
+        )
     return isinstance(exc, (OSError, TimeoutError, ConnectionError))
 
 

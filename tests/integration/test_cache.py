@@ -13,9 +13,17 @@ from tests.support import RedisServer
 
 def skill(name: str, version: int, cost: int) -> Skill:
     now = datetime.now(UTC)
-    return Skill(id="00000000-0000-4000-8000-000000000000", name=name, display_name=name,
-                 description=None, cost=cost, is_active=True, version=version,
-                 created_at=now, updated_at=now)
+    return Skill(
+        id="00000000-0000-4000-8000-000000000000",
+        name=name,
+        display_name=name,
+        description=None,
+        cost=cost,
+        is_active=True,
+        version=version,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 async def test_an_older_version_never_replaces_a_newer_one(settings) -> None:

@@ -70,9 +70,7 @@ async def test_errors_in_contract_order_skill_then_user_then_balance(api: Api) -
 async def test_concurrent_charges_never_overdraw(api: Api, db, balance, cost, requests) -> None:
     skill = await api.create_skill(cost=cost)
     user = await api.new_user(balance)
-    responses = await asyncio.gather(
-        *(api.charge(user, skill["name"]) for _ in range(requests))
-    )
+    responses = await asyncio.gather(*(api.charge(user, skill["name"]) for _ in range(requests)))
     codes = [r.status_code for r in responses]
     assert codes.count(201) == min(requests, balance // cost)
     assert codes.count(402) == requests - codes.count(201)
@@ -178,7 +176,10 @@ async def test_credits_adjustments_and_overflow(api: Api, db) -> None:
     assert (r.status_code, r.json()["code"]) == (403, "forbidden")
     r = await api.c.post(url, json={"amount": -11, "type": "ADJUSTMENT"}, headers=admin)
     assert (r.status_code, r.json()["code"], r.json()["required"]) == (
-        402, "insufficient_credits", 11)
+        402,
+        "insufficient_credits",
+        11,
+    )
     r = await api.c.post(url, json={"amount": -10, "type": "ADJUSTMENT"}, headers=admin)
     assert r.status_code == 201 and r.json()["balance_after"] == 0
     r = await api.c.post(
@@ -203,7 +204,7 @@ async def test_history_is_newest_first_with_keyset_pages(api: Api) -> None:
     seen, cursor = [], None
     while True:
         params = {"limit": 5} | ({"cursor": cursor} if cursor else {})
-        page = (await api.c.get(f"/v1/users/{user}/transactions", params=params, headers=auth))
+        page = await api.c.get(f"/v1/users/{user}/transactions", params=params, headers=auth)
         assert page.status_code == 200, page.text
         seen += page.json()["items"]
         cursor = page.json()["next_cursor"]
@@ -211,9 +212,7 @@ async def test_history_is_newest_first_with_keyset_pages(api: Api) -> None:
             break
     assert len(seen) == 12
     assert [t["balance_after"] for t in seen] == list(range(89, 101))
-    only = await api.c.get(
-        f"/v1/users/{user}/transactions", params={"type": "GRANT"}, headers=auth
-    )
+    only = await api.c.get(f"/v1/users/{user}/transactions", params={"type": "GRANT"}, headers=auth)
     assert [t["type"] for t in only.json()["items"]] == ["GRANT"]
     missing = await api.c.get("/v1/users/nobody_at_all/transactions", headers=auth)
     assert (missing.status_code, missing.json()["code"]) == (404, "user_not_found")

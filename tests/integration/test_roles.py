@@ -32,7 +32,13 @@ async def _routes(world):
         ("POST", f"/v1/transactions/{tx}/refund", {}, 201, 201),
         ("GET", "/v1/skills", None, 200, 200),
         ("GET", "/v1/admin/skills", None, 403, 200),
-        ("POST", "/v1/admin/skills", {"name": unique("R"), "display_name": "r", "cost": 1}, 403, 201),
+        (
+            "POST",
+            "/v1/admin/skills",
+            {"name": unique("R"), "display_name": "r", "cost": 1},
+            403,
+            201,
+        ),
         ("GET", f"/v1/admin/skills/{skill}", None, 403, 200),
         ("PATCH", f"/v1/admin/skills/{skill}", {"description": unique("d")}, 403, 200),
         ("GET", f"/v1/admin/skills/{skill}/history", None, 403, 200),
@@ -51,7 +57,15 @@ async def test_role_matrix(world, role) -> None:
 
 
 async def test_malformed_authorization_headers_are_401(client) -> None:
-    for header in ["Bearer", "Bearer ", "Basic abc", "Bearer sck_x", "Bearer sck__", "Bearer a_b_c",
-                   "Bearer sck_0000000000000000_secret", "bearer " + "x" * 5000]:
+    for header in [
+        "Bearer",
+        "Bearer ",
+        "Basic abc",
+        "Bearer sck_x",
+        "Bearer sck__",
+        "Bearer a_b_c",
+        "Bearer sck_0000000000000000_secret",
+        "bearer " + "x" * 5000,
+    ]:
         r = await client.get("/v1/skills", headers={"Authorization": header})
         assert r.status_code == 401, (header, r.text)

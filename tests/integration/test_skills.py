@@ -29,14 +29,20 @@ async def test_create_get_list_and_catalogue(api: Api) -> None:
     )
     assert (dup.status_code, dup.json()["code"]) == (409, "skill_exists")
     hidden = await api.create_skill(cost=1, is_active=False)
-    listed = {s["name"] for s in (await api.c.get("/v1/admin/skills", headers=admin)).json()["items"]}
+    listed = {
+        s["name"] for s in (await api.c.get("/v1/admin/skills", headers=admin)).json()["items"]
+    }
     assert {name, hidden["name"]} <= listed
     catalogue = (await api.c.get("/v1/skills", headers=api.keys.auth("service"))).json()["items"]
     names = {s["name"] for s in catalogue}
     assert name in names and hidden["name"] not in names
     entry = next(s for s in catalogue if s["name"] == name)
-    assert entry == {"name": name, "display_name": skill["display_name"],
-                     "description": "writes geo pages", "cost": 12}
+    assert entry == {
+        "name": name,
+        "display_name": skill["display_name"],
+        "description": "writes geo pages",
+        "cost": 12,
+    }
     await api.patch_skill(name, cost=13)
     catalogue = (await api.c.get("/v1/skills", headers=api.keys.auth("service"))).json()["items"]
     assert next(s for s in catalogue if s["name"] == name)["cost"] == 13
@@ -52,8 +58,9 @@ async def test_patch_if_match_history_and_no_op_edits(api: Api) -> None:
     assert (stale.status_code, stale.json()["code"]) == (412, "version_conflict")
     garbage = await api.c.patch(url, json={"cost": 7}, headers={**admin, "If-Match": "nope"})
     assert garbage.status_code == 412
-    same = await api.c.patch(url, json={"cost": 6, "display_name": skill["display_name"]},
-                             headers=admin)
+    same = await api.c.patch(
+        url, json={"cost": 6, "display_name": skill["display_name"]}, headers=admin
+    )
     assert same.status_code == 200 and same.json()["version"] == 2
     await api.patch_skill(name, is_active=False, description="retired")
     empty = await api.c.patch(url, json={}, headers=admin)
@@ -117,8 +124,11 @@ async def test_edit_promise_with_redis_hung_and_back_with_old_data(settings, key
     redis = RedisServer()
     redis.start()
     server = AppServer(
-        {"DATABASE_URL": settings.database_url, "REDIS_URL": redis.url,
-         "REDIS_PREFIX": settings.redis_prefix},
+        {
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": redis.url,
+            "REDIS_PREFIX": settings.redis_prefix,
+        },
         workers=2,
     )
     server.start()
@@ -151,7 +161,10 @@ async def test_edit_promise_with_redis_hung_and_back_with_old_data(settings, key
             final_cost = pairs[-1][0]
             for _ in range(50):
                 items = (await http.get("/v1/skills", headers=keys.auth("service"))).json()
-                if next(s for s in items["items"] if s["name"] == skill["name"])["cost"] == final_cost:
+                if (
+                    next(s for s in items["items"] if s["name"] == skill["name"])["cost"]
+                    == final_cost
+                ):
                     break
                 await asyncio.sleep(0.1)
             else:
@@ -165,8 +178,11 @@ async def test_edit_promise_with_redis_killed_and_restarted(settings, keys) -> N
     redis = RedisServer()
     redis.start()
     server = AppServer(
-        {"DATABASE_URL": settings.database_url, "REDIS_URL": redis.url,
-         "REDIS_PREFIX": settings.redis_prefix},
+        {
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": redis.url,
+            "REDIS_PREFIX": settings.redis_prefix,
+        },
         workers=1,
     )
     server.start()

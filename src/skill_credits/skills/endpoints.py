@@ -28,7 +28,9 @@ class CatalogueController(Controller):
     tags = ["skills"]
 
     @get("/", summary="The live catalogue: active skills")
-    async def catalogue(self, db: NamedDependency[Database], cache: NamedDependency[SkillCache]) -> Catalogue:
+    async def catalogue(
+        self, db: NamedDependency[Database], cache: NamedDependency[SkillCache]
+    ) -> Catalogue:
         skills = await service.active_catalogue(db, cache)
         return Catalogue([catalogue_item(s) for s in skills])
 
@@ -45,7 +47,11 @@ class AdminSkillController(Controller):
 
     @post("/", summary="Create a skill")
     async def create_skill(
-        self, request: Request, data: JSONBody[SkillCreate], db: NamedDependency[Database], cache: NamedDependency[SkillCache]
+        self,
+        request: Request,
+        data: JSONBody[SkillCreate],
+        db: NamedDependency[Database],
+        cache: NamedDependency[SkillCache],
     ) -> Response[Skill]:
         principal = require_admin(request)
         async with db.engine.begin() as conn:
@@ -54,7 +60,9 @@ class AdminSkillController(Controller):
         return Response(skill, status_code=201, headers={"ETag": f'"{skill.version}"'})
 
     @get("/{name:str}", summary="One skill, with its version as ETag")
-    async def get_skill(self, request: Request, name: FromPath[str], db: NamedDependency[Database]) -> Response[Skill]:
+    async def get_skill(
+        self, request: Request, name: FromPath[str], db: NamedDependency[Database]
+    ) -> Response[Skill]:
         path_skill_name(name)
         require_admin(request)
         async with db.autocommit.connect() as conn:
@@ -81,7 +89,9 @@ class AdminSkillController(Controller):
         return Response(skill, headers={"ETag": f'"{skill.version}"'})
 
     @get("/{name:str}/history", summary="Every edit of a skill, newest first")
-    async def history(self, request: Request, name: FromPath[str], db: NamedDependency[Database]) -> SkillHistory:
+    async def history(
+        self, request: Request, name: FromPath[str], db: NamedDependency[Database]
+    ) -> SkillHistory:
         path_skill_name(name)
         require_admin(request)
         async with db.autocommit.connect() as conn:

@@ -95,7 +95,8 @@ async def insert_history(
     await conn.execute(
         text(
             "INSERT INTO skill_history (skill_id, version, changed_at, actor, changes)"
-            " VALUES (CAST(:skill_id AS uuid), :version, :changed_at, :actor, CAST(:changes AS jsonb))"
+            " VALUES (CAST(:skill_id AS uuid), :version, :changed_at, :actor,"
+            "         CAST(:changes AS jsonb))"
         ),
         {
             "skill_id": skill.id,

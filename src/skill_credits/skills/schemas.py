@@ -35,14 +35,18 @@ class SkillPatch(Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if all(getattr(self, f) is UNSET for f in self.__struct_fields__):
-            raise ValueError("body: name at least one of display_name, description, cost, is_active")
+            raise ValueError(
+                "body: name at least one of display_name, description, cost, is_active"
+            )
         if self.display_name is not UNSET:
             check_text(self.display_name, "display_name")
         if self.description is not UNSET:
             check_text(self.description, "description")
 
     def given(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.__struct_fields__ if getattr(self, f) is not UNSET}
+        return {
+            f: getattr(self, f) for f in self.__struct_fields__ if getattr(self, f) is not UNSET
+        }
 
 
 class Skill(Struct, kw_only=True):

@@ -1,0 +1,41 @@
+# skill-credits — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# uv from PATH, else the copy pip installs (`make install` puts it there).
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 1
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: uv
+uv:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+
+.PHONY: install
+install: uv ## Install the locked dependencies into .venv
+	$(UV) sync --frozen
+
+.PHONY: migrate
+migrate: install ## Create the database if missing and upgrade the schema
+	$(UV) run skill-credits migrate
+
+.PHONY: run
+run: migrate ## Install, migrate and serve on :8000 (prints an admin key on first start)
+	$(UV) run skill-credits serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+.PHONY: test
+test: install ## Run the whole test suite against real PostgreSQL and Redis
+	$(UV) run pytest
+
+.PHONY: lint
+lint: install ## Ruff
+	$(UV) run ruff check src tests migrations
+
+.PHONY: fmt
+fmt: install ## Format with ruff
+	$(UV) run ruff format src tests migrations

@@ -1,0 +1,185 @@
+"""Health, readiness, OpenAPI, a lost database, and the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+
+from skill_credits.app import create_app
+from skill_credits.settings import Settings
+from tests.support import AppServer, free_port
+
+
+async def test_healthz_readyz(client) -> None:
+    assert (await client.get("/healthz")).status_code == 200
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and r.json() == {"postgres": "up", "redis": "up"}
+
+
+async def test_openapi_documents_every_route(client) -> None:
+    doc = (await client.get("/schema/openapi.json")).json()
+    expected = {
+        "/v1/charges": {"post"},
+        "/v1/users/{user_id}/credits": {"post"},
+        "/v1/users/{user_id}": {"get"},
+        "/v1/users/{user_id}/transactions": {"get"},
+        "/v1/transactions/{tx_id}": {"get"},
+        "/v1/transactions/{tx_id}/refund": {"post"},
+        "/v1/skills": {"get"},
+        "/v1/admin/skills": {"get", "post"},
+        "/v1/admin/skills/{name}": {"get", "patch"},
+        "/v1/admin/skills/{name}/history": {"get"},
+        "/healthz": {"get"},
+        "/readyz": {"get"},
+    }
+    for path, methods in expected.items():
+        assert methods <= set(doc["paths"][path]), path
+    charge = doc["paths"]["/v1/charges"]["post"]
+    assert "requestBody" in charge
+    params = {p["name"] for p in charge.get("parameters", [])}
+    assert "Idempotency-Key" in params
+
+
+async def test_database_unreachable_is_a_quick_503(redis_url, redis_prefix, keys) -> None:
+    dead = Settings(
+        database_url=f"postgresql://127.0.0.1:{free_port()}/nothing_here",
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+    )
+    async with AsyncTestClient(app=create_app(dead), timeout=10) as c:
+        for method, path in [
+            ("GET", "/v1/skills"),
+            ("POST", "/v1/charges"),
+            ("GET", "/v1/users/someone"),
+        ]:
+            started = time.monotonic()
+            r = await c.request(
+                method, path, headers=keys.auth("service"), json={"user_id": "a", "skill": "B"}
+            )
+            assert time.monotonic() - started < 2
+            assert (r.status_code, r.json()["code"]) == (503, "service_unavailable")
+        r = await c.get("/readyz")
+        assert r.status_code == 503 and r.json()["postgres"] == "down"
+        assert (await c.get("/healthz")).status_code == 200
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "skill_credits.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def fresh_database(pg_base: str, run_id: str):
+    """A second throwaway database that the CLI itself must create."""
+    name = f"sc_test_{run_id}_cli_{uuid.uuid4().hex[:6]}"
+    yield name, f"{pg_base}/{name}"
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(f"{pg_base}/postgres")
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def test_cli_migrate_keys_serve_and_reconcile(fresh_database, redis_url, redis_prefix) -> None:
+    name, url = fresh_database
+    env = {"DATABASE_URL": url, "REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
+    migrated = run_cli(env, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert run_cli(env, "migrate").returncode == 0  # idempotent
+
+    # first start with no admin key: one is made and printed once
+    server = AppServer(env, workers=2)
+    server.start()
+    try:
+        printed = server.output()
+        assert "No admin key existed" in printed
+        bootstrap = printed.split("It is shown once:")[1].split()[0]
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            admin = {"Authorization": f"Bearer {bootstrap}"}
+            assert http.get("/v1/admin/skills", headers=admin).status_code == 200
+            # --workers 2 really runs two worker processes
+            children = subprocess.run(
+                ["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True
+            ).stdout.split()
+            workers = [
+                pid
+                for pid in children
+                if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()
+            ]
+            assert len(workers) == 2, children
+
+            created = run_cli(env, "keys", "create", "--role", "service", "--name", "tool-a")
+            assert created.returncode == 0, created.stderr
+            token = created.stdout.strip().splitlines()[-1]
+            service = {"Authorization": f"Bearer {token}"}
+            assert http.get("/v1/skills", headers=service).status_code == 200
+            assert http.get("/v1/admin/skills", headers=service).status_code == 403
+            # stored only as a hash
+            rows = asyncio.run(_key_rows(url))
+            assert all(token.split("_")[-1].encode() not in bytes(r["key_hash"]) for r in rows)
+            assert token not in str(rows)
+
+            revoked = run_cli(env, "keys", "revoke", "tool-a")
+            assert revoked.returncode == 0, revoked.stderr
+            # the next request, on whichever worker, is refused
+            for _ in range(6):
+                assert http.get("/v1/skills", headers=service).status_code == 401
+            assert run_cli(env, "keys", "revoke", "tool-a").returncode == 1
+
+            http.post(
+                "/v1/admin/skills",
+                headers=admin,
+                json={"name": "CLI_SKILL", "display_name": "c", "cost": 2},
+            )
+            http.post(
+                "/v1/users/cli_user/credits", headers=admin, json={"amount": 10, "type": "GRANT"}
+            )
+            assert (
+                http.post(
+                    "/v1/charges", headers=admin, json={"user_id": "cli_user", "skill": "CLI_SKILL"}
+                ).status_code
+                == 201
+            )
+    finally:
+        server.stop()
+
+    clean = run_cli(env, "reconcile")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    asyncio.run(_tamper(url))
+    broken = run_cli(env, "reconcile")
+    assert broken.returncode == 1
+    assert "cli_user" in broken.stdout
+
+
+async def _key_rows(url: str) -> list[dict]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [dict(r) for r in await conn.fetch("SELECT * FROM api_keys")]
+    finally:
+        await conn.close()
+
+
+async def _tamper(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("UPDATE users SET credits = credits + 1 WHERE user_id = 'cli_user'")
+    finally:
+        await conn.close()

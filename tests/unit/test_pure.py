@@ -1,0 +1,119 @@
+"""Pure logic: validation rules, cursors, request hashes, settings, If-Match."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from skill_credits.bodies import _field_and_message
+from skill_credits.errors import ApiError
+from skill_credits.ledger.repository import decode_cursor, encode_cursor
+from skill_credits.ledger.schemas import ChargeIn, CreditIn
+from skill_credits.ledger.service import request_hash
+from skill_credits.settings import Settings
+from skill_credits.skills.schemas import SkillCreate, SkillPatch
+from skill_credits.skills.service import parse_if_match
+from skill_credits.validation import idempotency_key, path_user_id
+
+
+@pytest.mark.parametrize("name", ["A", "GEO_WRITER_FULL", "X1_2", "A" * 64])
+def test_valid_skill_names(name: str) -> None:
+    assert SkillCreate(name=name, display_name="d", cost=0).name == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", "a", "my tool", "MY TOOL", "1ABC", "_A", "A" * 65, "ABC\n", "ÄBC", "AB-C"]
+)
+def test_invalid_skill_names(name: str) -> None:
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(
+            msgspec.json.encode({"name": name, "display_name": "d", "cost": 1}), type=SkillCreate
+        )
+
+
+@pytest.mark.parametrize("user", ["a", "user.42", "auth0|x".replace("|", ":"), "a@b.c", "x" * 128])
+def test_valid_user_ids(user: str) -> None:
+    assert path_user_id(user) == user
+
+
+@pytest.mark.parametrize("user", ["", "a b", "x" * 129, "a/b", "ü", "a\n"])
+def test_invalid_user_ids(user: str) -> None:
+    with pytest.raises(ApiError) as err:
+        path_user_id(user)
+    assert err.value.status_code == 400
+
+
+def test_strict_types_and_post_init_messages_name_the_field() -> None:
+    with pytest.raises(msgspec.ValidationError) as err:
+        msgspec.json.decode(b'{"user_id":"u","skill":"S","units":"2"}', type=ChargeIn)
+    assert _field_and_message(err.value)[0] == "units"
+    with pytest.raises(msgspec.ValidationError) as err:
+        msgspec.json.decode(b'{"user_id":"u","skill":"my tool"}', type=ChargeIn)
+    field, message = _field_and_message(err.value)
+    assert field == "skill" and "uppercase" in message
+    with pytest.raises(msgspec.ValidationError) as err:
+        msgspec.json.decode(b'{"user_id":"u","skill":"S","x":1}', type=ChargeIn)
+    assert _field_and_message(err.value)[0] == "x"
+    with pytest.raises(msgspec.ValidationError) as err:
+        msgspec.json.decode(b"{}", type=SkillPatch)
+    assert _field_and_message(err.value)[0] == "body"
+
+
+def test_credit_rules() -> None:
+    for body in [
+        b'{"amount":0,"type":"GRANT"}',
+        b'{"amount":-1,"type":"PURCHASE"}',
+        b'{"amount":0,"type":"ADJUSTMENT"}',
+        b'{"amount":9223372036854775808,"type":"GRANT"}',
+    ]:
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.json.decode(body, type=CreditIn)
+    assert msgspec.json.decode(b'{"amount":-5,"type":"ADJUSTMENT"}', type=CreditIn).amount == -5
+
+
+@pytest.mark.parametrize("seq", [1, 42, 2**62])
+def test_cursor_round_trip(seq: int) -> None:
+    assert decode_cursor(encode_cursor(seq)) == seq
+
+
+@pytest.mark.parametrize("garbage", ["", "!!", "eDE", "s1", "' OR 1=1 --", "c" * 60])
+def test_garbage_cursors_are_refused(garbage: str) -> None:
+    assert decode_cursor(garbage) is None
+
+
+def test_request_hash_tells_requests_apart() -> None:
+    a = ChargeIn(user_id="u", skill="S")
+    assert request_hash("POST", "/v1/charges", a) == request_hash("POST", "/v1/charges", a)
+    assert request_hash("POST", "/v1/charges", a) != request_hash(
+        "POST", "/v1/charges", ChargeIn(user_id="u", skill="S", units=2)
+    )
+    assert request_hash("POST", "/v1/charges", a) != request_hash("POST", "/v1/other", a)
+    # an omitted default and the explicit default are the same request
+    assert request_hash("POST", "/p", ChargeIn(user_id="u", skill="S", units=1)) == request_hash(
+        "POST", "/p", a
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [(None, None), ('"3"', "3"), ("3", "3"), ('W/"3"', "3"), ("*", "*"), (' "7" ', "7")],
+)
+def test_if_match(header, value) -> None:
+    assert parse_if_match(header) == value
+
+
+@pytest.mark.parametrize("key", ["", "a b", "k" * 256, "é", "tab\t"])
+def test_bad_idempotency_keys(key: str) -> None:
+    with pytest.raises(ApiError):
+        idempotency_key(key)
+
+
+def test_settings_from_env_and_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.database_url == "postgresql://localhost:5432/skill_credits"
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.sqlalchemy_url == "postgresql+asyncpg://localhost:5432/skill_credits"
+    s = Settings.from_env({"DATABASE_URL": "postgres://u@h:1/d", "REDIS_URL": "redis://r:2/1"})
+    assert s.sqlalchemy_url == "postgresql+asyncpg://u@h:1/d" and s.redis_url == "redis://r:2/1"
+    with pytest.raises(ValueError):
+        _ = Settings(database_url="nonsense").sqlalchemy_url
