@@ -9,6 +9,7 @@ writes Redis keys only under its own prefix, which it deletes at the end.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import uuid
@@ -27,6 +28,18 @@ from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
 
 LOCAL_PG = "postgresql://127.0.0.1:5432"
+
+
+def run_in_thread(fn, *args):
+    """Run blocking code (which may call asyncio.run) on a fresh thread.
+
+    Keeps fixtures working whatever event loop the calling thread has running
+    (pytest-asyncio's, or the one Playwright's sync API starts).
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn, *args).result()
+
+
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 
@@ -39,7 +52,7 @@ def _pg_answers(base: str) -> bool:
         await conn.close()
         return True
 
-    return asyncio.run(probe())
+    return run_in_thread(asyncio.run, probe())
 
 
 def _redis_answers(url: str) -> bool:
@@ -88,7 +101,7 @@ def run_id() -> str:
 def database_url(pg_base: str, run_id: str) -> Iterator[str]:
     name = f"sc_test_{run_id}"
     url = f"{pg_base}/{name}"
-    migrate(Settings(database_url=url))  # creates the database, upgrades to head
+    run_in_thread(migrate, Settings(database_url=url))  # creates the database, upgrades to head
     yield url
 
     async def drop() -> None:
@@ -98,7 +111,7 @@ def database_url(pg_base: str, run_id: str) -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(drop())
+    run_in_thread(asyncio.run, drop())
 
 
 @pytest.fixture(scope="session")

@@ -5,14 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 
-from litestar import Litestar, Router
+from litestar import Litestar, Request, Response, Router
+from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect
+from litestar.static_files import create_static_files_router
+from litestar.stores.redis import RedisStore
+from litestar.template.config import TemplateConfig
 
+from skill_credits.admin_ui.endpoints import AdminPagesController, LoginController
+from skill_credits.admin_ui.session import LoginRequired, session_config
 from skill_credits.auth import authenticated
 from skill_credits.bodies import strict_body
 from skill_credits.cache import SkillCache, create_redis
@@ -26,6 +36,17 @@ from skill_credits.skills.endpoints import AdminSkillController, CatalogueContro
 
 log = logging.getLogger(__name__)
 REPAIR_INTERVAL_SECONDS = 1.0
+ADMIN_UI = Path(__file__).parent / "admin_ui"
+HTML_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'none'; object-src 'none'; base-uri 'none';"
+        " form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
 
 
 def provide_db(state: State) -> Database:
@@ -47,12 +68,23 @@ async def _repair_cache_forever(db: Database, cache: SkillCache) -> None:
                 cache.needs_repair = True
 
 
+def login_redirect(_: Request, __: LoginRequired) -> Response:
+    return Redirect("/admin/login", status_code=303)
+
+
+async def html_security_headers(response: Response) -> Response:
+    response.headers.update(HTML_SECURITY_HEADERS)
+    return response
+
+
 def create_app(settings: Settings) -> Litestar:
+    redis = create_redis(settings.redis_url, settings.redis_timeout)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         db = Database(create_engine(settings))
         cache = SkillCache(
-            create_redis(settings.redis_url, settings.redis_timeout),
+            redis,
             settings.redis_prefix,
             timeout=settings.redis_timeout,
             retry_after=settings.redis_retry_after,
@@ -73,15 +105,37 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[LedgerController, CatalogueController, AdminSkillController],
         security=[{"BearerToken": []}],
     )
+    admin_ui = Router(
+        path="/",
+        route_handlers=[LoginController, AdminPagesController],
+        middleware=[session_config().middleware],
+        after_request=html_security_headers,
+        include_in_schema=False,
+    )
+    static = create_static_files_router(
+        path="/static", directories=[ADMIN_UI / "static"], include_in_schema=False
+    )
     return Litestar(
-        route_handlers=[api, healthz, readyz],
+        route_handlers=[api, admin_ui, static, healthz, readyz],
         lifespan=[lifespan],
         dependencies={
             "db": Provide(provide_db, sync_to_thread=False),
             "cache": Provide(provide_cache, sync_to_thread=False),
         },
         plugins=[problem_details_plugin()],
-        exception_handlers={Exception: internal_error_handler},
+        exception_handlers={Exception: internal_error_handler, LoginRequired: login_redirect},
+        stores={"sessions": RedisStore(redis, namespace=f"{settings.redis_prefix}sessions")},
+        template_config=TemplateConfig(
+            directory=ADMIN_UI / "templates", engine=JinjaTemplateEngine
+        ),
+        csrf_config=CSRFConfig(
+            secret=settings.secret_key or secrets.token_hex(32),
+            cookie_name="sc_csrf",
+            cookie_path="/admin",
+            cookie_httponly=True,
+            cookie_samesite="strict",
+            exclude=["^/v1/", "^/healthz", "^/readyz", "^/schema", "^/static/"],
+        ),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="skill-credits",

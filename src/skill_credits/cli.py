@@ -74,8 +74,12 @@ async def _bootstrap_admin(settings: Settings) -> str | None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import secrets
+
     import uvicorn
 
+    # Workers share one secret for the admin UI's CSRF tokens.
+    os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
     token = asyncio.run(_bootstrap_admin(settings))
     if token:
         print("No admin key existed, so one named 'admin' was created. It is shown once:")

@@ -27,6 +27,9 @@ class Settings:
     db_pool_timeout: float = 1.0
     db_command_timeout: float = 10.0
     max_body_bytes: int = 64 * 1024
+    # Signs CSRF tokens of the admin UI; `serve` makes one per start when it is unset,
+    # shared by its workers.
+    secret_key: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -37,6 +40,7 @@ class Settings:
             redis_prefix=env.get("REDIS_PREFIX", "skill_credits:"),
             redis_timeout=float(env.get("REDIS_TIMEOUT", "0.1")),
             db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
+            secret_key=env.get("SECRET_KEY", ""),
         )
 
     @property

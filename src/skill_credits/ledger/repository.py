@@ -268,3 +268,17 @@ async def reconcile(conn: AsyncConnection) -> list[str]:
             f"user {r.user_id}: credits {r.credits} but the last balance_after is {r.balance_after}"
         )
     return problems
+
+
+async def refunded_among(conn: AsyncConnection, tx_ids: list[str]) -> set[str]:
+    """Which of ``tx_ids`` have a refund already."""
+    if not tx_ids:
+        return set()
+    rows = await conn.execute(
+        text(
+            "SELECT refund_of::text AS id FROM transactions"
+            " WHERE refund_of = ANY(CAST(:ids AS uuid[]))"
+        ),
+        {"ids": tx_ids},
+    )
+    return {r.id for r in rows}

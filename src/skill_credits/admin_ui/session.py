@@ -1,0 +1,81 @@
+"""Admin login: an admin API key exchanged for a server-side session in Redis.
+
+The session holds the key's id, never the key. Every page re-reads that key's row, so
+a revoked key logs its sessions out on their next request. Logging in always starts a
+new session id (no session fixation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware.session.server_side import (
+    ServerSideSessionBackend,
+    ServerSideSessionConfig,
+)
+from sqlalchemy import text
+
+from skill_credits.auth import Principal
+
+ROTATE = "skill_credits.rotate_session"
+SESSION_COOKIE = "sc_admin_session"
+
+
+class LoginRequired(Exception):
+    """Raised by the page guard; answered with a redirect to /admin/login."""
+
+
+class RotatingSessionBackend(ServerSideSessionBackend):
+    def get_session_id(self, connection: ASGIConnection) -> str:
+        if connection.scope.get(ROTATE):
+            state = connection.scope.setdefault("state", {})
+            if "sc_new_session_id" not in state:
+                state["sc_new_session_id"] = self.generate_session_id()
+            return state["sc_new_session_id"]
+        return super().get_session_id(connection)
+
+
+class AdminSessionConfig(ServerSideSessionConfig):
+    _backend_class = RotatingSessionBackend
+
+
+def session_config() -> AdminSessionConfig:
+    return AdminSessionConfig(
+        key=SESSION_COOKIE,
+        store="sessions",
+        max_age=8 * 3600,
+        httponly=True,
+        samesite="strict",
+        path="/admin",
+    )
+
+
+def start_session(connection: ASGIConnection, key_id: str, name: str) -> None:
+    connection.scope[ROTATE] = True
+    connection.set_session({"key_id": key_id, "name": name})
+
+
+async def _live_admin(connection: ASGIConnection, key_id: Any) -> Principal | None:
+    if not isinstance(key_id, str):
+        return None
+    async with connection.app.state.db.autocommit.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT name, role FROM api_keys WHERE id = :id AND revoked_at IS NULL"),
+                {"id": key_id},
+            )
+        ).first()
+    if row is None or row.role != "admin":
+        return None
+    return Principal(name=row.name, role=row.role)
+
+
+async def admin_session(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard of every admin page: a session whose admin key is still live."""
+    session = connection.scope.get("session") or {}
+    principal = await _live_admin(connection, session.get("key_id"))
+    if principal is None:
+        raise LoginRequired
+    connection.scope["auth"] = principal

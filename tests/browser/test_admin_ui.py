@@ -1,0 +1,235 @@
+"""The admin pages in a real browser, checked against the JSON API."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from skill_credits.auth import create_key, revoke_key
+from skill_credits.db import Database, create_engine
+from tests.browser.conftest import login
+from tests.conftest import run_in_thread, unique
+
+
+@pytest.fixture
+def http(ui_server, keys):
+    with httpx.Client(base_url=ui_server.url, timeout=10) as c:
+        yield c
+
+
+def charge(http, keys, user: str, skill: str) -> httpx.Response:
+    return http.post(
+        "/v1/charges", json={"user_id": user, "skill": skill}, headers=keys.auth("service")
+    )
+
+
+def test_logged_out_pages_redirect_to_login(page) -> None:
+    for path in ["/admin/skills", "/admin/users?user_id=x", "/admin/skills/X/history", "/admin"]:
+        page.goto(path)
+        expect(page).to_have_url(re.compile(r"/admin/login$"))
+
+
+def test_service_or_wrong_keys_cannot_log_in(page, keys) -> None:
+    for token in [keys.service, keys.revoked, "sck_nope_nope", "not even a key"]:
+        login(page, token)
+        expect(page.locator(".field-error")).to_contain_text("not a live admin key")
+        page.goto("/admin/skills")
+        expect(page).to_have_url(re.compile(r"/admin/login$"))
+
+
+def test_add_edit_disable_enable_and_history(page, keys, http, screenshot_dir) -> None:
+    login(page, keys.admin)
+    expect(page).to_have_url(re.compile(r"/admin/skills$"))
+    name = unique("MY_NEW_TOOL")
+
+    # a bad system name is refused beside the field, with the rule
+    page.click("text=+ Add New Skill >> nth=0")
+    page.fill("#name", "my tool")
+    page.fill("#display_name", "My Awesome Feature")
+    page.fill("#cost", "10")
+    page.click("button:has-text('Create')")
+    expect(page.locator("#name-error")).to_contain_text("uppercase letters, digits and underscores")
+    page.fill("#cost", "-3")
+    page.click("button:has-text('Create')")
+    expect(page.locator("#cost-error")).to_contain_text("non-negative integer")
+
+    page.fill("#name", name)
+    page.fill("#description", "Writes the whole article")
+    page.fill("#cost", "10")
+    page.click("button:has-text('Create')")
+    row = page.locator(f"#skill-{name}")
+    expect(row.locator(".cost")).to_have_text("10")
+    expect(row).to_contain_text("Active")
+
+    user = unique("ui").lower()
+    http.post(
+        f"/v1/users/{user}/credits",
+        json={"amount": 1000, "type": "GRANT"},
+        headers=keys.auth("admin"),
+    )
+    assert charge(http, keys, user, name).json()["unit_cost"] == 10
+
+    # Edit Cost: the very next API call uses it
+    row.locator("summary:has-text('Edit Cost')").click()
+    row.locator("input[name=cost]").fill("17")
+    row.locator("button:has-text('Save')").click()
+    expect(page.locator(".flash.ok")).to_contain_text(f"{name} saved")
+    expect(page.locator(f"#skill-{name} .cost")).to_have_text("17")
+    assert charge(http, keys, user, name).json()["unit_cost"] == 17
+
+    # disable, with a confirmation step; the API refuses; enable again
+    page.locator(f"#skill-{name}").get_by_role("link", name="Disable").click()
+    expect(page.locator("h1")).to_contain_text(f"Disable {name}?")
+    page.click(f"button:has-text('Yes, disable {name}')")
+    expect(page.locator(f"#skill-{name}")).to_contain_text("Disabled")
+    r = charge(http, keys, user, name)
+    assert (r.status_code, r.json()["code"]) == (403, "skill_disabled")
+    page.locator(f"#skill-{name}").get_by_role("button", name="Enable").click()
+    expect(page.locator(f"#skill-{name}")).to_contain_text("Active")
+    assert charge(http, keys, user, name).status_code == 201
+
+    page.screenshot(path=str(screenshot_dir / "admin-skills.png"), full_page=True)
+
+    page.locator(f"#skill-{name}").get_by_role("link", name="History").click()
+    expect(page.locator("h1")).to_contain_text(name)
+    rows = page.locator("tbody tr")
+    expect(rows).to_have_count(4)  # created, cost, disabled, enabled
+    expect(rows.nth(0)).to_contain_text("is_active")
+    expect(rows.nth(2)).to_contain_text("10 → 17")
+    expect(rows.nth(3)).to_contain_text("created as")
+    expect(rows.nth(0)).to_contain_text(keys.admin_name)
+    api_history = http.get(f"/v1/admin/skills/{name}/history", headers=keys.auth("admin")).json()
+    assert [h["version"] for h in api_history["items"]] == [4, 3, 2, 1]
+
+
+def test_two_admins_editing_at_once_get_changed_meanwhile(
+    context, browser, ui_server, keys, http
+) -> None:
+    skill = http.post(
+        "/v1/admin/skills",
+        headers=keys.auth("admin"),
+        json={"name": unique("TWO_ADMINS"), "display_name": "t", "cost": 5},
+    ).json()
+    first, second = context.new_page(), context.new_page()
+    login(first, keys.admin)
+    login(second, keys.admin)
+    for p in (first, second):  # both open the page at version 1
+        p.goto("/admin/skills")
+        p.locator(f"#skill-{skill['name']} summary:has-text('Edit Cost')").click()
+    first.locator(f"#skill-{skill['name']} input[name=cost]").fill("6")
+    first.locator(f"#skill-{skill['name']} button:has-text('Save')").click()
+    expect(first.locator(".flash.ok")).to_be_visible()
+    second.locator(f"#skill-{skill['name']} input[name=cost]").fill("7")
+    second.locator(f"#skill-{skill['name']} button:has-text('Save')").click()
+    expect(second.locator(".flash.error")).to_contain_text("changed meanwhile")
+    expect(second.locator(f"#skill-{skill['name']} .cost")).to_have_text("6")
+    got = http.get(f"/v1/admin/skills/{skill['name']}", headers=keys.auth("admin")).json()
+    assert (got["cost"], got["version"]) == (6, 2)
+
+
+def test_user_page_grant_and_refund(page, keys, http, screenshot_dir) -> None:
+    skill = http.post(
+        "/v1/admin/skills",
+        headers=keys.auth("admin"),
+        json={"name": unique("UI_REFUND"), "display_name": "Refundable", "cost": 30},
+    ).json()
+    user = unique("customer").lower()
+    login(page, keys.admin)
+    page.goto(f"/admin/users?user_id={user}")
+    expect(page.locator(".flash.error")).to_contain_text("No user")
+    page.select_option("#type", "GRANT")
+    page.fill("#amount", "100")
+    page.fill("#credit-description", "welcome bonus")
+    page.click("form.grid button:has-text('Save')")
+    expect(page.locator(".flash.ok")).to_contain_text("GRANT of +100")
+    expect(page.locator("#credits")).to_have_text("100")
+
+    tx = charge(http, keys, user, skill["name"]).json()
+    page.reload()
+    expect(page.locator("#credits")).to_have_text("70")
+    consumption = page.locator(f"tr[data-id='{tx['id']}']")
+    consumption.get_by_role("button", name="Refund").click()
+    expect(page.locator(".flash.ok")).to_contain_text("Refunded 30")
+    expect(page.locator("#credits")).to_have_text("100")
+    expect(page.locator(f"tr[data-id='{tx['id']}']")).to_contain_text("refunded")
+    api_user = http.get(f"/v1/users/{user}", headers=keys.auth("service")).json()
+    assert api_user["credits"] == 100
+
+    page.click("summary:has-text('Grant or adjust')")
+    page.select_option("#type", "ADJUSTMENT")
+    page.fill("#amount", "-500")
+    page.click("form.grid button:has-text('Save')")
+    expect(page.locator(".flash.error")).to_contain_text("below the 500 required")
+    expect(page.locator("#credits")).to_have_text("100")
+    page.screenshot(path=str(screenshot_dir / "admin-users.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto("/admin/skills")
+    page.screenshot(path=str(screenshot_dir / "admin-skills-phone.png"), full_page=False)
+
+
+def test_csrf_less_post_is_refused(page, keys, http) -> None:
+    login(page, keys.admin)
+    name = unique("CSRF")
+    response = page.request.post(
+        "/admin/skills", form={"name": name, "display_name": "x", "cost": "1"}
+    )
+    assert response.status == 403
+    response = page.request.post(
+        "/admin/skills",
+        form={"name": name, "display_name": "x", "cost": "1", "_csrf_token": "forged"},
+    )
+    assert response.status == 403
+    assert http.get(f"/v1/admin/skills/{name}", headers=keys.auth("admin")).status_code == 404
+
+
+def test_logout_revocation_and_session_fixation(page, context, keys, settings, ui_server) -> None:
+    # a planted session id is not the one the login uses
+    context.add_cookies(
+        [
+            {
+                "name": "sc_admin_session",
+                "value": "attacker-chosen",
+                "domain": "127.0.0.1",
+                "path": "/admin",
+            }
+        ]
+    )
+    login(page, keys.admin)
+    expect(page).to_have_url(re.compile(r"/admin/skills$"))
+    session = next(c for c in context.cookies() if c["name"] == "sc_admin_session")
+    assert session["value"] != "attacker-chosen"
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+
+    headers = page.request.get("/admin/skills").headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY" and headers["referrer-policy"] == "same-origin"
+
+    page.click("button:has-text('Log out')")
+    expect(page).to_have_url(re.compile(r"/admin/login$"))
+    page.goto("/admin/skills")
+    expect(page).to_have_url(re.compile(r"/admin/login$"))
+
+    # a session whose key is revoked is sent back to the login page
+    name = unique("temp-admin")
+    token = run_in_thread(asyncio.run, _key(settings, name, revoke=False))
+    login(page, token)
+    expect(page).to_have_url(re.compile(r"/admin/skills$"))
+    run_in_thread(asyncio.run, _key(settings, name, revoke=True))
+    page.goto("/admin/skills")
+    expect(page).to_have_url(re.compile(r"/admin/login$"))
+
+
+async def _key(settings, name: str, revoke: bool) -> str:
+    db = Database(create_engine(settings))
+    try:
+        async with db.engine.begin() as conn:
+            if revoke:
+                await revoke_key(conn, name)
+                return ""
+            return (await create_key(conn, name, "admin")).token
+    finally:
+        await db.dispose()
