@@ -29,7 +29,7 @@ from skill_credits.cache import SkillCache, create_redis
 from skill_credits.db import Database, create_engine
 from skill_credits.errors import internal_error_handler, problem_details_plugin
 from skill_credits.health import healthz, readyz
-from skill_credits.ledger.endpoints import LedgerController
+from skill_credits.ledger.endpoints import HoldController, LedgerController
 from skill_credits.settings import Settings
 from skill_credits.skills import service as skills_service
 from skill_credits.skills.endpoints import AdminSkillController, CatalogueController
@@ -102,7 +102,12 @@ def create_app(settings: Settings) -> Litestar:
         path="/",
         guards=[authenticated],
         before_request=strict_body,
-        route_handlers=[LedgerController, CatalogueController, AdminSkillController],
+        route_handlers=[
+            LedgerController,
+            HoldController,
+            CatalogueController,
+            AdminSkillController,
+        ],
         security=[{"BearerToken": []}],
     )
     admin_ui = Router(

@@ -38,6 +38,10 @@ async def test_openapi_documents_every_route(client) -> None:
         "/v1/admin/skills": {"get", "post"},
         "/v1/admin/skills/{name}": {"get", "patch"},
         "/v1/admin/skills/{name}/history": {"get"},
+        "/v1/holds": {"post"},
+        "/v1/holds/{hold_id}": {"get"},
+        "/v1/holds/{hold_id}/capture": {"post"},
+        "/v1/holds/{hold_id}/release": {"post"},
         "/healthz": {"get"},
         "/readyz": {"get"},
     }

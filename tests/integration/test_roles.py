@@ -21,7 +21,15 @@ async def _routes(world):
     api: Api = world["api"]
     skill, user = world["skill"], world["user"]
     tx = (await api.charge(user, skill)).json()["id"]
+    hold_body = {"user_id": user, "skill": skill}
+    admin = api.keys.auth("admin")
+    to_capture = (await api.c.post("/v1/holds", json=hold_body, headers=admin)).json()["id"]
+    to_release = (await api.c.post("/v1/holds", json=hold_body, headers=admin)).json()["id"]
     return [
+        ("POST", "/v1/holds", hold_body, 201, 201),
+        ("GET", f"/v1/holds/{to_capture}", None, 200, 200),
+        ("POST", f"/v1/holds/{to_capture}/capture", {}, 201, 201),
+        ("POST", f"/v1/holds/{to_release}/release", None, 200, 200),
         ("POST", "/v1/charges", {"user_id": user, "skill": skill}, 201, 201),
         ("POST", f"/v1/users/{user}/credits", {"amount": 5, "type": "PURCHASE"}, 201, 201),
         ("POST", f"/v1/users/{user}/credits", {"amount": 5, "type": "GRANT"}, 201, 201),

@@ -14,8 +14,11 @@ from skill_credits.ledger import repository as repo
 from skill_credits.ledger import service
 from skill_credits.ledger.schemas import (
     TRANSACTION_TYPES,
+    CaptureIn,
     ChargeIn,
     CreditIn,
+    Hold,
+    HoldIn,
     RefundIn,
     Transaction,
     TransactionPage,
@@ -130,3 +133,53 @@ class LedgerController(Controller):
         digest = service.request_hash("POST", f"/v1/transactions/{tx_uuid}/refund", body)
         async with db.autocommit.connect() as conn:
             return created(await service.refund(conn, tx_uuid, body, key, digest))
+
+
+class HoldController(Controller):
+    path = "/v1/holds"
+    tags = ["holds"]
+
+    @post("/", summary="Reserve cost x units at the current price")
+    async def create(
+        self,
+        data: JSONBody[HoldIn],
+        db: Db,
+        cache: NamedDependency[SkillCache],
+        key: IdempotencyKey = None,
+    ) -> Response[Hold]:
+        idempotency_key(key)
+        digest = service.request_hash("POST", "/v1/holds", data)
+        async with db.autocommit.connect() as conn:
+            written = await service.create_hold(conn, cache, data, key, digest)
+        headers = {"Idempotent-Replayed": "true"} if written.replayed else {}
+        return Response(written.hold, status_code=201, headers=headers)
+
+    @get("/{hold_id:str}", summary="One hold")
+    async def get_hold(self, hold_id: FromPath[str], db: Db) -> Hold:
+        hold_uuid = str(path_uuid(hold_id))
+        async with db.autocommit.connect() as conn:
+            row = await repo.get_hold(conn, hold_uuid)
+        if row is None:
+            raise service.hold_not_found(hold_id)
+        return repo.hold_from_row(row)
+
+    @post("/{hold_id:str}/capture", summary="Charge at the hold's price; free the rest")
+    async def capture(
+        self,
+        hold_id: FromPath[str],
+        db: Db,
+        data: JSONBody[CaptureIn | None] = None,
+        key: IdempotencyKey = None,
+    ) -> Response[Transaction]:
+        hold_uuid = str(path_uuid(hold_id))
+        idempotency_key(key)
+        body = data or CaptureIn()
+        digest = service.request_hash("POST", f"/v1/holds/{hold_uuid}/capture", body)
+        async with db.autocommit.connect() as conn:
+            return created(await service.capture(conn, hold_uuid, body, key, digest))
+
+    @post("/{hold_id:str}/release", status_code=200, summary="Free everything the hold reserved")
+    async def release(self, hold_id: FromPath[str], db: Db) -> Hold:
+        hold_uuid = str(path_uuid(hold_id))
+        async with db.autocommit.connect() as conn:
+            return await service.release(conn, hold_uuid)

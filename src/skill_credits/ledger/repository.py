@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from skill_credits.ledger.schemas import Transaction, User
+from skill_credits.ledger.schemas import Hold, Transaction, User
 
 TX_COLUMNS = (
     "id::text AS id, user_id, type, amount, balance_after, skill, units, unit_cost,"
@@ -267,6 +267,20 @@ async def reconcile(conn: AsyncConnection) -> list[str]:
         problems.append(
             f"user {r.user_id}: credits {r.credits} but the last balance_after is {r.balance_after}"
         )
+    rows = await conn.execute(
+        text(
+            "SELECT h.id::text AS id, h.status, t.id AS tx, t.unit_cost, t.units,"
+            "       h.unit_cost AS price, h.units AS reserved"
+            " FROM holds h LEFT JOIN transactions t ON t.id = h.transaction_id"
+            " WHERE (h.status = 'captured') <> (t.id IS NOT NULL)"
+            "    OR t.unit_cost <> h.unit_cost OR t.units > h.units"
+        )
+    )
+    for r in rows:
+        problems.append(
+            f"hold {r.id} ({r.status}): its capture does not match (transaction {r.tx},"
+            f" {r.units} x {r.unit_cost} against {r.reserved} reserved at {r.price})"
+        )
     return problems
 
 
@@ -282,3 +296,118 @@ async def refunded_among(conn: AsyncConnection, tx_ids: list[str]) -> set[str]:
         {"ids": tx_ids},
     )
     return {r.id for r in rows}
+
+
+HOLD_COLUMNS = (
+    "id::text AS id, user_id, skill, skill_version, units, unit_cost, amount,"
+    " CASE WHEN status = 'held' AND expires_at <= now() THEN 'expired' ELSE status END AS status,"
+    " expires_at, created_at"
+)
+
+# Reserve cost x units at the current (version-checked) price. A new hold makes the
+# user's reserved sum grow, so it bumps hold_seq: a charge or hold that raced it re-reads.
+HOLD = text(f"""
+WITH s AS (
+    SELECT id, name, cost, version FROM skills
+    WHERE name = :skill AND is_active
+      AND (CAST(:version AS integer) IS NULL OR version = CAST(:version AS integer))
+), u AS (
+    UPDATE users SET hold_seq = users.hold_seq + 1
+    FROM s
+    WHERE users.user_id = :user_id
+      AND {UNCHANGED_HOLDS}
+      AND users.credits - {RESERVED} >= s.cost * CAST(:units AS integer)
+      AND NOT EXISTS (SELECT 1 FROM holds k
+                      WHERE k.user_id = :user_id AND k.idempotency_key = CAST(:key AS text))
+    RETURNING s.id AS s_id, s.name AS s_name, s.cost AS s_cost, s.version AS s_version
+)
+INSERT INTO holds (user_id, skill_id, skill, skill_version, units, unit_cost, amount,
+                        description, expires_at, idempotency_key, request_hash)
+SELECT :user_id, u.s_id, u.s_name, u.s_version, CAST(:units AS integer), u.s_cost,
+       u.s_cost * CAST(:units AS integer), CAST(:description AS text),
+       now() + make_interval(secs => CAST(:ttl AS integer)), CAST(:key AS text),
+       CAST(:hash AS bytea)
+FROM u
+RETURNING {HOLD_COLUMNS}
+""")
+
+# Capture: the hold row is claimed first (a second capture waits for it and then finds it
+# no longer 'held'), then the balance changes and the CONSUMPTION row is written at the
+# hold's price. The reservation covered the amount, so the balance cannot go short.
+CAPTURE = text(f"""
+WITH h AS (
+    UPDATE holds SET status = 'captured', resolved_at = clock_timestamp(),
+                     transaction_id = CAST(:tx_id AS uuid)
+    WHERE id = CAST(:id AS uuid) AND status = 'held' AND expires_at > now()
+      AND units >= CAST(:units AS integer)
+      AND NOT EXISTS (SELECT 1 FROM transactions k
+                      WHERE k.user_id = holds.user_id AND k.idempotency_key = CAST(:key AS text))
+    RETURNING user_id, skill_id, skill, unit_cost, description
+), u AS (
+    UPDATE users SET credits = users.credits - h.unit_cost * CAST(:units AS integer)
+    FROM h WHERE users.user_id = h.user_id
+    RETURNING users.user_id, users.credits, h.skill_id, h.skill, h.unit_cost, h.description
+)
+INSERT INTO transactions (id, user_id, type, amount, balance_after, skill_id, skill, units,
+                          unit_cost, description, idempotency_key, request_hash)
+SELECT CAST(:tx_id AS uuid), u.user_id, 'CONSUMPTION', -(u.unit_cost * CAST(:units AS integer)),
+       u.credits, u.skill_id, u.skill, CAST(:units AS integer), u.unit_cost,
+       coalesce(CAST(:description AS text), u.description), CAST(:key AS text),
+       CAST(:hash AS bytea)
+FROM u
+RETURNING {TX_COLUMNS}
+""")
+
+RELEASE = text(f"""
+UPDATE holds SET status = 'released', resolved_at = clock_timestamp()
+WHERE id = CAST(:id AS uuid) AND status = 'held' AND expires_at > now()
+RETURNING {HOLD_COLUMNS}
+""")
+
+
+def hold_from_row(row: Any) -> Hold:
+    return Hold(
+        id=row.id,
+        user_id=row.user_id,
+        skill=row.skill,
+        skill_version=row.skill_version,
+        units=row.units,
+        unit_cost=row.unit_cost,
+        amount=row.amount,
+        status=row.status,
+        expires_at=row.expires_at,
+        created_at=row.created_at,
+    )
+
+
+async def hold(conn: AsyncConnection, params: dict[str, Any]) -> Row | None:
+    return (await conn.execute(HOLD, params)).first()
+
+
+async def capture(conn: AsyncConnection, params: dict[str, Any]) -> Row | None:
+    return (await conn.execute(CAPTURE, params)).first()
+
+
+async def release(conn: AsyncConnection, hold_id: str) -> Row | None:
+    return (await conn.execute(RELEASE, {"id": hold_id})).first()
+
+
+async def get_hold(conn: AsyncConnection, hold_id: str) -> Row | None:
+    return (
+        await conn.execute(
+            text(f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = CAST(:id AS uuid)"),
+            {"id": hold_id},
+        )
+    ).first()
+
+
+async def hold_by_idempotency_key(conn: AsyncConnection, user_id: str, key: str) -> Row | None:
+    return (
+        await conn.execute(
+            text(
+                f"SELECT {HOLD_COLUMNS}, request_hash FROM holds"
+                " WHERE user_id = :user_id AND idempotency_key = :key"
+            ),
+            {"user_id": user_id, "key": key},
+        )
+    ).first()

@@ -48,6 +48,46 @@ class RefundIn(Struct, forbid_unknown_fields=True):
         check_text(self.description, "description")
 
 
+TtlSeconds = Annotated[int, Meta(ge=1, le=86_400)]
+HoldStatus = Literal["held", "captured", "released", "expired"]
+
+
+class HoldIn(Struct, forbid_unknown_fields=True):
+    user_id: UserId
+    skill: SkillRef
+    units: Units = 1
+    ttl_seconds: TtlSeconds = 900
+    description: TxDescription | None = None
+
+    def __post_init__(self) -> None:
+        check_user_id(self.user_id)
+        check_skill_name(self.skill, "skill")
+        check_text(self.description, "description")
+
+
+class CaptureIn(Struct, forbid_unknown_fields=True):
+    """``units`` defaults to the reserved units; more than reserved is a 400."""
+
+    units: Units | None = None
+    description: TxDescription | None = None
+
+    def __post_init__(self) -> None:
+        check_text(self.description, "description")
+
+
+class Hold(Struct, kw_only=True):
+    id: str
+    user_id: str
+    skill: str
+    skill_version: int
+    units: int
+    unit_cost: int
+    amount: int
+    status: HoldStatus
+    expires_at: datetime
+    created_at: datetime
+
+
 class Transaction(Struct, kw_only=True):
     id: str
     user_id: str

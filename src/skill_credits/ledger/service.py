@@ -8,6 +8,8 @@ us" (a new skill version, a concurrent hold), runs the statement again.
 from __future__ import annotations
 
 import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,15 @@ from skill_credits.cache import SkillCache
 from skill_credits.db import constraint_name, sqlstate
 from skill_credits.errors import ApiError, validation_error
 from skill_credits.ledger import repository as repo
-from skill_credits.ledger.schemas import ChargeIn, CreditIn, RefundIn, Transaction
+from skill_credits.ledger.schemas import (
+    CaptureIn,
+    ChargeIn,
+    CreditIn,
+    Hold,
+    HoldIn,
+    RefundIn,
+    Transaction,
+)
 from skill_credits.skills import repository as skills_repo
 from skill_credits.skills.schemas import Skill
 
@@ -86,52 +96,84 @@ def _skill_from_charge_row(row: Any) -> Skill:
     )
 
 
-async def charge(
-    conn: AsyncConnection, cache: SkillCache, data: ChargeIn, key: str | None, digest: bytes
-) -> Written:
-    cached = await cache.get(data.skill)
-    version = cached.version if cached is not None else None
-    params = {
-        "skill": data.skill,
-        "version": version,
-        "user_id": data.user_id,
-        "units": data.units,
-        "description": data.description,
-        "key": key,
-        "hash": digest,
-    }
+async def _priced_write(
+    conn: AsyncConnection,
+    cache: SkillCache,
+    *,
+    skill_name: str,
+    user_id: str,
+    units: int,
+    params: dict[str, Any],
+    write: Callable[[AsyncConnection, dict[str, Any]], Awaitable[Any]],
+    replay: Callable[[], Awaitable[Any]],
+    unique: set[str],
+) -> tuple[Any, Skill | None]:
+    """Run a statement priced at the skill's version the cache knows, and explain a refusal.
+
+    The statement is the judge: it writes only at the version it was given. When it writes
+    nothing, the reads below answer in the contract's order (replay, skill 404, 403, user
+    404, 402), or find that the price or a hold moved meanwhile and run it again.
+    """
+    cached = await cache.get(skill_name)
+    params["version"] = cached.version if cached is not None else None
     for _ in range(MAX_ATTEMPTS):
         try:
-            row = await repo.charge(conn, params)
+            row = await write(conn, params)
         except sa_exc.IntegrityError as exc:
-            if not _is_unique_violation(exc, IDEMPOTENCY_CONSTRAINTS):
+            if not _is_unique_violation(exc, unique):
                 raise
             row = None  # a concurrent request with this key won; answer as it did
         if row is not None:
-            if cached is None or cached.version != row.s_version:
-                await cache.put(_skill_from_charge_row(row))
-            return Written(repo.transaction_from_row(row))
-
-        if (done := await _replay(conn, data.user_id, key, digest)) is not None:
-            return done
-        skill = await skills_repo.get(conn, data.skill)
+            return row, cached
+        if (done := await replay()) is not None:
+            return done, cached
+        skill = await skills_repo.get(conn, skill_name)
         if skill is None:
-            raise ApiError(404, "skill_not_found", f"no skill named {data.skill}")
+            raise ApiError(404, "skill_not_found", f"no skill named {skill_name}")
         if params["version"] is not None and skill.version != params["version"]:
             await cache.put(skill)  # the cache was behind: price at the current version
             params["version"] = skill.version
             cached = skill
             continue
         if not skill.is_active:
-            raise ApiError(403, "skill_disabled", f"{data.skill} is disabled")
-        user = await repo.get_user(conn, data.user_id)
+            raise ApiError(403, "skill_disabled", f"{skill_name} is disabled")
+        user = await repo.get_user(conn, user_id)
         if user is None:
-            raise ApiError(404, "user_not_found", f"no user {data.user_id}")
-        required = skill.cost * data.units
+            raise ApiError(404, "user_not_found", f"no user {user_id}")
+        required = skill.cost * units
         if user.available < required:
             raise insufficient(user.credits, user.available, required)
-        # A hold or an edit changed between the statement and these reads: try again.
+        # A hold changed between the statement and these reads: try again.
     raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
+
+
+async def charge(
+    conn: AsyncConnection, cache: SkillCache, data: ChargeIn, key: str | None, digest: bytes
+) -> Written:
+    params = {
+        "skill": data.skill,
+        "user_id": data.user_id,
+        "units": data.units,
+        "description": data.description,
+        "key": key,
+        "hash": digest,
+    }
+    row, cached = await _priced_write(
+        conn,
+        cache,
+        skill_name=data.skill,
+        user_id=data.user_id,
+        units=data.units,
+        params=params,
+        write=repo.charge,
+        replay=lambda: _replay(conn, data.user_id, key, digest),
+        unique=IDEMPOTENCY_CONSTRAINTS,
+    )
+    if isinstance(row, Written):
+        return row
+    if cached is None or cached.version != row.s_version:
+        await cache.put(_skill_from_charge_row(row))
+    return Written(repo.transaction_from_row(row))
 
 
 async def add_credits(
@@ -205,3 +247,99 @@ async def refund(
         if original.refunded:
             raise ApiError(409, "already_refunded", f"transaction {tx_id} was refunded already")
     raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
+
+
+@dataclass(frozen=True, slots=True)
+class HoldWritten:
+    hold: Hold
+    replayed: bool = False
+
+
+def hold_not_found(hold_id: str) -> ApiError:
+    return ApiError(404, "hold_not_found", f"no hold {hold_id}")
+
+
+def hold_not_active(status: str) -> ApiError:
+    return ApiError(409, "hold_not_active", f"the hold is {status}, not held")
+
+
+async def _replay_hold(conn: AsyncConnection, user_id: str, key: str | None, digest: bytes):
+    if key is None:
+        return None
+    row = await repo.hold_by_idempotency_key(conn, user_id, key)
+    if row is None:
+        return None
+    if bytes(row.request_hash) != digest:
+        raise ApiError(
+            422, "idempotency_key_reused", "this Idempotency-Key was used with a different request"
+        )
+    return HoldWritten(repo.hold_from_row(row), replayed=True)
+
+
+async def create_hold(
+    conn: AsyncConnection, cache: SkillCache, data: HoldIn, key: str | None, digest: bytes
+) -> HoldWritten:
+    params = {
+        "skill": data.skill,
+        "user_id": data.user_id,
+        "units": data.units,
+        "ttl": data.ttl_seconds,
+        "description": data.description,
+        "key": key,
+        "hash": digest,
+    }
+    row, _ = await _priced_write(
+        conn,
+        cache,
+        skill_name=data.skill,
+        user_id=data.user_id,
+        units=data.units,
+        params=params,
+        write=repo.hold,
+        replay=lambda: _replay_hold(conn, data.user_id, key, digest),
+        unique={"holds_idempotency"},
+    )
+    if isinstance(row, HoldWritten):
+        return row
+    return HoldWritten(repo.hold_from_row(row))
+
+
+async def capture(
+    conn: AsyncConnection, hold_id: str, data: CaptureIn, key: str | None, digest: bytes
+) -> Written:
+    current = await repo.get_hold(conn, hold_id)
+    if current is None:
+        raise hold_not_found(hold_id)
+    units = data.units if data.units is not None else current.units
+    if units > current.units:
+        raise validation_error("units", f"must be at most the {current.units} reserved")
+    params = {
+        "id": hold_id,
+        "tx_id": str(uuid.uuid4()),
+        "units": units,
+        "description": data.description,
+        "key": key,
+        "hash": digest,
+    }
+    try:
+        row = await repo.capture(conn, params)
+    except sa_exc.IntegrityError as exc:
+        if not _is_unique_violation(exc, IDEMPOTENCY_CONSTRAINTS):
+            raise
+        row = None
+    if row is not None:
+        return Written(repo.transaction_from_row(row))
+    if (done := await _replay(conn, current.user_id, key, digest)) is not None:
+        return done
+    latest = await repo.get_hold(conn, hold_id)
+    raise hold_not_active(latest.status)
+
+
+async def release(conn: AsyncConnection, hold_id: str) -> Hold:
+    row = await repo.release(conn, hold_id)
+    if row is not None:
+        return repo.hold_from_row(row)
+    current = await repo.get_hold(conn, hold_id)
+    if current is None:
+        raise hold_not_found(hold_id)
+    raise hold_not_active(current.status)
