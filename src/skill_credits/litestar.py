@@ -1,0 +1,149 @@
+"""Charging inside a host Litestar app: the original guide's "Step 2" in Python.
+
+    from skill_credits.litestar import SkillCredits, charge, hold
+
+    billing = SkillCredits(base_url=..., api_key=..., user_id=lambda request: request.user.id)
+    app = Litestar(route_handlers=[...], plugins=[billing])
+
+    @post("/tools/summarize", dependencies={"billing": charge("SUMMARIZE")})
+    async def summarize(data: JSONBody[Text], billing: NamedDependency[Charged]) -> Summary: ...
+
+``charge`` charges before the handler runs and refunds if the handler raises;
+``hold`` reserves before, captures the units the handler reports on success, and
+releases on failure. Refusals (402/403/404) answer the client with the same problem
+details as the HTTP API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.config.app import AppConfig
+from litestar.di import Provide
+from litestar.plugins import InitPluginProtocol
+
+from skill_credits.client import BillingError, SkillCreditsClient
+from skill_credits.ledger.schemas import Hold, Transaction
+
+__all__ = ["BillingError", "Charged", "Held", "SkillCredits", "charge", "hold"]
+
+STATE_KEY = "skill_credits"
+
+
+def _problem_response(_: Request, exc: BillingError) -> Response:
+    return Response(exc.problem, status_code=exc.status, media_type="application/problem+json")
+
+
+@dataclass
+class Charged:
+    """What the handler gets from ``charge``: the CONSUMPTION transaction."""
+
+    transaction: Transaction
+
+
+class Held:
+    """What the handler gets from ``hold``: report the units actually used."""
+
+    def __init__(self, hold: Hold) -> None:
+        self.hold = hold
+        self.units: int = hold.units
+        self.captured: Transaction | None = None
+
+    def use(self, units: int) -> None:
+        self.units = units
+
+
+class SkillCredits(InitPluginProtocol):
+    """Plugin: one client for the app, and problem responses for billing refusals."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        user_id: Callable[[Request], str],
+        http: Any = None,
+    ) -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+        self.user_id = user_id
+        self.http = http
+        self.client: SkillCreditsClient | None = None
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config.exception_handlers[BillingError] = _problem_response
+        app_config.on_startup.append(self._start)
+        app_config.on_shutdown.append(self._stop)
+        return app_config
+
+    async def _start(self, app: Litestar) -> None:
+        self.client = SkillCreditsClient(self.base_url, self.api_key, http=self.http)
+        app.state[STATE_KEY] = self
+
+    async def _stop(self, app: Litestar) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+
+def _billing(request: Request) -> SkillCredits:
+    return request.app.state[STATE_KEY]
+
+
+def _key(request: Request, suffix: str) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    return f"{key}:{suffix}" if key else None
+
+
+def charge(skill: str, *, units: int = 1, description: str | None = None) -> Provide:
+    """A dependency that charges ``skill`` before the handler and refunds if it raises."""
+
+    async def dependency(request: Request) -> AsyncGenerator[Charged, None]:
+        billing = _billing(request)
+        tx = await billing.client.charge(
+            billing.user_id(request),
+            skill,
+            units=units,
+            description=description or f"{request.method} {request.url.path}",
+            idempotency_key=_key(request, "charge"),
+        )
+        try:
+            yield Charged(tx)
+        except Exception:
+            await billing.client.refund(
+                tx.id, description="the tool failed", idempotency_key=f"refund:{tx.id}"
+            )
+            raise
+
+    return Provide(dependency)
+
+
+def hold(
+    skill: str, *, units: int, ttl_seconds: int = 900, description: str | None = None
+) -> Provide:
+    """A dependency that reserves ``units`` before the handler, captures what it used
+    (``held.use(n)``; all reserved units by default) and releases everything if it raises."""
+
+    async def dependency(request: Request) -> AsyncGenerator[Held, None]:
+        billing = _billing(request)
+        reserved = await billing.client.hold(
+            billing.user_id(request),
+            skill,
+            units=units,
+            ttl_seconds=ttl_seconds,
+            description=description or f"{request.method} {request.url.path}",
+            idempotency_key=_key(request, "hold"),
+        )
+        held = Held(reserved)
+        try:
+            yield held
+        except Exception:
+            await billing.client.release(reserved.id)
+            raise
+        held.captured = await billing.client.capture(
+            reserved.id, units=held.units, idempotency_key=f"capture:{reserved.id}"
+        )
+
+    return Provide(dependency)
