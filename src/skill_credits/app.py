@@ -28,6 +28,7 @@ from skill_credits.bodies import strict_body
 from skill_credits.cache import SkillCache, create_redis
 from skill_credits.db import Database, create_engine
 from skill_credits.errors import internal_error_handler, problem_details_plugin
+from skill_credits.events.endpoints import EventController
 from skill_credits.health import healthz, readyz
 from skill_credits.ledger.endpoints import HoldController, LedgerController
 from skill_credits.settings import Settings
@@ -107,6 +108,7 @@ def create_app(settings: Settings) -> Litestar:
             HoldController,
             CatalogueController,
             AdminSkillController,
+            EventController,
         ],
         security=[{"BearerToken": []}],
     )

@@ -97,6 +97,48 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from skill_credits.db import Database, create_engine
+    from skill_credits.events.worker import WorkerConfig, main
+
+    env = os.environ
+    config = WorkerConfig(
+        max_attempts=int(env.get("WEBHOOK_MAX_ATTEMPTS", "8")),
+        backoff_base=float(env.get("WEBHOOK_BACKOFF_SECONDS", "1.0")),
+        poll_interval=float(env.get("WEBHOOK_POLL_SECONDS", "0.5")),
+    )
+    asyncio.run(main(Database(create_engine(settings)), config))
+    return 0
+
+
+def cmd_webhooks_add(settings: Settings, args: argparse.Namespace) -> int:
+    from skill_credits.events.repository import add_endpoint
+
+    _, secret = asyncio.run(_with_connection(settings, lambda c: add_endpoint(c, args.url)))
+    print(f"events are now delivered to {args.url}; verify them with this signing secret:")
+    print(secret)
+    return 0
+
+
+def cmd_webhooks_remove(settings: Settings, args: argparse.Namespace) -> int:
+    from skill_credits.events.repository import remove_endpoint
+
+    if asyncio.run(_with_connection(settings, lambda c: remove_endpoint(c, args.url))):
+        print(f"stopped delivering to {args.url}")
+        return 0
+    print(f"no live endpoint {args.url}", file=sys.stderr)
+    return 1
+
+
+def cmd_webhooks_list(settings: Settings, _: argparse.Namespace) -> int:
+    from skill_credits.events.repository import list_endpoints
+
+    for r in asyncio.run(_with_connection(settings, list_endpoints)):
+        state = "live" if r.active else "removed"
+        print(f"{r.url}  {state}  pending={r.pending} delivered={r.delivered} dead={r.dead}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skill-credits", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -119,6 +161,21 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "reconcile", help="check balances against the log; exit 1 if any differ"
     ).set_defaults(run=cmd_reconcile)
+    sub.add_parser("worker", help="deliver events to the webhook endpoints").set_defaults(
+        run=cmd_worker
+    )
+    hooks = sub.add_parser("webhooks", help="manage webhook endpoints").add_subparsers(
+        dest="webhooks", required=True
+    )
+    add = hooks.add_parser("add", help="deliver every event to URL; prints its signing secret")
+    add.add_argument("url")
+    add.set_defaults(run=cmd_webhooks_add)
+    remove = hooks.add_parser("remove", help="stop delivering to URL")
+    remove.add_argument("url")
+    remove.set_defaults(run=cmd_webhooks_remove)
+    hooks.add_parser("list", help="endpoints and their delivery counts").set_defaults(
+        run=cmd_webhooks_list
+    )
     return p
 
 

@@ -42,6 +42,8 @@ async def test_openapi_documents_every_route(client) -> None:
         "/v1/holds/{hold_id}": {"get"},
         "/v1/holds/{hold_id}/capture": {"post"},
         "/v1/holds/{hold_id}/release": {"post"},
+        "/v1/events": {"get"},
+        "/v1/users/{user_id}/low-balance-threshold": {"put"},
         "/healthz": {"get"},
         "/readyz": {"get"},
     }

@@ -39,6 +39,8 @@ async def _routes(world):
         ("GET", f"/v1/transactions/{tx}", None, 200, 200),
         ("POST", f"/v1/transactions/{tx}/refund", {}, 201, 201),
         ("GET", "/v1/skills", None, 200, 200),
+        ("GET", "/v1/events", None, 200, 200),
+        ("PUT", f"/v1/users/{user}/low-balance-threshold", {"low_balance_threshold": 1}, 200, 200),
         ("GET", "/v1/admin/skills", None, 403, 200),
         (
             "POST",

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from skill_credits.db import Database
+from skill_credits.errors import ApiError, validation_error
+from skill_credits.events import repository as repo
+from skill_credits.events.schemas import EVENT_TYPES, EventPage, Threshold, ThresholdIn
+from skill_credits.validation import USER_ID_RE, path_user_id
+
+Db = NamedDependency[Database]
+
+
+class EventController(Controller):
+    path = "/v1"
+    tags = ["events"]
+
+    @get("/events", summary="The events outbox, newest first")
+    async def list_events(
+        self,
+        db: Db,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        event_type: Annotated[str | None, QueryParameter(name="type")] = None,
+        user_id: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    ) -> EventPage:
+        before = None
+        if cursor is not None and (before := repo.decode_cursor(cursor)) is None:
+            raise validation_error("cursor", "is not a cursor this API returned")
+        if event_type is not None and event_type not in EVENT_TYPES:
+            raise validation_error("type", f"must be one of {', '.join(EVENT_TYPES)}")
+        if user_id is not None and not USER_ID_RE.fullmatch(user_id):
+            raise validation_error("user_id", "is not a user id")
+        async with db.autocommit.connect() as conn:
+            items, next_cursor = await repo.page(conn, limit, before, event_type, user_id)
+        return EventPage(items, next_cursor)
+
+    @put("/users/{user_id:str}/low-balance-threshold", summary="Set the low-balance threshold")
+    async def set_threshold(
+        self, user_id: FromPath[str], data: JSONBody[ThresholdIn], db: Db
+    ) -> Threshold:
+        path_user_id(user_id)
+        async with db.autocommit.connect() as conn:
+            if not await repo.set_threshold(conn, user_id, data.low_balance_threshold):
+                raise ApiError(404, "user_not_found", f"no user {user_id}")
+        return Threshold(user_id, data.low_balance_threshold)
