@@ -141,7 +141,8 @@ async def deliveries(db, endpoint_url: str) -> list:
             await conn.execute(
                 text(
                     "SELECT d.event_id::text AS event_id, d.status, d.attempts"
-                    " FROM event_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id WHERE w.url = :url"
+                    " FROM event_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id"
+                    " WHERE w.url = :url"
                 ),
                 {"url": endpoint_url},
             )
