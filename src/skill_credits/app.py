@@ -23,7 +23,7 @@ from litestar.template.config import TemplateConfig
 
 from skill_credits.admin_ui.endpoints import AdminPagesController, LoginController
 from skill_credits.admin_ui.session import LoginRequired, session_config
-from skill_credits.auth import authenticated
+from skill_credits.auth import KeyCache, authenticated
 from skill_credits.bodies import strict_body
 from skill_credits.cache import SkillCache, create_redis
 from skill_credits.db import Database, create_engine
@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> Litestar:
             retry_after=settings.redis_retry_after,
         )
         app.state.db, app.state.cache = db, cache
+        app.state.key_cache = KeyCache()
         repair = asyncio.create_task(_repair_cache_forever(db, cache))
         try:
             yield

@@ -2,6 +2,14 @@
 
 The id finds the row, the secret's hash is compared in constant time. Every request
 reads the key's row, so a revocation stops the key on its next request, on any worker.
+
+One exception, for the charge hot path (routes with ``opt={"deferred_auth": True}``):
+a key already seen by this worker is checked against its cached hash in constant time,
+and the charge statement itself refuses to write unless the key's row is still live
+(``KEY_LIVE``). So a revoked key still fails on its next request, without a second
+round trip on the way to a successful charge. Every refusal or validation error on
+such a route first confirms the key in PostgreSQL (``confirm``), so 401 keeps its
+precedence.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ PREFIX = "sck"
 class Principal:
     name: str
     role: str
+    key_id: str = ""
+    # False while only the worker's cache vouches for the key (deferred routes).
+    confirmed: bool = True
 
     @property
     def is_admin(self) -> bool:
@@ -77,7 +88,35 @@ async def has_admin_key(conn: AsyncConnection) -> bool:
     return row.first() is not None
 
 
-async def verify_token(conn: AsyncConnection, token: str) -> Principal | None:
+class KeyCache:
+    """Key rows this worker has verified: id -> (hash, name, role). Never trusted alone."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self.rows: dict[str, tuple[bytes, str, str]] = {}
+
+    def put(self, key_id: str, key_hash: bytes, name: str, role: str) -> None:
+        if len(self.rows) >= self.limit:
+            self.rows.clear()
+        self.rows[key_id] = (key_hash, name, role)
+
+    def check(self, token: str) -> Principal | None:
+        parts = _split(token)
+        if parts is None or (row := self.rows.get(parts[0])) is None:
+            return None
+        if not hmac.compare_digest(_hash(parts[1]), row[0]):
+            return None
+        return Principal(name=row[1], role=row[2], key_id=parts[0], confirmed=False)
+
+    def drop(self, token: str) -> None:
+        parts = _split(token)
+        if parts is not None:
+            self.rows.pop(parts[0], None)
+
+
+async def verify_token(
+    conn: AsyncConnection, token: str, cache: KeyCache | None = None
+) -> Principal | None:
     parts = _split(token)
     if parts is None:
         return None
@@ -91,7 +130,11 @@ async def verify_token(conn: AsyncConnection, token: str) -> Principal | None:
     presented = _hash(secret)
     stored = row.key_hash if row else b"\0" * len(presented)
     if hmac.compare_digest(presented, stored) and row is not None:
-        return Principal(name=row.name, role=row.role)
+        if cache is not None:
+            cache.put(key_id, bytes(row.key_hash), row.name, row.role)
+        return Principal(name=row.name, role=row.role, key_id=key_id)
+    if cache is not None:
+        cache.drop(token)
     return None
 
 
@@ -111,17 +154,38 @@ async def authenticated(connection: ASGIConnection, _: BaseRouteHandler) -> None
     """
     token = bearer_token(connection)
     principal = None
+    keys: KeyCache = connection.app.state.key_cache
     if token is not None:
-        async with connection.app.state.db.autocommit.connect() as conn:
-            principal = await verify_token(conn, token)
+        if connection.route_handler.opt.get("deferred_auth"):
+            principal = keys.check(token)
+        if principal is None:
+            async with connection.app.state.db.autocommit.connect() as conn:
+                principal = await verify_token(conn, token, keys)
     if principal is None:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "a valid API key is required (Authorization: Bearer <key>)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _unauthorized()
     connection.scope["auth"] = principal
+
+
+def _unauthorized() -> ApiError:
+    return ApiError(
+        401,
+        "unauthorized",
+        "a valid API key is required (Authorization: Bearer <key>)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+async def confirm(connection: ASGIConnection) -> None:
+    """Make sure a key only the cache vouched for is still live; 401 if not."""
+    principal: Principal | None = connection.scope.get("auth")
+    if principal is None or principal.confirmed:
+        return
+    token = bearer_token(connection) or ""
+    async with connection.app.state.db.autocommit.connect() as conn:
+        live = await verify_token(conn, token, connection.app.state.key_cache)
+    if live is None:
+        raise _unauthorized()
+    connection.scope["auth"] = live
 
 
 def principal_of(connection: ASGIConnection) -> Principal:

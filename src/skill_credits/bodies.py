@@ -14,8 +14,10 @@ from typing import Any
 
 import msgspec
 from litestar import Request
+from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 
+from skill_credits.auth import confirm
 from skill_credits.errors import validation_error
 
 
@@ -41,6 +43,14 @@ def _field_and_message(exc: msgspec.ValidationError) -> tuple[str, str]:
 
 
 async def strict_body(request: Request) -> None:
+    try:
+        await _check_body(request)
+    except HTTPException:
+        await confirm(request)  # a key only the cache vouched for: 401 comes first
+        raise
+
+
+async def _check_body(request: Request) -> None:
     declared = _body_type(request.route_handler)
     if declared is None:
         return

@@ -21,8 +21,9 @@ class Settings:
     # How long Redis is skipped after it failed, before the next call tries it again.
     redis_retry_after: float = 1.0
     # PostgreSQL: connect/checkout bounds keep "database down" answers under 2 s.
-    db_pool_size: int = 10
-    db_max_overflow: int = 10
+    # A fixed pool: overflow connections would be opened and closed under load.
+    db_pool_size: int = 20
+    db_max_overflow: int = 0
     db_connect_timeout: float = 1.0
     db_pool_timeout: float = 1.0
     db_command_timeout: float = 10.0
@@ -39,7 +40,7 @@ class Settings:
             redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
             redis_prefix=env.get("REDIS_PREFIX", "skill_credits:"),
             redis_timeout=float(env.get("REDIS_TIMEOUT", "0.1")),
-            db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
+            db_pool_size=int(env.get("DB_POOL_SIZE", "20")),
             secret_key=env.get("SECRET_KEY", ""),
         )
 

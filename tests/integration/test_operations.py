@@ -143,11 +143,27 @@ def test_cli_migrate_keys_serve_and_reconcile(fresh_database, redis_url, redis_p
             assert all(token.split("_")[-1].encode() not in bytes(r["key_hash"]) for r in rows)
             assert token not in str(rows)
 
+            http.post(
+                "/v1/admin/skills",
+                headers=admin,
+                json={"name": "CLI_SKILL", "display_name": "c", "cost": 2},
+            )
+            http.post(
+                "/v1/users/cli_user/credits", headers=admin, json={"amount": 10, "type": "GRANT"}
+            )
+            charge = {"user_id": "cli_user", "skill": "CLI_SKILL"}
+            for _ in range(4):  # both workers now hold the key in their caches
+                assert http.post("/v1/charges", headers=service, json=charge).status_code in (
+                    201,
+                    402,
+                )
+
             revoked = run_cli(env, "keys", "revoke", "tool-a")
             assert revoked.returncode == 0, revoked.stderr
             # the next request, on whichever worker, is refused
             for _ in range(6):
                 assert http.get("/v1/skills", headers=service).status_code == 401
+                assert http.post("/v1/charges", headers=service, json=charge).status_code == 401
             assert run_cli(env, "keys", "revoke", "tool-a").returncode == 1
 
             http.post(

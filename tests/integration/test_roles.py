@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from skill_credits.auth import create_key, revoke_key
 from tests.conftest import unique
 from tests.integration.helpers import Api
 
@@ -79,3 +80,32 @@ async def test_malformed_authorization_headers_are_401(client) -> None:
     ]:
         r = await client.get("/v1/skills", headers={"Authorization": header})
         assert r.status_code == 401, (header, r.text)
+
+
+async def test_a_cached_key_revoked_fails_its_next_charge(world, db, run_id) -> None:
+    """The charge route trusts this worker's cache of key hashes; the statement checks
+    that the key is still live, and every refusal confirms it first."""
+    api: Api = world["api"]
+    async with db.engine.begin() as conn:
+        key = await create_key(conn, f"soon-revoked-{unique('k')}", "service")
+    auth = {"Authorization": f"Bearer {key.token}"}
+    body = {"user_id": world["user"], "skill": world["skill"]}
+    ok = await api.c.post("/v1/charges", json=body, headers=auth | {"Idempotency-Key": "r1"})
+    assert ok.status_code == 201  # the key is now in the worker's cache
+    async with db.engine.begin() as conn:
+        await revoke_key(conn, key.name)
+    before = (await api.c.get(f"/v1/users/{world['user']}", headers=api.keys.auth("admin"))).json()
+    cases = [
+        ({"json": body}, {}),
+        ({"json": body}, {"Idempotency-Key": "r1"}),  # would have been a replay
+        ({"json": {"user_id": "a b"}}, {}),  # invalid body
+        ({"content": b"{"}, {"Content-Type": "application/json"}),  # malformed JSON
+        ({"json": body}, {"Idempotency-Key": "bad key"}),  # invalid header
+        ({"content": b"{" + b" " * 70_000}, {"Content-Type": "application/json"}),  # 413
+        ({"json": {"user_id": "nobody_here_x", "skill": world["skill"]}}, {}),  # 404 path
+    ]
+    for kwargs, headers in cases:
+        r = await api.c.post("/v1/charges", headers=auth | headers, **kwargs)
+        assert (r.status_code, r.json()["code"]) == (401, "unauthorized"), (kwargs, r.text)
+    after = (await api.c.get(f"/v1/users/{world['user']}", headers=api.keys.auth("admin"))).json()
+    assert after["credits"] == before["credits"]

@@ -6,7 +6,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
-from skill_credits.auth import principal_of
+from skill_credits.auth import confirm, principal_of
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
 from skill_credits.errors import ApiError, validation_error
@@ -24,7 +24,12 @@ from skill_credits.ledger.schemas import (
     TransactionPage,
     User,
 )
-from skill_credits.validation import idempotency_key, path_user_id, path_uuid
+from skill_credits.validation import (
+    IDEMPOTENCY_KEY_RE,
+    idempotency_key,
+    path_user_id,
+    path_uuid,
+)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -49,7 +54,7 @@ class LedgerController(Controller):
     path = "/v1"
     tags = ["ledger"]
 
-    @post("/charges", summary="Charge a skill at its current cost")
+    @post("/charges", summary="Charge a skill at its current cost", opt={"deferred_auth": True})
     async def charge(
         self,
         request: Request,
@@ -58,10 +63,21 @@ class LedgerController(Controller):
         cache: NamedDependency[SkillCache],
         key: IdempotencyKey = None,
     ) -> Response[Transaction]:
-        idempotency_key(key)
+        if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
+            await confirm(request)
+            idempotency_key(key)
         digest = service.request_hash("POST", "/v1/charges", data)
         async with db.autocommit.connect() as conn:
-            return created(await service.charge(conn, cache, data, key, digest))
+            written = await service.charge(
+                conn,
+                cache,
+                data,
+                key,
+                digest,
+                api_key_id=principal_of(request).key_id,
+                check_caller=lambda: confirm(request),
+            )
+        return created(written)
 
     @post("/users/{user_id:str}/credits", summary="Add (or, as admin, adjust) credits")
     async def add_credits(

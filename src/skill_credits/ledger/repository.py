@@ -33,6 +33,12 @@ KEY_UNUSED = (
     " WHERE k.user_id = :user_id AND k.idempotency_key = CAST(:key AS text))"
 )
 
+# The caller's API key is still live (see auth.py: deferred auth on the charge route).
+KEY_LIVE = (
+    "EXISTS (SELECT 1 FROM api_keys a"
+    " WHERE a.id = CAST(:api_key_id AS text) AND a.revoked_at IS NULL)"
+)
+
 CHARGE = text(f"""
 WITH s AS (
     SELECT id, name, display_name, description, cost, is_active, version, created_at, updated_at
@@ -46,6 +52,7 @@ WITH s AS (
       AND {UNCHANGED_HOLDS}
       AND users.credits - {RESERVED} >= s.cost * CAST(:units AS integer)
       AND {KEY_UNUSED}
+      AND {KEY_LIVE}
     RETURNING users.credits, s.id AS s_id, s.name AS s_name, s.display_name AS s_display_name,
               s.description AS s_description, s.cost AS s_cost, s.version AS s_version,
               s.created_at AS s_created_at, s.updated_at AS s_updated_at

@@ -107,6 +107,7 @@ async def _priced_write(
     write: Callable[[AsyncConnection, dict[str, Any]], Awaitable[Any]],
     replay: Callable[[], Awaitable[Any]],
     unique: set[str],
+    check_caller: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[Any, Skill | None]:
     """Run a statement priced at the skill's version the cache knows, and explain a refusal.
 
@@ -125,6 +126,8 @@ async def _priced_write(
             row = None  # a concurrent request with this key won; answer as it did
         if row is not None:
             return row, cached
+        if check_caller is not None:
+            await check_caller()  # a revoked key writes nothing: answer 401 first
         if (done := await replay()) is not None:
             return done, cached
         skill = await skills_repo.get(conn, skill_name)
@@ -148,9 +151,17 @@ async def _priced_write(
 
 
 async def charge(
-    conn: AsyncConnection, cache: SkillCache, data: ChargeIn, key: str | None, digest: bytes
+    conn: AsyncConnection,
+    cache: SkillCache,
+    data: ChargeIn,
+    key: str | None,
+    digest: bytes,
+    *,
+    api_key_id: str,
+    check_caller: Callable[[], Awaitable[None]] | None = None,
 ) -> Written:
     params = {
+        "api_key_id": api_key_id,
         "skill": data.skill,
         "user_id": data.user_id,
         "units": data.units,
@@ -168,6 +179,7 @@ async def charge(
         write=repo.charge,
         replay=lambda: _replay(conn, data.user_id, key, digest),
         unique=IDEMPOTENCY_CONSTRAINTS,
+        check_caller=check_caller,
     )
     if isinstance(row, Written):
         return row
