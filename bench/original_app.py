@@ -79,10 +79,19 @@ def create_app() -> Litestar:
                 return Response({"error": "Insufficient credits"}, status_code=402)
             # 3. deduct & log
             user.credits = user.credits - skill.cost
-            session.add(CreditTransaction(
-                user_id=user.user_id, type="CONSUMPTION", amount=-skill.cost,
-                balance_after=user.credits, skill_id=skill.id, skill=skill.name, units=1,
-                unit_cost=skill.cost, description=data.description))
+            session.add(
+                CreditTransaction(
+                    user_id=user.user_id,
+                    type="CONSUMPTION",
+                    amount=-skill.cost,
+                    balance_after=user.credits,
+                    skill_id=skill.id,
+                    skill=skill.name,
+                    units=1,
+                    unit_cost=skill.cost,
+                    description=data.description,
+                )
+            )
         return Response({"success": True, "remaining": user.credits}, status_code=201)
 
     async def stop(_: Litestar) -> None:

@@ -94,8 +94,12 @@ def fresh_database(name: str) -> str:
             f" FROM generate_series(0, {USERS - 1}) g",
             f"INSERT INTO users (user_id, credits) VALUES ('bench_hot', {BIG}),"
             " ('bench_deep', 0), ('bench_overdraw', 0)",
-            f"INSERT INTO transactions (user_id, type, amount, balance_after)"
-            f" SELECT user_id, 'GRANT', credits, credits FROM users WHERE credits > 0",
+            "INSERT INTO transactions (user_id, type, amount, balance_after)"
+            " SELECT user_id, 'GRANT', credits, credits FROM users WHERE credits > 0",
+            # bench_deep has a history of its own from the start: 200 GRANTs of 1
+            "INSERT INTO transactions (user_id, type, amount, balance_after)"
+            " SELECT 'bench_deep', 'GRANT', 1, k FROM generate_series(1, 200) k ORDER BY k",
+            "UPDATE users SET credits = 200 WHERE user_id = 'bench_deep'",
         )
     )
     return f"{PG}/{name}"
@@ -159,8 +163,12 @@ class Server:
     def start(self) -> None:
         argv = [a.replace("{port}", str(self.port)) for a in self.argv]
         self.proc = subprocess.Popen(
-            argv, env={**os.environ, **self.env}, cwd=ROOT, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            argv,
+            env={**os.environ, **self.env},
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -198,9 +206,24 @@ def rss_kib(pid: int) -> int:
 def wrk(url: str, concurrency: int, seconds: float, **env: str) -> dict:
     threads = 1 if concurrency == 1 else 2
     out = subprocess.run(
-        ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds}s",
-         "--timeout", "10s", "-s", str(ROOT / "bench" / "charge.lua"), url],
-        env={**os.environ, **env}, capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(concurrency),
+            "-d",
+            f"{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(ROOT / "bench" / "charge.lua"),
+            url,
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     line = next(x for x in out.stdout.splitlines() if x.startswith("JSON "))
     result = json.loads(line[5:])
@@ -210,8 +233,13 @@ def wrk(url: str, concurrency: int, seconds: float, **env: str) -> dict:
 
 
 def load_env(token: str, pattern: str, keys: bool) -> dict[str, str]:
-    env = {"BENCH_TOKEN": token, "BENCH_SKILL": SKILL, "BENCH_USERS": str(USERS),
-           "BENCH_KEYS": "1" if keys else "0", "BENCH_RUN": uuid.uuid4().hex[:8]}
+    env = {
+        "BENCH_TOKEN": token,
+        "BENCH_SKILL": SKILL,
+        "BENCH_USERS": str(USERS),
+        "BENCH_KEYS": "1" if keys else "0",
+        "BENCH_RUN": uuid.uuid4().hex[:8],
+    }
     if pattern == "hot":
         env["BENCH_HOT"] = "bench_hot"
     return env
@@ -231,23 +259,27 @@ def throughput(servers: list[Server], token: str, seconds: float) -> list[dict]:
                     r = wrk(server.url, c, seconds, **load_env(token, pattern, True))
                     r |= {"target": server.name, "pattern": pattern, "concurrency": c}
                     rows.append(r)
-                    log(f"{server.name:16} {pattern:6} c={c:<3} {r['rate']:8.0f}/s"
+                    log(
+                        f"{server.name:16} {pattern:6} c={c:<3} {r['rate']:8.0f}/s"
                         f" p50={r['p50'] / 1000:.2f}ms p99={r['p99'] / 1000:.2f}ms"
-                        f" statuses={r['statuses']}")
+                        f" statuses={r['statuses']}"
+                    )
         finally:
             server.stop()
     return rows
 
 
-def overdraw(server: Server, db: str, token: str, balance: int = 2000) -> dict:
+def overdraw(server: Server, db: str, token: str, balance: int = 500) -> dict:
     """One user with ``balance`` credits, cost 1, 128 concurrent charges for 3 s."""
-    asyncio.run(sql(
-        db,
-        "DELETE FROM transactions WHERE user_id = 'bench_overdraw'",
-        f"UPDATE users SET credits = {balance} WHERE user_id = 'bench_overdraw'",
-        f"INSERT INTO transactions (user_id, type, amount, balance_after)"
-        f" VALUES ('bench_overdraw', 'GRANT', {balance}, {balance})",
-    ))
+    asyncio.run(
+        sql(
+            db.rsplit("/", 1)[1],
+            "DELETE FROM transactions WHERE user_id = 'bench_overdraw'",
+            f"UPDATE users SET credits = {balance} WHERE user_id = 'bench_overdraw'",
+            f"INSERT INTO transactions (user_id, type, amount, balance_after)"
+            f" VALUES ('bench_overdraw', 'GRANT', {balance}, {balance})",
+        )
+    )
     server.start()
     try:
         env = load_env(token, "spread", False) | {"BENCH_HOT": "bench_overdraw"}
@@ -263,15 +295,22 @@ def overdraw(server: Server, db: str, token: str, balance: int = 2000) -> dict:
                 " WHERE t.user_id = u.user_id) AS logged,"
                 " (SELECT count(*) FROM transactions t WHERE t.user_id = u.user_id"
                 "  AND t.type = 'CONSUMPTION') AS charges"
-                " FROM users u WHERE user_id = 'bench_overdraw'")
+                " FROM users u WHERE user_id = 'bench_overdraw'"
+            )
         finally:
             await conn.close()
 
     row = asyncio.run(state())
-    return {"target": server.name, "balance": balance, "accepted": r["statuses"].get(201, 0),
-            "refused": r["statuses"].get(402, 0), "charges_logged": row["charges"],
-            "credits_after": row["credits"], "log_sum": int(row["logged"]),
-            "other": {k: v for k, v in r["statuses"].items() if k not in (201, 402)}}
+    return {
+        "target": server.name,
+        "balance": balance,
+        "accepted": r["statuses"].get(201, 0),
+        "refused": r["statuses"].get(402, 0),
+        "charges_logged": row["charges"],
+        "credits_after": row["credits"],
+        "log_sum": int(row["logged"]),
+        "other": {k: v for k, v in r["statuses"].items() if k not in (201, 402)},
+    }
 
 
 def scaling(make_server, db: str, url: str, token: str, seconds: float) -> list[dict]:
@@ -288,20 +327,40 @@ def scaling(make_server, db: str, url: str, token: str, seconds: float) -> list[
         try:
             wrk(server.url, 32, 2, **load_env(token, "spread", True))
             charge = wrk(server.url, 32, seconds, **load_env(token, "spread", True))
-            first = wrk(server.url, 8, seconds, BENCH_TOKEN=token, BENCH_METHOD="GET",
-                        BENCH_GET_PATH="/v1/users/bench_deep/transactions?limit=50")
+            first = wrk(
+                server.url,
+                8,
+                seconds,
+                BENCH_TOKEN=token,
+                BENCH_METHOD="GET",
+                BENCH_GET_PATH="/v1/users/bench_deep/transactions?limit=50",
+            )
             cursor = _deep_cursor(server.url, token)
-            deep = wrk(server.url, 8, seconds, BENCH_TOKEN=token, BENCH_METHOD="GET",
-                       BENCH_GET_PATH=f"/v1/users/bench_deep/transactions?limit=50&cursor={cursor}")
+            deep = wrk(
+                server.url,
+                8,
+                seconds,
+                BENCH_TOKEN=token,
+                BENCH_METHOD="GET",
+                BENCH_GET_PATH=f"/v1/users/bench_deep/transactions?limit=50&cursor={cursor}",
+            )
         finally:
             server.stop()
-        row = {"level": level, "rows": total, "charges_per_s": charge["rate"],
-               "charge_p50": charge["p50"], "first_page_p50": first["p50"],
-               "deep_page_p50": deep["p50"], "statuses": charge["statuses"],
-               "page_statuses": {**first["statuses"], **deep["statuses"]}}
+        row = {
+            "level": level,
+            "rows": total,
+            "charges_per_s": charge["rate"],
+            "charge_p50": charge["p50"],
+            "first_page_p50": first["p50"],
+            "deep_page_p50": deep["p50"],
+            "statuses": charge["statuses"],
+            "page_statuses": {"first": first["statuses"], "deep": deep["statuses"]},
+        }
         rows.append(row)
-        log(f"log {total:>11,} rows: {charge['rate']:.0f} charges/s,"
-            f" history first p50 {first['p50'] / 1000:.2f} ms, deep p50 {deep['p50'] / 1000:.2f} ms")
+        log(
+            f"log {total:>11,} rows: {charge['rate']:.0f} charges/s,"
+            f" history first p50 {first['p50'] / 1000:.2f} ms, deep p50 {deep['p50'] / 1000:.2f} ms"
+        )
     return rows
 
 
@@ -314,7 +373,8 @@ def _deep_cursor(url: str, token: str) -> str:
         try:
             return await conn.fetchval(
                 "SELECT seq FROM transactions WHERE user_id = 'bench_deep'"
-                " ORDER BY seq ASC OFFSET 100 LIMIT 1")
+                " ORDER BY seq ASC OFFSET 100 LIMIT 1"
+            )
         finally:
             await conn.close()
 
@@ -346,10 +406,25 @@ def profile(server: Server, token: str, seconds: int) -> dict:
     out = RESULTS / "profile.txt"
     try:
         pid = server.worker_pids()[0]
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(seconds),
-                                "--rate", "200", "--format", "raw", "--output", str(out),
-                                "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(seconds),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wrk(server.url, 32, seconds + 1, **load_env(token, "spread", True))
         spy.wait(timeout=60)
     finally:
@@ -364,9 +439,11 @@ def profile(server: Server, token: str, seconds: int) -> dict:
         total += n
         own[frames[-1]] += n
         layers[_layer(frames)] += n
-    return {"samples": total,
-            "own": [(f, n / total) for f, n in own.most_common(15)],
-            "layers": [(k, n / total) for k, n in layers.most_common()]}
+    return {
+        "samples": total,
+        "own": [(f, n / total) for f, n in own.most_common(15)],
+        "layers": [(k, n / total) for k, n in layers.most_common()],
+    }
 
 
 LAYERS = (
@@ -396,23 +473,38 @@ def _layer(frames: list[str]) -> str:
 def machine() -> dict:
     def version(cmd: list[str]) -> str:
         try:
-            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+            return (
+                subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+            )
         except (OSError, IndexError):
             return "?"
 
-    mem = next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
-    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
-                if x.startswith("model name")), "?")
+    mem = next(
+        x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")
+    )
+    cpu = next(
+        (
+            x.split(":", 1)[1].strip()
+            for x in Path("/proc/cpuinfo").read_text().splitlines()
+            if x.startswith("model name")
+        ),
+        "?",
+    )
     import importlib.metadata as md
 
     return {
-        "cores": os.cpu_count(), "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cpu": cpu,
         "memory": f"{int(mem.split()[1]) / 1024 / 1024:.1f} GiB",
-        "kernel": platform.release(), "python": platform.python_version(),
-        "postgres": version(["psql", "--version"]), "redis": version(["redis-server", "--version"]),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgres": version(["psql", "--version"]),
+        "redis": version(["redis-server", "--version"]),
         "wrk": version(["wrk", "--version"]) or "wrk",
-        "packages": {p: md.version(p) for p in
-                     ("litestar", "sqlalchemy", "asyncpg", "redis", "msgspec", "uvicorn")},
+        "packages": {
+            p: md.version(p)
+            for p in ("litestar", "sqlalchemy", "asyncpg", "redis", "msgspec", "uvicorn")
+        },
     }
 
 
@@ -425,8 +517,11 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=False)
     for ax, pattern in zip(axes, ("spread", "hot"), strict=True):
         for target in sorted({r["target"] for r in rows}):
-            pts = [(r["concurrency"], r["rate"]) for r in rows
-                   if r["target"] == target and r["pattern"] == pattern]
+            pts = [
+                (r["concurrency"], r["rate"])
+                for r in rows
+                if r["target"] == target and r["pattern"] == pattern
+            ]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=target)
         ax.set_xscale("log", base=2)
         ax.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])
@@ -442,8 +537,11 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def report(data: dict) -> str:
     def rate(target, pattern, c):
-        return next(r["rate"] for r in data["throughput"]
-                    if (r["target"], r["pattern"], r["concurrency"]) == (target, pattern, c))
+        return next(
+            r["rate"]
+            for r in data["throughput"]
+            if (r["target"], r["pattern"], r["concurrency"]) == (target, pattern, c)
+        )
 
     m = data["machine"]
     lines = [
@@ -453,7 +551,8 @@ def report(data: dict) -> str:
         f" {m['memory']} memory, Linux {m['kernel']}, Python {m['python']}, {m['postgres']},"
         f" Redis {m['redis'].split('v=')[-1].split()[0] if 'v=' in m['redis'] else m['redis']},"
         f" {m['wrk'].split(' [')[0]}. Packages: "
-        + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+        + ".",
         "",
         "PostgreSQL, Redis, the server under test and `wrk` share the same 2 cores, so",
         "every number is lower than on separate machines; the ratios are what matters.",
@@ -481,40 +580,70 @@ def report(data: dict) -> str:
         lines.append(
             f"| {r['target']} | {'10 000' if r['pattern'] == 'spread' else 'one hot'} |"
             f" {r['concurrency']} | {r['rate']:.0f} | {r['p50'] / 1000:.2f} |"
-            f" {r['p99'] / 1000:.2f} | {r['p999'] / 1000:.2f} | {statuses} | {errors} |")
-    lines += ["", "## Ratios at concurrency 32", "",
-              "| users | skill-credits 1 w ÷ ceiling 1 w | skill-credits 2 w ÷ ceiling 2 w |"
-              " skill-credits 1 w ÷ original 1 w | skill-credits 2 w ÷ original 2 w |",
-              "|---|---:|---:|---:|---:|"]
+            f" {r['p99'] / 1000:.2f} | {r['p999'] / 1000:.2f} | {statuses} | {errors} |"
+        )
+    lines += [
+        "",
+        "## Ratios at concurrency 32",
+        "",
+        "| users | skill-credits 1 w ÷ ceiling 1 w | skill-credits 2 w ÷ ceiling 2 w |"
+        " skill-credits 1 w ÷ original 1 w | skill-credits 2 w ÷ original 2 w |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for pattern in ("spread", "hot"):
         lines.append(
             f"| {'10 000' if pattern == 'spread' else 'one hot'} |"
             f" {rate('skill-credits 1w', pattern, 32) / rate('ceiling 1w', pattern, 32):.2f} |"
             f" {rate('skill-credits 2w', pattern, 32) / rate('ceiling 2w', pattern, 32):.2f} |"
             f" {rate('skill-credits 1w', pattern, 32) / rate('original 1w', pattern, 32):.2f} |"
-            f" {rate('skill-credits 2w', pattern, 32) / rate('original 2w', pattern, 32):.2f} |")
-    lines += ["", "## Does it overdraw? One user, 128 concurrent charges", "",
-              "| target | balance | 201 answered | 402 answered | CONSUMPTION rows |"
-              " credits after | sum of the log | other statuses |",
-              "|---|---:|---:|---:|---:|---:|---:|---|"]
+            f" {rate('skill-credits 2w', pattern, 32) / rate('original 2w', pattern, 32):.2f} |"
+        )
+    lines += [
+        "",
+        "## Does it overdraw? One user, 128 concurrent charges",
+        "",
+        "| target | balance | 201 answered | 402 answered | CONSUMPTION rows |"
+        " credits after | sum of the log | other statuses |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for o in data["overdraw"]:
-        lines.append(f"| {o['target']} | {o['balance']} | {o['accepted']} | {o['refused']} |"
-                     f" {o['charges_logged']} | {o['credits_after']} | {o['log_sum']} |"
-                     f" {o['other'] or '-'} |")
-    lines += ["", "## How cost grows with the log (skill-credits, 2 workers)", "",
-              "| log rows | charges/s (c=32) | charge p50 ms | history first page p50 ms |"
-              " history deep page p50 ms |", "|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {o['target']} | {o['balance']} | {o['accepted']} | {o['refused']} |"
+            f" {o['charges_logged']} | {o['credits_after']} | {o['log_sum']} |"
+            f" {o['other'] or '-'} |"
+        )
+    lines += [
+        "",
+        "## How cost grows with the log (skill-credits, 2 workers)",
+        "",
+        "| log rows | charges/s (c=32) | charge p50 ms | history first page p50 ms |"
+        " history deep page p50 ms | page answers |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
     for s in data["scaling"]:
-        lines.append(f"| {s['rows']:,} | {s['charges_per_s']:.0f} | {s['charge_p50'] / 1000:.2f} |"
-                     f" {s['first_page_p50'] / 1000:.2f} | {s['deep_page_p50'] / 1000:.2f} |")
+        lines.append(
+            f"| {s['rows']:,} | {s['charges_per_s']:.0f} | {s['charge_p50'] / 1000:.2f} |"
+            f" {s['first_page_p50'] / 1000:.2f} | {s['deep_page_p50'] / 1000:.2f} |"
+            f" {s['page_statuses']} |"
+        )
     mem = data["memory"]
-    lines += ["", f"## Memory of one worker ({mem['requests']:,} requests, c=32)", "",
-              "| when | RSS MiB |", "|---|---:|"]
+    lines += [
+        "",
+        f"## Memory of one worker ({mem['requests']:,} requests, c=32)",
+        "",
+        "| when | RSS MiB |",
+        "|---|---:|",
+    ]
     for k, v in mem["rss_kib"].items():
         lines.append(f"| {k} | {v / 1024:.1f} |")
     prof = data["profile"]
-    lines += ["", f"## Where a worker's time goes (py-spy, {prof['samples']:,} samples at c=32)",
-              "", "| innermost frame in | share |", "|---|---:|"]
+    lines += [
+        "",
+        f"## Where a worker's time goes (py-spy, {prof['samples']:,} samples at c=32)",
+        "",
+        "| innermost frame in | share |",
+        "|---|---:|",
+    ]
     for name, share in prof["layers"]:
         lines.append(f"| {name} | {share:.1%} |")
     lines += ["", "| function (own time) | share |", "|---|---:|"]
@@ -542,6 +671,7 @@ def main() -> None:
     run = uuid.uuid4().hex[:6]
     prefix = f"bench_{run}:"
     sc_db, original_db = f"sc_bench_{run}", f"sc_bench_original_{run}"
+    scale_db = f"sc_bench_scale_{run}"
     log("seeding databases")
     sc_url, original_url = fresh_database(sc_db), fresh_database(original_db)
     os.environ["BENCH_DB_URL"] = sc_url
@@ -549,38 +679,87 @@ def main() -> None:
     python = sys.executable
 
     def sc(workers: int) -> Server:
-        return Server(f"skill-credits {workers}w",
-                      [python, "-m", "skill_credits.cli", "serve", "--port", "{port}",
-                       "--workers", str(workers)],
-                      {"DATABASE_URL": sc_url, "REDIS_URL": REDIS_URL, "REDIS_PREFIX": prefix})
+        return Server(
+            f"skill-credits {workers}w",
+            [
+                python,
+                "-m",
+                "skill_credits.cli",
+                "serve",
+                "--port",
+                "{port}",
+                "--workers",
+                str(workers),
+            ],
+            {"DATABASE_URL": sc_url, "REDIS_URL": REDIS_URL, "REDIS_PREFIX": prefix},
+        )
 
     def plain(name: str, module: str, url: str, workers: int) -> Server:
-        return Server(f"{name} {workers}w",
-                      [python, "-m", "uvicorn", f"{module}:create_app", "--factory", "--port",
-                       "{port}", "--workers", str(workers), "--log-level", "warning",
-                       "--no-access-log"],
-                      {"DATABASE_URL": url})
+        return Server(
+            f"{name} {workers}w",
+            [
+                python,
+                "-m",
+                "uvicorn",
+                f"{module}:create_app",
+                "--factory",
+                "--port",
+                "{port}",
+                "--workers",
+                str(workers),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            {"DATABASE_URL": url, "BENCH_KEY_ID": token.split("_")[1]},
+        )
 
-    data: dict = {"date": dt.date.today().isoformat(), "seconds": args.seconds,
-                  "machine": machine(), "reconcile": {}}
+    data: dict = {
+        "date": dt.date.today().isoformat(),
+        "seconds": args.seconds,
+        "machine": machine(),
+        "reconcile": {},
+    }
     try:
         data["throughput"] = throughput(
-            [sc(1), sc(2), plain("ceiling", "bench.ceiling_app", sc_url, 1),
-             plain("ceiling", "bench.ceiling_app", sc_url, 2),
-             plain("original", "bench.original_app", original_url, 1),
-             plain("original", "bench.original_app", original_url, 2)],
-            token, args.seconds)
-        data["overdraw"] = [overdraw(sc(2), sc_url, token),
-                            overdraw(plain("original", "bench.original_app", original_url, 2),
-                                     original_url, token)]
+            [
+                sc(1),
+                sc(2),
+                plain("ceiling", "bench.ceiling_app", sc_url, 1),
+                plain("ceiling", "bench.ceiling_app", sc_url, 2),
+                plain("original", "bench.original_app", original_url, 1),
+                plain("original", "bench.original_app", original_url, 2),
+            ],
+            token,
+            args.seconds,
+        )
+        data["overdraw"] = [
+            overdraw(sc(2), sc_url, token),
+            overdraw(plain("original", "bench.original_app", original_url, 2), original_url, token),
+        ]
         data["reconcile"]["skill-credits and ceiling, after the throughput runs"] = asyncio.run(
-            _reconcile(sc_url))
+            _reconcile(sc_url)
+        )
         data["reconcile"]["original, after its runs"] = asyncio.run(_reconcile(original_url))
         data["profile"] = profile(sc(1), token, 10)
         data["memory"] = memory(sc(1), token, memory_requests)
-        data["scaling"] = scaling(lambda: sc(2), sc_url, sc_url, token, args.seconds)
+        # the log-size runs start from a fresh database, so "0 rows" means it
+        log("seeding the database of the log-size runs")
+        scale_url = fresh_database(scale_db)
+        os.environ["BENCH_DB_URL"] = scale_url
+        scale_token = asyncio.run(_api_key(scale_url))
+
+        def sc_scale() -> Server:
+            return Server(
+                "skill-credits 2w",
+                [python, "-m", "skill_credits.cli", "serve", "--port", "{port}", "--workers", "2"],
+                {"DATABASE_URL": scale_url, "REDIS_URL": REDIS_URL, "REDIS_PREFIX": prefix + "s:"},
+            )
+
+        data["scaling"] = scaling(sc_scale, scale_url, scale_url, scale_token, args.seconds)
         data["reconcile"][f"skill-credits, after the {LEVELS[-1]:,}-row run"] = asyncio.run(
-            _reconcile(sc_url))
+            _reconcile(scale_url)
+        )
         analysis = ROOT / "bench" / "analysis.md"
         data["analysis"] = analysis.read_text() if analysis.exists() else ""
         (RESULTS / "latest.json").write_text(json.dumps(data, indent=1, default=str))
@@ -588,7 +767,7 @@ def main() -> None:
         (ROOT / "BENCHMARKS.md").write_text(report(data))
         log("wrote BENCHMARKS.md, docs/bench-throughput.png, bench/results/latest.json")
     finally:
-        for name in (sc_db, original_db):
+        for name in (sc_db, original_db, scale_db):
             asyncio.run(sql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         import redis
 

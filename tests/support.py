@@ -139,3 +139,68 @@ class AppServer:
 
     def output(self) -> str:
         return Path(self.log.name).read_text()
+
+    def worker_pids(self) -> list[int]:
+        """The uvicorn worker processes (spawned children) of a --workers N server."""
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        return [int(p) for p in out if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of the test's own (initdb/pg_ctl in a temp dir, free port)."""
+
+    def __init__(self) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        found = shutil.which("pg_ctl") or (str(bins[-1]) if bins else None)
+        assert found, "pg_ctl/initdb are needed for this test"
+        self.bin = Path(found).parent
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="sc-pg-")
+        self.data = os.path.join(self.dir, "data")
+        self.as_postgres = os.geteuid() == 0  # initdb refuses to run as root
+        if self.as_postgres:
+            shutil.chown(self.dir, "postgres", "postgres")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://sc@127.0.0.1:{self.port}"
+
+    def _run(self, *argv: str) -> None:
+        cmd = [str(self.bin / argv[0]), *argv[1:]]
+        if self.as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(
+            cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120
+        )
+
+    def init(self) -> None:
+        self._run("initdb", "-D", self.data, "-A", "trust", "-U", "sc", "--no-sync")
+
+    def start(self) -> None:
+        opts = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+            " -c fsync=off -c full_page_writes=off"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            self.data,
+            "-o",
+            opts,
+            "-l",
+            os.path.join(self.dir, "log"),
+            "-w",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def cleanup(self) -> None:
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from litestar.stores.redis import RedisStore
 from litestar.template.config import TemplateConfig
 
 from skill_credits.admin_ui.endpoints import AdminPagesController, LoginController
-from skill_credits.admin_ui.session import LoginRequired, session_config
+from skill_credits.admin_ui.session import LoginRequired, login_rate_limit, session_config
 from skill_credits.auth import KeyCache, authenticated
 from skill_credits.bodies import strict_body
 from skill_credits.cache import SkillCache, create_redis
@@ -31,6 +32,7 @@ from skill_credits.errors import internal_error_handler, problem_details_plugin
 from skill_credits.events.endpoints import EventController
 from skill_credits.health import healthz, readyz
 from skill_credits.ledger.endpoints import HoldController, LedgerController
+from skill_credits.observability import RequestIdMiddleware, configure_logging, prometheus
 from skill_credits.settings import Settings
 from skill_credits.skills import service as skills_service
 from skill_credits.skills.endpoints import AdminSkillController, CatalogueController
@@ -116,15 +118,20 @@ def create_app(settings: Settings) -> Litestar:
     admin_ui = Router(
         path="/",
         route_handlers=[LoginController, AdminPagesController],
-        middleware=[session_config().middleware],
+        middleware=[
+            session_config().middleware,
+            login_rate_limit(settings.login_attempts_per_minute).middleware,
+        ],
         after_request=html_security_headers,
         include_in_schema=False,
     )
+    metrics_config, metrics_controller = prometheus()
     static = create_static_files_router(
         path="/static", directories=[ADMIN_UI / "static"], include_in_schema=False
     )
     return Litestar(
-        route_handlers=[api, admin_ui, static, healthz, readyz],
+        route_handlers=[api, admin_ui, static, healthz, readyz, metrics_controller],
+        middleware=[RequestIdMiddleware(), metrics_config.middleware],
         lifespan=[lifespan],
         dependencies={
             "db": Provide(provide_db, sync_to_thread=False),
@@ -132,7 +139,10 @@ def create_app(settings: Settings) -> Litestar:
         },
         plugins=[problem_details_plugin()],
         exception_handlers={Exception: internal_error_handler, LoginRequired: login_redirect},
-        stores={"sessions": RedisStore(redis, namespace=f"{settings.redis_prefix}sessions")},
+        stores={
+            "sessions": RedisStore(redis, namespace=f"{settings.redis_prefix}sessions"),
+            "rate_limit": RedisStore(redis, namespace=f"{settings.redis_prefix}rate_limit"),
+        },
         template_config=TemplateConfig(
             directory=ADMIN_UI / "templates", engine=JinjaTemplateEngine
         ),
@@ -158,10 +168,12 @@ def create_app(settings: Settings) -> Litestar:
                 }
             ),
         ),
+        logging_config=None,  # logging is the process's: JSON lines (observability.py)
         debug=False,
     )
 
 
 def create_app_from_env() -> Litestar:
     """Factory for uvicorn workers: each process reads its settings from the environment."""
+    configure_logging(os.environ.get("LOG_LEVEL", "warning"))
     return create_app(Settings.from_env())

@@ -23,7 +23,10 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from skill_credits.observability import CACHE_LOOKUPS
 from skill_credits.skills.schemas import Skill, decode_skill, decode_skills, encode
+
+_HIT, _MISS = CACHE_LOOKUPS.labels("hit"), CACHE_LOOKUPS.labels("miss")
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,13 +101,17 @@ class SkillCache:
         try:
             raw = await self._call(lambda: self.redis.hget(self._key(name), "d"))
         except RedisUnavailable:
-            self.misses += 1
-            return None
+            raw = None
+        return self._count(decode_skill, raw)
+
+    def _count(self, decode, raw: bytes | None):
         if raw is None:
             self.misses += 1
+            _MISS.inc()
             return None
         self.hits += 1
-        return decode_skill(raw)
+        _HIT.inc()
+        return decode(raw)
 
     async def put(self, skill: Skill) -> bool:
         """Store ``skill`` unless a newer version is there; False if Redis could not be told."""
@@ -124,13 +131,8 @@ class SkillCache:
         try:
             raw = await self._call(lambda: self.redis.hget(self._catalogue_key, "d"))
         except RedisUnavailable:
-            self.misses += 1
-            return None
-        if raw is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return decode_skills(raw)
+            raw = None
+        return self._count(decode_skills, raw)
 
     async def put_catalogue(self, stamp: int, skills: list[Skill]) -> bool:
         try:

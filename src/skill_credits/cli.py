@@ -75,11 +75,14 @@ async def _bootstrap_admin(settings: Settings) -> str | None:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import secrets
+    import tempfile
 
     import uvicorn
 
-    # Workers share one secret for the admin UI's CSRF tokens.
+    # Workers share one secret for the admin UI's CSRF tokens, and one directory for
+    # their Prometheus counters, so a scrape of any worker reports them all.
     os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sc-metrics-"))
     token = asyncio.run(_bootstrap_admin(settings))
     if token:
         print("No admin key existed, so one named 'admin' was created. It is shown once:")
@@ -92,6 +95,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=os.environ.get("LOG_LEVEL", "warning"),
+        log_config=None,  # each worker logs JSON lines (observability.configure_logging)
         access_log=False,
     )
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -38,15 +39,27 @@ class Database:
         await self.engine.dispose()
 
 
+# SQLSTATE classes meaning "no usable server right now": 08 connection exception,
+# 57P admin/crash shutdown and "cannot connect now" (starting up, shutting down).
+UNAVAILABLE_SQLSTATES = ("08", "57P")
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means PostgreSQL could not be reached or the connection broke."""
     if isinstance(exc, sa_exc.TimeoutError):  # pool checkout timed out
         return True
     if isinstance(exc, sa_exc.DBAPIError):
-        return (
-            exc.connection_invalidated
-            or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
-            and not isinstance(exc, sa_exc.IntegrityError)
+        if exc.connection_invalidated:
+            return True
+        if (sqlstate(exc) or "").startswith(UNAVAILABLE_SQLSTATES):
+            return True
+        return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) and not isinstance(
+            exc, sa_exc.IntegrityError
+        )
+    if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)):
+        state = getattr(exc, "sqlstate", None) or ""
+        return state.startswith(UNAVAILABLE_SQLSTATES) or isinstance(
+            exc, (asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
         )
     return isinstance(exc, (OSError, TimeoutError, ConnectionError))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.problem_details import (
@@ -16,6 +17,7 @@ from litestar.plugins.problem_details import (
     ProblemDetailsException,
     ProblemDetailsPlugin,
 )
+from redis.exceptions import RedisError
 from sqlalchemy import exc as sa_exc
 
 from skill_credits.db import is_unavailable
@@ -136,6 +138,12 @@ def _from_database_error(exc: Exception) -> ProblemDetailsException:
     return ApiError(500, "internal_error", "an unexpected error occurred")
 
 
+def _from_redis_error(exc: RedisError) -> ProblemDetailsException:
+    """Only the admin UI's sessions and login rate limit need Redis; the API does not."""
+    log.warning("redis unavailable for a session or rate limit: %s", exc.__class__.__name__)
+    return ApiError(503, "service_unavailable", "the session store cannot be reached; retry")
+
+
 def internal_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return ApiError(500, "internal_error", "an unexpected error occurred").to_response(request)
@@ -149,6 +157,9 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
                 sa_exc.DBAPIError: _from_database_error,
                 sa_exc.TimeoutError: _from_database_error,
                 OSError: _from_database_error,
+                asyncpg.PostgresError: _from_database_error,
+                asyncpg.InterfaceError: _from_database_error,
+                RedisError: _from_redis_error,
             }
         )
     )

@@ -25,12 +25,16 @@ class Settings:
     db_pool_size: int = 20
     db_max_overflow: int = 0
     db_connect_timeout: float = 1.0
-    db_pool_timeout: float = 1.0
+    # Waiting for a free connection (contention only; a dead server fails at connect):
+    # bounded under the contract's 2 s for a 503.
+    db_pool_timeout: float = 1.9
     db_command_timeout: float = 10.0
     max_body_bytes: int = 64 * 1024
     # Signs CSRF tokens of the admin UI; `serve` makes one per start when it is unset,
     # shared by its workers.
     secret_key: str = ""
+    # Brute-force guard of /admin/login: attempts per client address per minute.
+    login_attempts_per_minute: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -42,6 +46,7 @@ class Settings:
             redis_timeout=float(env.get("REDIS_TIMEOUT", "0.1")),
             db_pool_size=int(env.get("DB_POOL_SIZE", "20")),
             secret_key=env.get("SECRET_KEY", ""),
+            login_attempts_per_minute=int(env.get("LOGIN_ATTEMPTS_PER_MINUTE", "10")),
         )
 
     @property

@@ -34,7 +34,8 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def ui_server(server_env):
-    server = AppServer(server_env, workers=1)
+    # every test logs in, all from 127.0.0.1: lift the brute-force guard for them
+    server = AppServer(server_env | {"LOGIN_ATTEMPTS_PER_MINUTE": "10000"}, workers=1)
     server.start()
     yield server
     server.stop()

@@ -117,3 +117,26 @@ def test_settings_from_env_and_defaults() -> None:
     assert s.sqlalchemy_url == "postgresql+asyncpg://u@h:1/d" and s.redis_url == "redis://r:2/1"
     with pytest.raises(ValueError):
         _ = Settings(database_url="nonsense").sqlalchemy_url
+
+
+def test_a_server_shutting_down_or_starting_is_unavailable() -> None:
+    import asyncpg
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection, dialect
+
+    from skill_credits.db import is_unavailable
+
+    dbapi = dialect().import_dbapi()
+    for error in (
+        asyncpg.exceptions.CannotConnectNowError("starting up"),
+        asyncpg.exceptions.AdminShutdownError("shutting down"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("gone"),
+    ):
+        assert is_unavailable(error)
+        try:
+            AsyncAdapt_asyncpg_connection._handle_exception_no_connection(dbapi, error)
+        except Exception as adapted:  # noqa: BLE001 - what SQLAlchemy raises
+            wrapped = sa_exc.DBAPIError.instance("SELECT 1", {}, adapted, dbapi.Error)
+        assert is_unavailable(wrapped), error
+    unique = asyncpg.exceptions.UniqueViolationError("dup")
+    assert not is_unavailable(unique)

@@ -11,6 +11,7 @@ from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.middleware.session.server_side import (
     ServerSideSessionBackend,
     ServerSideSessionConfig,
@@ -49,6 +50,19 @@ def session_config() -> AdminSessionConfig:
         httponly=True,
         samesite="strict",
         path="/admin",
+    )
+
+
+def is_login_attempt(request: Any) -> bool:
+    return request.method == "POST" and request.url.path == "/admin/login"
+
+
+def login_rate_limit(attempts_per_minute: int) -> RateLimitConfig:
+    """Brute-force guard: per client address, counted in Redis across workers."""
+    return RateLimitConfig(
+        rate_limit=("minute", attempts_per_minute),
+        store="rate_limit",
+        check_throttle_handler=is_login_attempt,
     )
 
 

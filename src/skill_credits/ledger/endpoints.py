@@ -24,6 +24,7 @@ from skill_credits.ledger.schemas import (
     TransactionPage,
     User,
 )
+from skill_credits.observability import CHARGES, CREDITS_CONSUMED
 from skill_credits.validation import (
     IDEMPOTENCY_KEY_RE,
     idempotency_key,
@@ -67,16 +68,25 @@ class LedgerController(Controller):
             await confirm(request)
             idempotency_key(key)
         digest = service.request_hash("POST", "/v1/charges", data)
-        async with db.autocommit.connect() as conn:
-            written = await service.charge(
-                conn,
-                cache,
-                data,
-                key,
-                digest,
-                api_key_id=principal_of(request).key_id,
-                check_caller=lambda: confirm(request),
-            )
+        try:
+            async with db.autocommit.connect() as conn:
+                written = await service.charge(
+                    conn,
+                    cache,
+                    data,
+                    key,
+                    digest,
+                    api_key_id=principal_of(request).key_id,
+                    check_caller=lambda: confirm(request),
+                )
+        except ApiError as exc:
+            # unknown names stay out of the labels: a client must not grow the metrics
+            unknown = exc.code in ("skill_not_found", "unauthorized")
+            CHARGES.labels("(unknown)" if unknown else data.skill, exc.code).inc()
+            raise
+        CHARGES.labels(data.skill, "replayed" if written.replayed else "charged").inc()
+        if not written.replayed:
+            CREDITS_CONSUMED.labels(data.skill).inc(-written.transaction.amount)
         return created(written)
 
     @post("/users/{user_id:str}/credits", summary="Add (or, as admin, adjust) credits")
