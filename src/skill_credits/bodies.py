@@ -18,7 +18,7 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 
 from skill_credits.auth import confirm
-from skill_credits.errors import validation_error
+from skill_credits.errors import ApiError, validation_error
 
 
 @cache
@@ -60,6 +60,11 @@ async def _check_body(request: Request) -> None:
         if optional:
             return
         raise validation_error("body", "a JSON object is required")
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError(
+            415, "unsupported_media_type", f"the body must be application/json, not {media_type}"
+        )
     try:
         msgspec.json.decode(raw, type=body_type)
     except msgspec.ValidationError as exc:
