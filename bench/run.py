@@ -660,7 +660,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 5)))
     parser.add_argument("--quick", action="store_true", help="small log levels and memory run")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite BENCHMARKS.md and the plot from bench/results/latest.json")
     args = parser.parse_args()
+    if args.report_only:
+        data = json.loads((RESULTS / "latest.json").read_text())
+        analysis = ROOT / "bench" / "analysis.md"
+        data["analysis"] = analysis.read_text() if analysis.exists() else ""
+        plot(data["throughput"], ROOT / "docs" / "bench-throughput.png")
+        (ROOT / "BENCHMARKS.md").write_text(report(data))
+        log("rewrote BENCHMARKS.md and docs/bench-throughput.png")
+        return
     global LEVELS
     if args.quick:
         LEVELS = (0, 100_000, 1_000_000)

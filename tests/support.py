@@ -204,3 +204,11 @@ class PostgresCluster:
         except subprocess.CalledProcessError:
             pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def record(name: str, figures: dict) -> None:
+    """With TEST_STATS_FILE set, append what a test did (docs/reliability.md's figures)."""
+    path = os.environ.get("TEST_STATS_FILE")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{name}\t{figures}\n")

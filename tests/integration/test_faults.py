@@ -25,11 +25,9 @@ from skill_credits.ledger.repository import reconcile
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
 from tests.conftest import run_in_thread, unique
-from tests.support import AppServer, PostgresCluster, RedisServer
+from tests.support import AppServer, PostgresCluster, RedisServer, record
 
 pytestmark = pytest.mark.faults
-
-STATS_FILE = os.environ.get("FAULT_STATS_FILE")
 
 
 @dataclass
@@ -108,12 +106,6 @@ async def check_ledger(db_url: str, load: Load, start_balance: int) -> dict:
     finally:
         await db.dispose()
     return {"requests": load.attempts, "charged": len(rows), "acknowledged": len(created)}
-
-
-def record(name: str, figures: dict) -> None:
-    if STATS_FILE:
-        with open(STATS_FILE, "a") as f:
-            f.write(f"{name}\t{figures}\n")
 
 
 async def setup_world(api_url: str, admin_token: str, balance: int, cost: int) -> tuple:

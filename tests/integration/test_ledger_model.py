@@ -30,7 +30,7 @@ from skill_credits.db import Database, create_engine
 from skill_credits.ledger.repository import reconcile
 from skill_credits.settings import Settings
 from tests.conftest import run_in_thread
-from tests.support import AppServer
+from tests.support import AppServer, record
 
 
 @pytest.fixture(scope="module")
@@ -263,4 +263,13 @@ def test_ledger_matches_its_model(machine, database_url) -> None:
     finally:
         assert run_in_thread(_reconcile, database_url) == []
     # the machine really ran: many charges, some bursts and refunds
+    record(
+        "model-based ledger",
+        {
+            "steps": len(STEPS),
+            "charges": STEPS.count("charge"),
+            "bursts": STEPS.count("burst"),
+            "refunds": STEPS.count("refund"),
+        },
+    )
     assert STEPS.count("charge") >= 10 and "burst" in STEPS and "refund" in STEPS, STEPS
