@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 
 import pytest
 
@@ -218,3 +220,57 @@ async def test_history_is_newest_first_with_keyset_pages(api: Api) -> None:
     assert (missing.status_code, missing.json()["code"]) == (404, "user_not_found")
     user_view = (await api.c.get(f"/v1/users/{user}", headers=auth)).json()
     assert user_view["credits"] == user_view["available"] == 89 and user_view["reserved"] == 0
+
+
+async def test_a_long_history_page_uses_the_users_index(db) -> None:
+    """A user who owns most of the log, all of it older than other users' rows: the page
+    must walk (user_id, seq DESC), not filter the whole log in seq order."""
+    from sqlalchemy import text
+
+    from skill_credits.ledger.repository import page
+
+    user, others = f"deep_{uuid.uuid4().hex[:8]}", f"newer_{uuid.uuid4().hex[:8]}"
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO users (user_id, credits) VALUES (:u, 30000)"), {"u": user}
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO transactions (user_id, type, amount, balance_after)"
+                " SELECT :u, 'GRANT', 1, k FROM generate_series(1, 30000) k ORDER BY k"
+            ),
+            {"u": user},
+        )
+        # newer rows of 200 other users, each a GRANT of 1 that its balance shows
+        await conn.execute(
+            text(
+                "INSERT INTO users (user_id, credits)"
+                " SELECT :o || g, 1 FROM generate_series(1, 200) g"
+            ),
+            {"o": others},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO transactions (user_id, type, amount, balance_after)"
+                " SELECT :o || g, 'GRANT', 1, 1 FROM generate_series(1, 200) g"
+            ),
+            {"o": others},
+        )
+    async with db.autocommit.connect() as conn:
+        await conn.execute(text("ANALYZE transactions"))
+        await conn.execute(text("SET plan_cache_mode = force_custom_plan"))
+        for where in ("", " AND seq < 1000000000"):
+            plan = (
+                await conn.execute(
+                    text(
+                        "EXPLAIN (FORMAT JSON) SELECT id FROM transactions"
+                        f" WHERE user_id = :u{where} ORDER BY seq DESC LIMIT 51"
+                    ),
+                    {"u": user},
+                )
+            ).scalar()
+            assert "transactions_user_seq" in json.dumps(plan), plan
+        await conn.execute(text("RESET plan_cache_mode"))
+        items, cursor = await page(conn, user, 50, None, None)
+    assert [t.balance_after for t in items] == list(range(30000, 29950, -1)) and cursor
+    await assert_reconciled(db)

@@ -60,10 +60,12 @@ class LedgerController(Controller):
         self,
         request: Request,
         data: JSONBody[ChargeIn],
-        db: Db,
-        cache: NamedDependency[SkillCache],
         key: IdempotencyKey = None,
     ) -> Response[Transaction]:
+        # The hot path reads the pool and cache from app state: two injected
+        # dependencies would cost Litestar a task group with two tasks per request.
+        db: Database = request.app.state.db
+        cache: SkillCache = request.app.state.cache
         if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
             await confirm(request)
             idempotency_key(key)
