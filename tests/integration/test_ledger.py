@@ -274,3 +274,38 @@ async def test_a_long_history_page_uses_the_users_index(db) -> None:
         items, cursor = await page(conn, user, 50, None, None)
     assert [t.balance_after for t in items] == list(range(30000, 29950, -1)) and cursor
     await assert_reconciled(db)
+
+
+async def test_a_refused_charge_costs_one_extra_round_trip(api: Api, db, settings) -> None:
+    """Under a hot user who ran dry, every refusal must stay cheap: the charge statement
+    and one query that explains it (no auth re-check, no separate skill and user reads)."""
+    from sqlalchemy import event
+
+    from skill_credits.cache import SkillCache, create_redis
+    from skill_credits.ledger import service
+    from skill_credits.ledger.schemas import ChargeIn
+
+    skill = await api.create_skill(cost=5)
+    user = await api.new_user(3)
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    cache = SkillCache(create_redis(settings.redis_url, 0.2), settings.redis_prefix)
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        async with db.autocommit.connect() as conn:
+            key_id = api.keys.service.split("_")[1]
+            data = ChargeIn(user_id=user, skill=skill["name"])
+            for _ in range(3):
+                statements.clear()
+                with pytest.raises(service.ApiError) as refused:
+                    await service.charge(
+                        conn, cache, data, None, b"h", api_key_id=key_id, check_caller=None
+                    )
+                assert refused.value.code == "insufficient_credits"
+                assert len(statements) == 2, statements
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+        await cache.close()

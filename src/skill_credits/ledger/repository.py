@@ -418,3 +418,30 @@ async def hold_by_idempotency_key(conn: AsyncConnection, user_id: str, key: str)
             {"user_id": user_id, "key": key},
         )
     ).first()
+
+
+def _refusal(key_table: str) -> Any:
+    """Everything a refused write needs to be explained, in one round trip."""
+    return text(f"""
+SELECT
+    (SELECT a.revoked_at IS NULL FROM api_keys a
+     WHERE a.id = CAST(:api_key_id AS text)) AS key_live,
+    EXISTS (SELECT 1 FROM {key_table} k
+            WHERE k.user_id = :user_id AND k.idempotency_key = CAST(:key AS text)) AS key_used,
+    s.id::text AS s_id, s.name AS s_name, s.display_name AS s_display_name,
+    s.description AS s_description, s.cost AS s_cost, s.is_active AS s_is_active,
+    s.version AS s_version, s.created_at AS s_created_at, s.updated_at AS s_updated_at,
+    u.credits AS u_credits, CASE WHEN u.user_id IS NULL THEN NULL ELSE {RESERVED} END
+        AS u_reserved
+FROM (SELECT 1) AS one
+LEFT JOIN skills s ON s.name = :skill
+LEFT JOIN users u ON u.user_id = :user_id
+""")
+
+
+REFUSAL_OF_CHARGE = _refusal("transactions")
+REFUSAL_OF_HOLD = _refusal("holds")
+
+
+async def refusal(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> Row:
+    return (await conn.execute(statement, {"api_key_id": None, **params})).one()

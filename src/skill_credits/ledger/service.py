@@ -30,7 +30,6 @@ from skill_credits.ledger.schemas import (
     RefundIn,
     Transaction,
 )
-from skill_credits.skills import repository as skills_repo
 from skill_credits.skills.schemas import Skill
 
 MAX_ATTEMPTS = 5
@@ -82,14 +81,15 @@ def insufficient(credits: int, available: int, required: int) -> ApiError:
     )
 
 
-def _skill_from_charge_row(row: Any) -> Skill:
+def _skill_from_row(row: Any) -> Skill:
+    """A skill from a row of ``s_``-prefixed columns (charge result, refusal facts)."""
     return Skill(
         id=row.s_id,
         name=row.s_name,
         display_name=row.s_display_name,
         description=row.s_description,
         cost=row.s_cost,
-        is_active=True,
+        is_active=getattr(row, "s_is_active", True),
         version=row.s_version,
         created_at=row.s_created_at,
         updated_at=row.s_updated_at,
@@ -105,6 +105,7 @@ async def _priced_write(
     units: int,
     params: dict[str, Any],
     write: Callable[[AsyncConnection, dict[str, Any]], Awaitable[Any]],
+    explain: Any,
     replay: Callable[[], Awaitable[Any]],
     unique: set[str],
     check_caller: Callable[[], Awaitable[None]] | None = None,
@@ -112,8 +113,9 @@ async def _priced_write(
     """Run a statement priced at the skill's version the cache knows, and explain a refusal.
 
     The statement is the judge: it writes only at the version it was given. When it writes
-    nothing, the reads below answer in the contract's order (replay, skill 404, 403, user
-    404, 402), or find that the price or a hold moved meanwhile and run it again.
+    nothing, one query (``explain``) reads what the answer needs, in the contract's order:
+    a revoked key (401), a replay, skill 404, 403, user 404, 402 - or finds that the price
+    or a hold moved meanwhile, and the statement runs again.
     """
     cached = await cache.get(skill_name)
     params["version"] = cached.version if cached is not None else None
@@ -126,27 +128,28 @@ async def _priced_write(
             row = None  # a concurrent request with this key won; answer as it did
         if row is not None:
             return row, cached
-        if check_caller is not None:
+        facts = await repo.refusal(conn, explain, params)
+        if check_caller is not None and facts.key_live is not True:
             await check_caller()  # a revoked key writes nothing: answer 401 first
-        if (done := await replay()) is not None:
+        if facts.key_used and (done := await replay()) is not None:
             return done, cached
-        skill = await skills_repo.get(conn, skill_name)
-        if skill is None:
+        if facts.s_id is None:
             raise ApiError(404, "skill_not_found", f"no skill named {skill_name}")
-        if params["version"] is not None and skill.version != params["version"]:
+        if params["version"] is not None and facts.s_version != params["version"]:
+            skill = _skill_from_row(facts)
             await cache.put(skill)  # the cache was behind: price at the current version
             params["version"] = skill.version
             cached = skill
             continue
-        if not skill.is_active:
+        if not facts.s_is_active:
             raise ApiError(403, "skill_disabled", f"{skill_name} is disabled")
-        user = await repo.get_user(conn, user_id)
-        if user is None:
+        if facts.u_credits is None:
             raise ApiError(404, "user_not_found", f"no user {user_id}")
-        required = skill.cost * units
-        if user.available < required:
-            raise insufficient(user.credits, user.available, required)
-        # A hold changed between the statement and these reads: try again.
+        required = facts.s_cost * units
+        available = facts.u_credits - facts.u_reserved
+        if available < required:
+            raise insufficient(facts.u_credits, available, required)
+        # A hold changed between the statement and this read: try again.
     raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
 
 
@@ -177,6 +180,7 @@ async def charge(
         units=data.units,
         params=params,
         write=repo.charge,
+        explain=repo.REFUSAL_OF_CHARGE,
         replay=lambda: _replay(conn, data.user_id, key, digest),
         unique=IDEMPOTENCY_CONSTRAINTS,
         check_caller=check_caller,
@@ -184,7 +188,7 @@ async def charge(
     if isinstance(row, Written):
         return row
     if cached is None or cached.version != row.s_version:
-        await cache.put(_skill_from_charge_row(row))
+        await cache.put(_skill_from_row(row))
     return Written(repo.transaction_from_row(row))
 
 
@@ -308,6 +312,7 @@ async def create_hold(
         units=data.units,
         params=params,
         write=repo.hold,
+        explain=repo.REFUSAL_OF_HOLD,
         replay=lambda: _replay_hold(conn, data.user_id, key, digest),
         unique={"holds_idempotency"},
     )
