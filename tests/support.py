@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -212,3 +213,24 @@ def record(name: str, figures: dict) -> None:
     if path:
         with open(path, "a") as f:
             f.write(f"{name}\t{figures}\n")
+
+
+@contextlib.contextmanager
+def server_with_own_redis(settings, workers: int = 1):
+    """`skill-credits serve` on the run's database and a redis-server of its own."""
+    redis = RedisServer()
+    redis.start()
+    server = AppServer(
+        {
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": redis.url,
+            "REDIS_PREFIX": settings.redis_prefix,
+        },
+        workers=workers,
+    )
+    try:
+        server.start()
+        yield server, redis
+    finally:
+        server.stop()
+        redis.cleanup()

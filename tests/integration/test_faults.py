@@ -25,7 +25,7 @@ from skill_credits.ledger.repository import reconcile
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
 from tests.conftest import run_in_thread, unique
-from tests.support import AppServer, PostgresCluster, RedisServer, record
+from tests.support import AppServer, PostgresCluster, record, server_with_own_redis
 
 pytestmark = pytest.mark.faults
 
@@ -127,18 +127,7 @@ async def setup_world(api_url: str, admin_token: str, balance: int, cost: int) -
 
 
 async def test_redis_killed_mid_load(settings, keys) -> None:
-    redis = RedisServer()
-    redis.start()
-    server = AppServer(
-        {
-            "DATABASE_URL": settings.database_url,
-            "REDIS_URL": redis.url,
-            "REDIS_PREFIX": settings.redis_prefix,
-        },
-        workers=2,
-    )
-    server.start()
-    try:
+    with server_with_own_redis(settings, workers=2) as (server, redis):
         skill, user = await setup_world(server.url, keys.admin, 10**9, 1)
         load = Load(server.url, keys.service, user, skill)
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
@@ -166,9 +155,6 @@ async def test_redis_killed_mid_load(settings, keys) -> None:
             hits = (await http.get("/metrics")).text
             assert 'skill_credits_skill_cache_lookups_total{result="hit"}' in hits
         figures = await check_ledger(settings.database_url, load, 10**9)
-    finally:
-        server.stop()
-        redis.cleanup()
     record("redis killed", figures)
 
 

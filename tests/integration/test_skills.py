@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import unique
 from tests.integration.helpers import Api
-from tests.support import AppServer, RedisServer
+from tests.support import AppServer, server_with_own_redis
 
 
 @pytest.fixture
@@ -121,18 +121,7 @@ async def test_fifty_edits_each_followed_by_a_charge_on_two_workers(two_workers,
 async def test_edit_promise_with_redis_hung_and_back_with_old_data(settings, keys) -> None:
     """Redis stops answering while it still holds version N; the edit to N+1 cannot reach it.
     Charges must use N+1 while it hangs, and after it answers again with N."""
-    redis = RedisServer()
-    redis.start()
-    server = AppServer(
-        {
-            "DATABASE_URL": settings.database_url,
-            "REDIS_URL": redis.url,
-            "REDIS_PREFIX": settings.redis_prefix,
-        },
-        workers=2,
-    )
-    server.start()
-    try:
+    with server_with_own_redis(settings, workers=2) as (server, redis):
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
             api = Api(http, keys)
             skill = await api.create_skill(cost=10)
@@ -169,24 +158,10 @@ async def test_edit_promise_with_redis_hung_and_back_with_old_data(settings, key
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError("the catalogue kept the old cost after Redis came back")
-    finally:
-        server.stop()
-        redis.cleanup()
 
 
 async def test_edit_promise_with_redis_killed_and_restarted(settings, keys) -> None:
-    redis = RedisServer()
-    redis.start()
-    server = AppServer(
-        {
-            "DATABASE_URL": settings.database_url,
-            "REDIS_URL": redis.url,
-            "REDIS_PREFIX": settings.redis_prefix,
-        },
-        workers=1,
-    )
-    server.start()
-    try:
+    with server_with_own_redis(settings, workers=1) as (server, redis):
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
             api = Api(http, keys)
             skill = await api.create_skill(cost=3)
@@ -201,6 +176,3 @@ async def test_edit_promise_with_redis_killed_and_restarted(settings, keys) -> N
             pairs = await _edit_then_charge(api, skill["name"], user, 10)
             assert all(a == b for a, b in pairs), pairs
             assert (await http.get("/readyz")).json()["redis"] == "up"
-    finally:
-        server.stop()
-        redis.cleanup()
