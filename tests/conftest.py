@@ -105,9 +105,16 @@ def database_url(pg_base: str, run_id: str) -> Iterator[str]:
     yield url
 
     async def drop() -> None:
+        """This run's database, and any other this run made (they share its prefix)."""
         conn = await asyncpg.connect(f"{pg_base}/postgres")
         try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            mine = await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname = $1 OR datname LIKE $2",
+                name,
+                f"{name}\\_%",
+            )
+            for row in mine:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
         finally:
             await conn.close()
 

@@ -16,6 +16,7 @@ from litestar.testing import AsyncTestClient
 
 from skill_credits.app import create_app
 from skill_credits.settings import Settings
+from tests.conftest import run_in_thread
 from tests.support import AppServer, free_port
 
 
@@ -101,7 +102,7 @@ def fresh_database(pg_base: str, run_id: str):
         finally:
             await conn.close()
 
-    asyncio.run(drop())
+    run_in_thread(asyncio.run, drop())
 
 
 def test_cli_migrate_keys_serve_and_reconcile(fresh_database, redis_url, redis_prefix) -> None:
