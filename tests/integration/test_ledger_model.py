@@ -66,6 +66,8 @@ def machine(model_server, keys, database_url):
             self.cost: dict[str, int] = {}
             self.active: dict[str, bool] = {}
             self.credits: dict[str, int] = {}
+            # the log the model expects, oldest first: (type, amount, balance_after)
+            self.log: dict[str, list[tuple[str, int, int]]] = {}
             self.charges: dict[str, tuple[str, int]] = {}  # tx id -> (user, amount)
             self.refunded: set[str] = set()
             self.answers: dict[tuple[str, str], tuple[tuple, dict]] = {}
@@ -89,6 +91,7 @@ def machine(model_server, keys, database_url):
             )
             assert r.status_code == 201 and r.json()["balance_after"] == amount
             self.credits[user] = amount
+            self.log[user] = [("GRANT", amount, amount)]
             return user
 
         @rule(target=users, amount=st.integers(1, 60))
@@ -135,6 +138,7 @@ def machine(model_server, keys, database_url):
             )
             assert r.status_code == 201
             self.credits[user] += amount
+            self.log[user].append((kind, amount, self.credits[user]))
             assert r.json()["balance_after"] == self.credits[user]
 
         @rule(user=users, amount=st.integers(1, 50))
@@ -150,6 +154,7 @@ def machine(model_server, keys, database_url):
             else:
                 assert r.status_code == 201, r.text
                 self.credits[user] -= amount
+                self.log[user].append(("ADJUSTMENT", -amount, self.credits[user]))
                 assert r.json()["balance_after"] == self.credits[user]
 
         @rule(
@@ -183,6 +188,7 @@ def machine(model_server, keys, database_url):
             else:
                 assert r.status_code == 201, r.text
                 self.credits[user] -= price
+                self.log[user].append(("CONSUMPTION", -price, self.credits[user]))
                 tx = r.json()
                 assert (tx["amount"], tx["balance_after"], tx["unit_cost"]) == (
                     -price,
@@ -206,6 +212,7 @@ def machine(model_server, keys, database_url):
             assert r.status_code == 201, r.text
             user, amount = self.charges[tx]
             self.credits[user] += amount
+            self.log[user].append(("REFUND", amount, self.credits[user]))
             self.refunded.add(tx)
             assert r.json()["balance_after"] == self.credits[user]
 
@@ -230,7 +237,10 @@ def machine(model_server, keys, database_url):
             cost = self.cost[skill]
             fits = n if cost == 0 else min(n, self.credits[user] // cost)
             assert codes.count(201) == fits and codes.count(402) == n - fits, codes
+            before = self.credits[user]
             self.credits[user] -= cost * fits
+            for n in range(1, fits + 1):  # concurrent, but written one after another
+                self.log[user].append(("CONSUMPTION", -cost, before - cost * n))
             for a in answers:
                 if a.status_code == 201:
                     self.charges[a.json()["id"]] = (user, cost)
@@ -240,6 +250,13 @@ def machine(model_server, keys, database_url):
             for user, credits in self.credits.items():
                 r = self.http.get(f"/v1/users/{user}", headers=keys.auth("service"))
                 assert r.json()["credits"] == credits, (user, r.json(), credits)
+                items = self.http.get(
+                    f"/v1/users/{user}/transactions",
+                    params={"limit": 200},
+                    headers=keys.auth("service"),
+                ).json()["items"]
+                seen = [(t["type"], t["amount"], t["balance_after"]) for t in items]
+                assert seen == list(reversed(self.log[user]))[:200], (user, seen[:5])
 
     return Ledger
 
