@@ -661,10 +661,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 5)))
     parser.add_argument("--quick", action="store_true", help="small log levels and memory run")
-    parser.add_argument("--reuse-memory", action="store_true",
-                        help="skip the 1 M-request memory run; keep the last run's figures")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite BENCHMARKS.md and the plot from bench/results/latest.json")
+    parser.add_argument(
+        "--reuse-memory",
+        action="store_true",
+        help="skip the 1 M-request memory run; keep the last run's figures",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite BENCHMARKS.md and the plot from bench/results/latest.json",
+    )
     args = parser.parse_args()
     if args.report_only:
         data = json.loads((RESULTS / "latest.json").read_text())
@@ -760,7 +766,8 @@ def main() -> None:
             previous = json.loads((RESULTS / "latest.json").read_text())
             data["memory"] = previous["memory"] | {
                 "note": f"Measured in the full run of {previous.get('started', previous['date'])}"
-                " on this machine; this run reused it"}
+                " on this machine; this run reused it"
+            }
         else:
             data["memory"] = memory(sc(1), token, memory_requests)
         # the log-size runs start from a fresh database, so "0 rows" means it

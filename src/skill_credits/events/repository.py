@@ -11,7 +11,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from skill_credits.events.schemas import Event
-from skill_credits.ledger.repository import decode_cursor, encode_cursor
+from skill_credits.pagination import decode_cursor, keyset_page
 
 EVENT_COLUMNS = "id::text AS id, type, user_id, data::text AS data, created_at"
 
@@ -33,24 +33,10 @@ async def page(
     event_type: str | None,
     user_id: str | None,
 ) -> tuple[list[Event], str | None]:
-    where = ["true"]
-    if event_type is not None:
-        where.append("type = :type")
-    if user_id is not None:
-        where.append("user_id = :user_id")
-    if before is not None:
-        where.append("seq < :before")
-    rows = (
-        await conn.execute(
-            text(
-                f"SELECT {EVENT_COLUMNS}, seq FROM events WHERE {' AND '.join(where)}"
-                " ORDER BY seq DESC LIMIT :limit"
-            ),
-            {"type": event_type, "user_id": user_id, "before": before, "limit": limit + 1},
-        )
-    ).all()
-    items = [event_from_row(r) for r in rows[:limit]]
-    return items, (encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None)
+    rows, next_cursor = await keyset_page(
+        conn, "events", EVENT_COLUMNS, {"type": event_type, "user_id": user_id}, before, limit
+    )
+    return [event_from_row(r) for r in rows], next_cursor
 
 
 __all__ = ["decode_cursor"]

@@ -9,8 +9,6 @@ nothing, and its caller retries with a fresh snapshot.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from sqlalchemy import text
@@ -18,6 +16,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from skill_credits.ledger.schemas import Hold, Transaction, User
+from skill_credits.pagination import decode_cursor, encode_cursor, keyset_page
 
 TX_COLUMNS = (
     "id::text AS id, user_id, type, amount, balance_after, skill, units, unit_cost,"
@@ -200,41 +199,14 @@ async def get_transaction(conn: AsyncConnection, tx_id: str) -> Row | None:
     ).first()
 
 
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int | None:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-    if not raw.startswith("s") or not raw[1:].isdigit() or len(raw) > 20:
-        return None
-    return int(raw[1:])
-
-
 async def page(
     conn: AsyncConnection, user_id: str, limit: int, before_seq: int | None, tx_type: str | None
 ) -> tuple[list[Transaction], str | None]:
-    """Keyset page, newest first: an index range scan on (user_id[, type], seq DESC)."""
-    where = ["user_id = :user_id"]
-    if tx_type is not None:
-        where.append("type = :type")
-    if before_seq is not None:
-        where.append("seq < :before")
-    rows = (
-        await conn.execute(
-            text(
-                f"SELECT {TX_COLUMNS}, seq FROM transactions WHERE {' AND '.join(where)}"
-                " ORDER BY seq DESC LIMIT :limit"
-            ),
-            {"user_id": user_id, "type": tx_type, "before": before_seq, "limit": limit + 1},
-        )
-    ).all()
-    items = [transaction_from_row(r) for r in rows[:limit]]
-    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
-    return items, next_cursor
+    """Keyset page, newest first: an index range scan on (user_id, seq DESC)."""
+    rows, next_cursor = await keyset_page(
+        conn, "transactions", TX_COLUMNS, {"user_id": user_id, "type": tx_type}, before_seq, limit
+    )
+    return [transaction_from_row(r) for r in rows], next_cursor
 
 
 async def reconcile(conn: AsyncConnection) -> list[str]:
@@ -445,3 +417,6 @@ REFUSAL_OF_HOLD = _refusal("holds")
 
 async def refusal(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> Row:
     return (await conn.execute(statement, {"api_key_id": None, **params})).one()
+
+
+__all__ = ["decode_cursor", "encode_cursor"]  # the cursor of history pages, for callers

@@ -1,0 +1,58 @@
+"""Keyset pagination, newest first, over a table with an identity ``seq`` column.
+
+A page costs the same deep in a log as at its start: ``seq < :before`` is an index
+range condition, never an OFFSET. Cursors are opaque to clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int | None:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    if not raw.startswith("s") or not raw[1:].isdigit() or len(raw) > 20:
+        return None
+    return int(raw[1:])
+
+
+async def keyset_page(
+    conn: AsyncConnection,
+    table: str,
+    columns: str,
+    equal: dict[str, Any],
+    before: int | None,
+    limit: int,
+) -> tuple[list[Row], str | None]:
+    """Up to ``limit`` rows where every ``equal`` column (skipped when None) matches.
+
+    ``table``, ``columns`` and the keys of ``equal`` come from code, never from a client.
+    """
+    filters = {column: value for column, value in equal.items() if value is not None}
+    where = [f"{column} = :{column}" for column in filters] or ["true"]
+    if before is not None:
+        where.append("seq < :before")
+    rows = (
+        await conn.execute(
+            text(
+                f"SELECT {columns}, seq FROM {table} WHERE {' AND '.join(where)}"
+                " ORDER BY seq DESC LIMIT :limit"
+            ),
+            {**filters, "before": before, "limit": limit + 1},
+        )
+    ).all()
+    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
+    return rows[:limit], next_cursor
