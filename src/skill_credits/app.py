@@ -24,8 +24,8 @@ from litestar.template.config import TemplateConfig
 
 from skill_credits.admin_ui.endpoints import AdminPagesController, LoginController
 from skill_credits.admin_ui.session import LoginRequired, login_rate_limit, session_config
-from skill_credits.auth import KeyCache, authenticated
-from skill_credits.bodies import strict_body
+from skill_credits.auth import KeyCache
+from skill_credits.bodies import api_request
 from skill_credits.cache import SkillCache, create_redis
 from skill_credits.db import Database, create_engine
 from skill_credits.errors import internal_error_handler, problem_details_plugin
@@ -85,7 +85,8 @@ def create_app(settings: Settings) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        db = Database(create_engine(settings))
+        db = Database(create_engine(settings), settings)
+        await db.start()
         cache = SkillCache(
             redis,
             settings.redis_prefix,
@@ -104,8 +105,7 @@ def create_app(settings: Settings) -> Litestar:
 
     api = Router(
         path="/",
-        guards=[authenticated],
-        before_request=strict_body,
+        before_request=api_request,
         route_handlers=[
             LedgerController,
             HoldController,

@@ -20,7 +20,6 @@ import secrets
 from dataclasses import dataclass
 
 from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -146,11 +145,13 @@ def bearer_token(connection: ASGIConnection) -> str | None:
     return token.strip()
 
 
-async def authenticated(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Guard of every /v1 route: a live key of any role, else 401.
+async def authenticate(connection: ASGIConnection) -> None:
+    """First step of every /v1 request (``bodies.api_request``): a live key, else 401.
 
-    Guards run before the body is read, so 401 wins over 413 and 400 as the contract
-    orders them; the role itself is checked in the handler, after validation.
+    It runs before the body is read, so 401 wins over 413 and 400 as the contract
+    orders them; the role itself is checked in the handler, after validation. (It is
+    not a Litestar guard: Litestar copies the route handler for every guard call,
+    which the profile showed on the charge hot path.)
     """
     token = bearer_token(connection)
     principal = None

@@ -3,7 +3,7 @@
 Litestar converts request bodies with msgspec in lax mode, which would turn
 ``"units": "2"`` into 2. The contract wants wrong types refused, so this
 ``before_request`` hook decodes the raw body strictly against the handler's own
-``data`` annotation first. It runs after the auth guard and reads the body through
+``data`` annotation first. It runs after the API key check and reads the body through
 Litestar (so the 64 KiB limit answers 413), keeping the order 401, 413, 400.
 """
 
@@ -17,7 +17,7 @@ from litestar import Request
 from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 
-from skill_credits.auth import confirm
+from skill_credits.auth import authenticate, confirm
 from skill_credits.errors import ApiError, validation_error
 
 
@@ -40,6 +40,12 @@ def _field_and_message(exc: msgspec.ValidationError) -> tuple[str, str]:
     if path is None and "unknown field" in message:
         path = message.rsplit("`", 2)[-2] if message.count("`") >= 2 else None
     return path or "body", message
+
+
+async def api_request(request: Request) -> None:
+    """``before_request`` of every /v1 route: the key (401), then the body (413, 415, 400)."""
+    await authenticate(request)
+    await strict_body(request)
 
 
 async def strict_body(request: Request) -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
 import asyncpg
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import TextClause
 
 from skill_credits.settings import Settings
 
@@ -24,19 +30,113 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 class Database:
-    """Two views of one pool.
+    """The SQLAlchemy engine, and a lean asyncpg pool for the charge hot path.
 
-    ``autocommit`` runs each statement as its own transaction (the charge path: one
-    statement, one round trip). ``engine.begin()`` runs several statements in one
-    explicit transaction (skill edits with their history rows).
+    ``autocommit`` runs each statement as its own transaction (one statement, one round
+    trip). ``engine.begin()`` runs several statements in one explicit transaction
+    (skill edits with their history rows). ``statements()`` lends a connection of the
+    asyncpg pool for single autocommit statements only (see ``Statements``).
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, settings: Settings | None = None) -> None:
         self.engine = engine
         self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.settings = settings or Settings()
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        """Open the hot-path pool (lazily: no connection is made before the first charge)."""
+        s = self.settings
+        self._pool = await asyncpg.create_pool(
+            s.asyncpg_dsn,
+            min_size=0,
+            max_size=s.db_fast_pool_size,
+            timeout=s.db_connect_timeout,
+            command_timeout=s.db_command_timeout,
+            server_settings={"application_name": "skill-credits"},
+            # Release costs no round trip: only single autocommit statements run here,
+            # so a connection never carries a transaction or session state back.
+            reset=_no_reset,
+        )
+
+    @contextlib.asynccontextmanager
+    async def statements(self) -> AsyncIterator[Statements]:
+        if self._pool is None:
+            raise RuntimeError("Database.start() was not called")
+        async with self._pool.acquire(timeout=self.settings.db_pool_timeout) as conn:
+            yield Statements(conn)
 
     async def dispose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
         await self.engine.dispose()
+
+
+async def _no_reset(_: asyncpg.Connection) -> None:
+    return None
+
+
+class _Row:
+    """Attribute access to an asyncpg record, like SQLAlchemy's Row."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: asyncpg.Record) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._record[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class _Result:
+    __slots__ = ("_records",)
+
+    def __init__(self, records: list[asyncpg.Record]) -> None:
+        self._records = records
+
+    def first(self) -> _Row | None:
+        return _Row(self._records[0]) if self._records else None
+
+
+_ASYNCPG = pg_asyncpg.dialect()
+_compiled: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+
+def _compile(statement: TextClause) -> tuple[str, tuple[str, ...]]:
+    found = _compiled.get(statement.text)
+    if found is None:
+        compiled = statement.compile(dialect=_ASYNCPG)
+        found = _compiled[statement.text] = (str(compiled), tuple(compiled.positiontup or ()))
+    return found
+
+
+class Statements:
+    """A raw asyncpg connection that runs the ledger's ``text()`` statements.
+
+    It offers the one call the ledger repository makes, ``execute(statement,
+    params).first()``, with SQLAlchemy's answers: rows with attribute access, and
+    constraint and data errors raised as ``IntegrityError`` / ``DataError`` (with the
+    asyncpg error as ``orig``). Each statement is its own transaction and runs as a
+    prepared statement from asyncpg's per-connection cache: the hot path pays neither
+    SQLAlchemy's result machinery nor a reset query on release (see BENCHMARKS.md).
+    """
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, statement: TextClause, params: Mapping[str, Any]) -> _Result:
+        sql, order = _compile(statement)
+        try:
+            return _Result(await self.conn.fetch(sql, *[params[name] for name in order]))
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise sa_exc.IntegrityError(sql, None, exc) from exc
+        except asyncpg.DataError as exc:
+            raise sa_exc.DataError(sql, None, exc) from exc
 
 
 # SQLSTATE classes meaning "no usable server right now": 08 connection exception,

@@ -22,8 +22,10 @@ class Settings:
     redis_retry_after: float = 1.0
     # PostgreSQL: connect/checkout bounds keep "database down" answers under 2 s.
     # A fixed pool: overflow connections would be opened and closed under load.
-    db_pool_size: int = 20
+    db_pool_size: int = 10
     db_max_overflow: int = 0
+    # The asyncpg pool of the charge hot path (db.Database.statements).
+    db_fast_pool_size: int = 10
     db_connect_timeout: float = 1.0
     # Waiting for a free connection (contention only; a dead server fails at connect):
     # bounded under the contract's 2 s for a 503.
@@ -44,10 +46,16 @@ class Settings:
             redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
             redis_prefix=env.get("REDIS_PREFIX", "skill_credits:"),
             redis_timeout=float(env.get("REDIS_TIMEOUT", "0.1")),
-            db_pool_size=int(env.get("DB_POOL_SIZE", "20")),
+            db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
+            db_fast_pool_size=int(env.get("DB_FAST_POOL_SIZE", "10")),
             secret_key=env.get("SECRET_KEY", ""),
             login_attempts_per_minute=int(env.get("LOGIN_ATTEMPTS_PER_MINUTE", "10")),
         )
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """DATABASE_URL in the form asyncpg wants (the hot-path pool)."""
+        return "postgresql://" + self.sqlalchemy_url.partition("://")[2]
 
     @property
     def sqlalchemy_url(self) -> str:

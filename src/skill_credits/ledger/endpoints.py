@@ -71,7 +71,7 @@ class LedgerController(Controller):
             idempotency_key(key)
         digest = service.request_hash("POST", "/v1/charges", data)
         try:
-            async with db.autocommit.connect() as conn:
+            async with db.statements() as conn:
                 written = await service.charge(
                     conn,
                     cache,

@@ -416,7 +416,7 @@ REFUSAL_OF_HOLD = _refusal("holds")
 
 
 async def refusal(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> Row:
-    return (await conn.execute(statement, {"api_key_id": None, **params})).one()
+    return (await conn.execute(statement, {"api_key_id": None, **params})).first()
 
 
 __all__ = ["decode_cursor", "encode_cursor"]  # the cursor of history pages, for callers
