@@ -4,6 +4,10 @@ No auth, no validation, no cache, no idempotency: it parses the body and runs th
 same SQL, compiled from ``skill_credits.ledger.repository.CHARGE`` (including its check
 that the bench's API key is live), over an asyncpg pool whose release costs no round
 trip, and answers 201 or 402.
+
+With ``CEILING_REDIS_URL`` and ``CEILING_REDIS_KEY`` set, it also reads the skill's
+cache entry from Redis first (one HGET, as skill-credits does): the floor of the design,
+which reads the skill's version from Redis on every charge.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response, post
+from redis.asyncio import Redis
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 
 from skill_credits.ledger.repository import CHARGE
@@ -29,17 +34,23 @@ async def _no_reset(_: asyncpg.Connection) -> None:
 def create_app() -> Litestar:
     dsn = os.environ["DATABASE_URL"]
     key_id = os.environ.get("BENCH_KEY_ID", "")  # the statement checks the caller's key too
+    redis_url, redis_key = os.environ.get("CEILING_REDIS_URL"), os.environ.get("CEILING_REDIS_KEY")
     state: dict = {}
 
     async def start(_: Litestar) -> None:
         state["pool"] = await asyncpg.create_pool(dsn, min_size=4, max_size=10, reset=_no_reset)
+        state["redis"] = Redis.from_url(redis_url) if redis_url and redis_key else None
 
     async def stop(_: Litestar) -> None:
         await state["pool"].close()
+        if state["redis"] is not None:
+            await state["redis"].aclose()
 
     @post("/v1/charges")
     async def charge(request: Request) -> Response:
         body = msgspec.json.decode(await request.body())
+        if state["redis"] is not None:
+            await state["redis"].hget(redis_key, "d")
         values = {
             "skill": body["skill"],
             "version": None,

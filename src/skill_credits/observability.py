@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import re
@@ -23,7 +24,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 CHARGES = Counter(
     "skill_credits_charges_total",
@@ -32,6 +33,13 @@ CHARGES = Counter(
 )
 CREDITS_CONSUMED = Counter(
     "skill_credits_credits_consumed_total", "Credits charged, by skill", ["skill"]
+)
+# POST /v1/charges is left out of the plugin's per-request metrics (its middleware costs
+# the hot path ~8 % of its CPU): the charge handler counts and times itself.
+CHARGE_SECONDS = Histogram(
+    "skill_credits_charge_duration_seconds",
+    "Time to answer POST /v1/charges, from the handler's start to its answer",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 CACHE_LOOKUPS = Counter(
     "skill_credits_skill_cache_lookups_total", "Skill cache lookups by result", ["result"]
@@ -47,7 +55,7 @@ def prometheus() -> tuple[PrometheusConfig, type[PrometheusController]]:
         app_name="skill_credits",
         prefix="skill_credits_http",
         group_path=True,  # label by route template, not by raw path (bounded cardinality)
-        exclude=["^/metrics", "^/static/"],
+        exclude=["^/metrics", "^/static/", "^/v1/charges$"],  # see CHARGE_SECONDS
     )
 
     class MetricsController(PrometheusController):
@@ -56,6 +64,16 @@ def prometheus() -> tuple[PrometheusConfig, type[PrometheusController]]:
         tags = ["operations"]
 
     return config, MetricsController
+
+
+_ids = itertools.count()
+_worker = uuid.uuid4().hex[:16]
+
+
+def new_request_id() -> str:
+    """32 hex digits, unique across workers and restarts: this worker's random half and a
+    counter (cheaper than a uuid4 per request on the hot path)."""
+    return f"{_worker}{next(_ids) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 class RequestIdMiddleware(ASGIMiddleware):
@@ -67,7 +85,7 @@ class RequestIdMiddleware(ASGIMiddleware):
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
                 break
-        rid = incoming if _VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
+        rid = incoming if incoming and _VALID_ID.fullmatch(incoming) else new_request_id()
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 0
