@@ -446,6 +446,16 @@ def profile(server: Server, token: str, seconds: int) -> dict:
     }
 
 
+def breakdown() -> list[dict]:
+    """bench/breakdown.py in a process of its own (its metrics in multiprocess mode)."""
+    log("CPU per charge, piece by piece (bench/breakdown.py)")
+    out = RESULTS / "breakdown.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "breakdown.py"), "--json", str(out)], check=True
+    )
+    return json.loads(out.read_text())
+
+
 LAYERS = (
     ("uvloop/event loop idle", ("select", "run_forever", "_run_once")),
     ("asyncpg (driver)", ("asyncpg",)),
@@ -655,6 +665,23 @@ def report(data: dict) -> str:
     lines += ["", "| function (own time) | share |", "|---|---:|"]
     for name, share in prof["own"][:12]:
         lines.append(f"| `{name[:110]}` | {share:.1%} |")
+    if data.get("breakdown"):
+        lines += [
+            "",
+            "## Where a charge's CPU goes, piece by piece (`bench/breakdown.py`)",
+            "",
+            "Each app driven in-process on uvloop, one request at a time (no HTTP server, no",
+            "load generator), so the figure is the app's own CPU per charge; each step adds one",
+            "piece to the one before. HTTP parsing by uvicorn comes on top of every row alike.",
+            "",
+            "| step | CPU µs per charge | added by this step |",
+            "|---|---:|---:|",
+        ]
+        previous = None
+        for row in data["breakdown"]:
+            added = "" if previous is None else f"{row['cpu_us'] - previous:+.0f}"
+            lines.append(f"| {row['step']} | {row['cpu_us']:.0f} | {added} |")
+            previous = row["cpu_us"]
     lines += ["", "## Reconcile", ""]
     for name, problems in data["reconcile"].items():
         lines.append(f"- {name}: {'clean' if not problems else f'{len(problems)} differences'}")
@@ -679,6 +706,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.report_only:
         data = json.loads((RESULTS / "latest.json").read_text())
+        if "breakdown" not in data and (RESULTS / "breakdown.json").exists():
+            data["breakdown"] = json.loads((RESULTS / "breakdown.json").read_text())
         analysis = ROOT / "bench" / "analysis.md"
         data["analysis"] = analysis.read_text() if analysis.exists() else ""
         plot(data["throughput"], ROOT / "docs" / "bench-throughput.png")
@@ -775,6 +804,7 @@ def main() -> None:
         )
         data["reconcile"]["original, after its runs"] = asyncio.run(_reconcile(original_url))
         data["profile"] = profile(sc(1), token, 10)
+        data["breakdown"] = breakdown()
         if args.reuse_memory:
             previous = json.loads((RESULTS / "latest.json").read_text())
             data["memory"] = previous["memory"] | {

@@ -147,7 +147,8 @@ def server_env(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database(create_engine(settings))
+    database = Database(create_engine(settings), settings)
+    await database.start()
     yield database
     await database.dispose()
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
@@ -27,6 +28,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
             "server_settings": {"application_name": "skill-credits"},
         },
     )
+
+
+class Executes(Protocol):
+    """What the ledger's single-statement queries need of a connection: SQLAlchemy's
+    ``AsyncConnection`` in autocommit, or the hot path's ``Statements``."""
+
+    async def execute(self, statement: Any, params: Any = ..., /) -> Any: ...
 
 
 class Database:
@@ -63,8 +71,14 @@ class Database:
     async def statements(self) -> AsyncIterator[Statements]:
         if self._pool is None:
             raise RuntimeError("Database.start() was not called")
-        async with self._pool.acquire(timeout=self.settings.db_pool_timeout) as conn:
+        pool = self._pool
+        # asyncio.timeout, not acquire(timeout=): that one runs the wait in a task of its own
+        async with asyncio.timeout(self.settings.db_pool_timeout):
+            conn = await pool.acquire()
+        try:
             yield Statements(conn)
+        finally:
+            await pool.release(conn)
 
     async def dispose(self) -> None:
         if self._pool is not None:
@@ -137,6 +151,11 @@ class Statements:
             raise sa_exc.IntegrityError(sql, None, exc) from exc
         except asyncpg.DataError as exc:
             raise sa_exc.DataError(sql, None, exc) from exc
+        except asyncpg.InternalClientError as exc:
+            # The server dropped this connection between two statements (a shutdown sends
+            # an error to idle connections): throw it away, answer "unavailable".
+            self.conn.terminate()
+            raise sa_exc.DBAPIError(sql, None, exc, connection_invalidated=True) from exc
 
 
 # SQLSTATE classes meaning "no usable server right now": 08 connection exception,

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from skill_credits.db import Executes
 from skill_credits.ledger.schemas import Hold, Transaction, User
 from skill_credits.pagination import decode_cursor, encode_cursor, keyset_page
 
@@ -140,7 +141,7 @@ def transaction_from_row(row: Any) -> Transaction:
     )
 
 
-async def charge(conn: AsyncConnection, params: dict[str, Any]) -> Row | None:
+async def charge(conn: Executes, params: dict[str, Any]) -> Row | None:
     return (await conn.execute(CHARGE, params)).first()
 
 
@@ -153,7 +154,7 @@ async def refund(conn: AsyncConnection, params: dict[str, Any]) -> Row | None:
     return (await conn.execute(REFUND, params)).first()
 
 
-async def by_idempotency_key(conn: AsyncConnection, user_id: str, key: str) -> Row | None:
+async def by_idempotency_key(conn: Executes, user_id: str, key: str) -> Row | None:
     return (
         await conn.execute(
             text(
@@ -415,7 +416,7 @@ REFUSAL_OF_CHARGE = _refusal("transactions")
 REFUSAL_OF_HOLD = _refusal("holds")
 
 
-async def refusal(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> Row:
+async def refusal(conn: Executes, statement: Any, params: dict[str, Any]) -> Row:
     return (await conn.execute(statement, {"api_key_id": None, **params})).first()
 
 

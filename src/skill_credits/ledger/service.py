@@ -18,7 +18,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from skill_credits.cache import SkillCache
-from skill_credits.db import constraint_name, sqlstate
+from skill_credits.db import Executes, constraint_name, sqlstate
 from skill_credits.errors import ApiError, validation_error
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger.schemas import (
@@ -48,7 +48,7 @@ def request_hash(method: str, path: str, body: msgspec.Struct | None) -> bytes:
     return hashlib.sha256(f"{method} {path}\n".encode() + encoded).digest()
 
 
-async def _replay(conn: AsyncConnection, user_id: str, key: str | None, digest: bytes):
+async def _replay(conn: Executes, user_id: str, key: str | None, digest: bytes):
     """The stored answer for ``key``, 422 if it was used for another request, else None."""
     if key is None:
         return None
@@ -97,14 +97,14 @@ def _skill_from_row(row: Any) -> Skill:
 
 
 async def _priced_write(
-    conn: AsyncConnection,
+    conn: Executes,
     cache: SkillCache,
     *,
     skill_name: str,
     user_id: str,
     units: int,
     params: dict[str, Any],
-    write: Callable[[AsyncConnection, dict[str, Any]], Awaitable[Any]],
+    write: Callable[[Executes, dict[str, Any]], Awaitable[Any]],
     explain: Any,
     replay: Callable[[], Awaitable[Any]],
     unique: set[str],
@@ -154,7 +154,7 @@ async def _priced_write(
 
 
 async def charge(
-    conn: AsyncConnection,
+    conn: Executes,
     cache: SkillCache,
     data: ChargeIn,
     key: str | None,

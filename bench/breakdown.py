@@ -1,0 +1,204 @@
+"""Where a charge's CPU goes: each app driven in-process, one request at a time.
+
+No HTTP server and no load generator: every request goes straight into the ASGI app
+(on uvloop, like `serve`), and the figure is this process's CPU time per request, so
+PostgreSQL, Redis and `wrk` do not blur it. Each step adds one piece to the last:
+
+1. an empty Litestar handler (the framework's floor);
+2. the ceiling: that handler running the charge statement on asyncpg;
+3. the ceiling with one Redis HGET of the skill's cache entry first (the design's floor);
+4. skill-credits answering a charge without I/O (its service call replaced by a fixed
+   answer; the pool checkout stays): middleware, API-key check, strict body, metrics,
+   the response;
+5. skill-credits as deployed.
+
+    uv run --group bench python bench/breakdown.py [--json OUT]   (`make bench` runs it)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import importlib
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import uvloop
+from litestar import Litestar, Request, Response, post
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+REQUESTS = 5000
+WARMUP = 500
+# as under `serve`: the metrics in multiprocess mode (set before anything imports them)
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sc_bench_metrics_"))
+
+
+def _scope(body: bytes, token: str, key: str | None) -> dict:
+    headers = [
+        (b"host", b"bench"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"authorization", f"Bearer {token}".encode()),
+    ]
+    if key is not None:
+        headers.append((b"idempotency-key", key.encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/charges",
+        "raw_path": b"/v1/charges",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+
+
+async def _request(app, token: str, key: str | None, users: int, skill: str) -> int:
+    body = b'{"user_id":"bench_%d","skill":"%s"}' % (random.randrange(users), skill.encode())
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    status = []
+
+    async def receive() -> dict:
+        if pending:
+            return pending.pop()
+        await asyncio.sleep(3600)  # the app never asks twice for a complete body
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    await app(_scope(body, token, key), receive, send)
+    return status[0]
+
+
+async def _cpu_per_request(app, token: str, users: int, skill: str) -> tuple[float, dict]:
+    run = uuid.uuid4().hex[:6]
+    statuses: dict[int, int] = {}
+    async with app.lifespan():
+        for i in range(WARMUP):
+            await _request(app, token, f"w{run}-{i}" if i % 2 else None, users, skill)
+        started = time.process_time()
+        for i in range(REQUESTS):
+            code = await _request(app, token, f"m{run}-{i}" if i % 2 else None, users, skill)
+            statuses[code] = statuses.get(code, 0) + 1
+        spent = time.process_time() - started
+    return spent / REQUESTS * 1e6, statuses
+
+
+@post("/v1/charges")
+async def _empty_charge(request: Request) -> Response:
+    await request.body()
+    return Response(b"{}", status_code=201, media_type="application/json")
+
+
+def _empty_app() -> Litestar:
+    return Litestar(route_handlers=[_empty_charge], openapi_config=None)
+
+
+def measure(db_url: str, redis_url: str, prefix: str, token: str, users: int, skill: str) -> list:
+    """CPU microseconds per charge for the five steps (see the module's docstring)."""
+    from skill_credits.app import create_app
+    from skill_credits.ledger import service
+    from skill_credits.ledger.schemas import Transaction
+    from skill_credits.observability import configure_logging
+    from skill_credits.settings import Settings
+
+    os.environ |= {
+        "DATABASE_URL": db_url,
+        "BENCH_KEY_ID": token.split("_")[1],
+        "CEILING_REDIS_URL": redis_url,
+        "CEILING_REDIS_KEY": f"{prefix}skill:{skill}",
+    }
+
+    def ceiling(with_redis: bool):
+        if not with_redis:
+            os.environ.pop("CEILING_REDIS_URL")
+        try:
+            return importlib.import_module("bench.ceiling_app").create_app()
+        finally:
+            os.environ["CEILING_REDIS_URL"] = redis_url
+
+    def skill_credits():
+        return create_app(Settings(database_url=db_url, redis_url=redis_url, redis_prefix=prefix))
+
+    fixed = service.Written(
+        Transaction(
+            id=str(uuid.uuid4()),
+            user_id="bench_0",
+            type="CONSUMPTION",
+            amount=-1,
+            balance_after=1,
+            skill=skill,
+            units=1,
+            unit_cost=1,
+            description=None,
+            refund_of=None,
+            created_at=dt.datetime.now(dt.UTC),
+        )
+    )
+
+    async def no_io(*_, **__) -> service.Written:
+        return fixed
+
+    steps: list[tuple[str, Callable]] = [
+        ("empty Litestar handler", _empty_app),
+        ("ceiling: + the charge statement (asyncpg)", lambda: ceiling(False)),
+        ("ceiling + Redis GET: + one HGET of the skill", lambda: ceiling(True)),
+        ("skill-credits, its service call answered without I/O", skill_credits),
+        ("skill-credits as deployed", skill_credits),
+    ]
+    rows = []
+    real_charge = service.charge
+    for name, make in steps:
+        service.charge = no_io if "without I/O" in name else real_charge
+        try:
+            app = make()
+            configure_logging("warning")  # as `serve` does (Litestar's default config logs INFO)
+            cpu, statuses = uvloop.run(_cpu_per_request(app, token, users, skill))
+        finally:
+            service.charge = real_charge
+        rows.append({"step": name, "cpu_us": cpu, "statuses": statuses})
+    return rows
+
+
+def main() -> None:
+    from bench import run
+
+    name = f"sc_bench_breakdown_{uuid.uuid4().hex[:6]}"
+    prefix = f"bench_{name}:"
+    url = run.fresh_database(name)
+    try:
+        token = asyncio.run(run._api_key(url))
+        rows = measure(url, run.REDIS_URL, prefix, token, run.USERS, run.SKILL)
+        for row in rows:
+            print(f"{row['cpu_us']:7.0f} us  {row['step']}  {row['statuses']}")
+        if len(sys.argv) == 3 and sys.argv[1] == "--json":
+            Path(sys.argv[2]).write_text(json.dumps(rows, indent=1))
+    finally:
+        asyncio.run(run.sql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        import redis
+
+        client = redis.Redis.from_url(run.REDIS_URL)
+        for key in client.scan_iter(match=f"{prefix}*", count=500):
+            client.delete(key)
+
+
+if __name__ == "__main__":
+    main()
