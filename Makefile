@@ -33,7 +33,7 @@ test: install ## Run the whole test suite against real PostgreSQL and Redis
 	$(UV) run pytest
 
 .PHONY: bench
-bench: install ## Benchmarks (wrk, ~25 min): writes BENCHMARKS.md and docs/bench-throughput.png
+bench: install ## Benchmarks (wrk, ~40 min): writes BENCHMARKS.md and docs/bench-throughput.png
 	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk"; apt-get install -y -qq wrk; }
 	$(UV) sync --frozen --group bench
 	$(UV) run --group bench python bench/run.py
