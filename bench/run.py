@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from skill_credits.auth import create_key  # noqa: E402
-from skill_credits.db import Database, create_engine  # noqa: E402
+from skill_credits.db import Database  # noqa: E402
 from skill_credits.ledger.repository import reconcile  # noqa: E402
 from skill_credits.migrate import migrate  # noqa: E402
 from skill_credits.settings import Settings  # noqa: E402
@@ -129,7 +129,7 @@ async def _grow_log(db: str, rows: int) -> None:
 
 
 async def _api_key(url: str) -> str:
-    db = Database(create_engine(Settings(database_url=url)))
+    db = Database(Settings(database_url=url))
     try:
         async with db.engine.begin() as conn:
             return (await create_key(conn, f"bench-{uuid.uuid4().hex[:6]}", "service")).token
@@ -138,7 +138,7 @@ async def _api_key(url: str) -> str:
 
 
 async def _reconcile(url: str) -> list[str]:
-    db = Database(create_engine(Settings(database_url=url, db_command_timeout=600)))
+    db = Database(Settings(database_url=url, db_command_timeout=600))
     try:
         async with db.autocommit.connect() as conn:
             return await reconcile(conn)
@@ -753,7 +753,7 @@ def main() -> None:
     parser.add_argument(
         "--ratios-only",
         action="store_true",
-        help="measure only the interleaved c=32 ratio rounds; keep the rest of latest.json",
+        help="measure only the c=32 ratio rounds and the CPU breakdown; keep the rest",
     )
     parser.add_argument(
         "--report-only",
@@ -854,6 +854,7 @@ def main() -> None:
         if args.ratios_only:
             data = json.loads((RESULTS / "latest.json").read_text())
             data["ratios"] = ratios(targets(), token, args.seconds, RATIO_ROUNDS)
+            data["breakdown"] = breakdown()
             data["ratios_run"] = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
             (RESULTS / "latest.json").write_text(json.dumps(data, indent=1, default=str))
             (ROOT / "BENCHMARKS.md").write_text(report(data))

@@ -23,7 +23,7 @@ from litestar.testing import AsyncTestClient
 
 from skill_credits.app import create_app
 from skill_credits.auth import create_key, revoke_key
-from skill_credits.db import Database, create_engine
+from skill_credits.db import Database
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
 
@@ -147,7 +147,7 @@ def server_env(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database(create_engine(settings), settings)
+    database = Database(settings)
     await database.start()
     yield database
     await database.dispose()

@@ -27,7 +27,7 @@ from skill_credits.admin_ui.session import LoginRequired, login_rate_limit, sess
 from skill_credits.auth import KeyCache
 from skill_credits.bodies import api_request
 from skill_credits.cache import SkillCache, create_redis
-from skill_credits.db import Database, create_engine
+from skill_credits.db import Database
 from skill_credits.errors import internal_error_handler, problem_details_plugin
 from skill_credits.events.endpoints import EventController
 from skill_credits.health import healthz, readyz
@@ -85,7 +85,7 @@ def create_app(settings: Settings) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        db = Database(create_engine(settings), settings)
+        db = Database(settings)
         await db.start()
         cache = SkillCache(
             redis,

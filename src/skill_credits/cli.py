@@ -11,9 +11,9 @@ from skill_credits.settings import Settings
 
 
 async def _with_connection(settings: Settings, work):
-    from skill_credits.db import Database, create_engine
+    from skill_credits.db import Database
 
-    db = Database(create_engine(settings))
+    db = Database(settings)
     try:
         async with db.engine.begin() as conn:
             return await work(conn)
@@ -102,7 +102,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from skill_credits.db import Database, create_engine
+    from skill_credits.db import Database
     from skill_credits.events.worker import WorkerConfig, main
 
     env = os.environ
@@ -111,7 +111,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         backoff_base=float(env.get("WEBHOOK_BACKOFF_SECONDS", "1.0")),
         poll_interval=float(env.get("WEBHOOK_POLL_SECONDS", "0.5")),
     )
-    asyncio.run(main(Database(create_engine(settings)), config))
+    asyncio.run(main(Database(settings), config))
     return 0
 
 

@@ -46,10 +46,10 @@ class Database:
     asyncpg pool for single autocommit statements only (see ``Statements``).
     """
 
-    def __init__(self, engine: AsyncEngine, settings: Settings | None = None) -> None:
-        self.engine = engine
-        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self.settings = settings or Settings()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = create_engine(settings)
+        self.autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:

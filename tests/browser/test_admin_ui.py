@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from skill_credits.auth import create_key, revoke_key
-from skill_credits.db import Database, create_engine
+from skill_credits.db import Database
 from tests.browser.conftest import login
 from tests.conftest import run_in_thread, unique
 
@@ -224,7 +224,7 @@ def test_logout_revocation_and_session_fixation(page, context, keys, settings, u
 
 
 async def _key(settings, name: str, revoke: bool) -> str:
-    db = Database(create_engine(settings))
+    db = Database(settings)
     try:
         async with db.engine.begin() as conn:
             if revoke:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from skill_credits.auth import create_key
-from skill_credits.db import Database, create_engine
+from skill_credits.db import Database
 from skill_credits.ledger.repository import reconcile
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
@@ -99,7 +99,7 @@ async def check_ledger(db_url: str, load: Load, start_balance: int) -> dict:
     # no key charged twice (the unique constraint), and the balance agrees
     assert len(by_key) == len(rows)
     assert credits == start_balance + sum(r["amount"] for r in rows)
-    db = Database(create_engine(Settings(database_url=db_url)))
+    db = Database(Settings(database_url=db_url))
     try:
         async with db.autocommit.connect() as c:
             assert await reconcile(c) == []
@@ -164,7 +164,7 @@ async def test_postgres_stopped_mid_load(redis_url, redis_prefix) -> None:
     pg.start()
     db_url = f"{pg.url}/sc_fault"
     run_in_thread(migrate, Settings(database_url=db_url))
-    engine_db = Database(create_engine(Settings(database_url=db_url)))
+    engine_db = Database(Settings(database_url=db_url))
     async with engine_db.engine.begin() as conn:
         admin = (await create_key(conn, "fault-admin", "admin")).token
         service = (await create_key(conn, "fault-service", "service")).token

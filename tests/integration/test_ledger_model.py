@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from skill_credits.db import Database, create_engine
+from skill_credits.db import Database
 from skill_credits.ledger.repository import reconcile
 from skill_credits.settings import Settings
 from tests.conftest import run_in_thread
@@ -43,7 +43,7 @@ def model_server(server_env):
 
 def _reconcile(url: str) -> list[str]:
     async def go():
-        db = Database(create_engine(Settings(database_url=url)))
+        db = Database(Settings(database_url=url))
         try:
             async with db.autocommit.connect() as conn:
                 return await reconcile(conn)

@@ -109,3 +109,25 @@ async def test_a_cached_key_revoked_fails_its_next_charge(world, db, run_id) -> 
         assert (r.status_code, r.json()["code"]) == (401, "unauthorized"), (kwargs, r.text)
     after = (await api.c.get(f"/v1/users/{world['user']}", headers=api.keys.auth("admin"))).json()
     assert after["credits"] == before["credits"]
+
+
+def test_every_api_route_checks_the_key_first(settings) -> None:
+    """The key is checked in the /v1 router's ``before_request`` hook, and Litestar runs
+    only the nearest layer's hook: a controller or handler with a hook of its own would
+    silently skip authentication. Every /v1 handler must resolve to ``api_request``."""
+    from litestar.routes import HTTPRoute
+
+    from skill_credits.app import create_app
+    from skill_credits.bodies import api_request
+
+    app = create_app(settings)
+    handlers = [
+        handler
+        for route in app.routes
+        if isinstance(route, HTTPRoute) and route.path.startswith("/v1/")
+        for handler in route.route_handlers
+    ]
+    assert len(handlers) >= 20  # the contract's /v1 operations
+    for handler in handlers:
+        hook = handler.resolve_before_request()
+        assert getattr(hook, "func", hook) is api_request, handler.paths

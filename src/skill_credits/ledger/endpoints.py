@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from litestar import Controller, Request, Response, get, post
@@ -25,7 +24,7 @@ from skill_credits.ledger.schemas import (
     TransactionPage,
     User,
 )
-from skill_credits.observability import CHARGE_SECONDS, CHARGES, CREDITS_CONSUMED
+from skill_credits.observability import CHARGES, CREDITS_CONSUMED
 from skill_credits.validation import (
     IDEMPOTENCY_KEY_RE,
     idempotency_key,
@@ -65,7 +64,6 @@ class LedgerController(Controller):
     ) -> Response[Transaction]:
         # The hot path reads the pool and cache from app state: two injected
         # dependencies would cost Litestar a task group with two tasks per request.
-        started = time.perf_counter()
         db: Database = request.app.state.db
         cache: SkillCache = request.app.state.cache
         if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
@@ -87,12 +85,10 @@ class LedgerController(Controller):
             # unknown names stay out of the labels: a client must not grow the metrics
             unknown = exc.code in ("skill_not_found", "unauthorized")
             CHARGES.labels("(unknown)" if unknown else data.skill, exc.code).inc()
-            CHARGE_SECONDS.observe(time.perf_counter() - started)
             raise
         CHARGES.labels(data.skill, "replayed" if written.replayed else "charged").inc()
         if not written.replayed:
             CREDITS_CONSUMED.labels(data.skill).inc(-written.transaction.amount)
-        CHARGE_SECONDS.observe(time.perf_counter() - started)
         return created(written)
 
     @post("/users/{user_id:str}/credits", summary="Add (or, as admin, adjust) credits")
