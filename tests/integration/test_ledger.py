@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
+import httpx
 import pytest
+from sqlalchemy import text
 
 from skill_credits.ledger.repository import reconcile
 from tests.integration.helpers import Api
+from tests.support import AppServer
 
 
 @pytest.fixture
@@ -309,3 +313,36 @@ async def test_a_refused_charge_costs_one_extra_round_trip(api: Api, db, setting
     finally:
         event.remove(db.engine.sync_engine, "before_cursor_execute", count)
         await cache.close()
+
+
+async def test_charges_beyond_the_pool_answer_503_in_time_and_change_nothing(
+    server_env, keys, db
+) -> None:
+    """Every hot-path connection stuck behind a row lock: the next charge waits at most
+    the pool timeout, answers 503, and writes nothing; the stuck ones finish after."""
+    pool_size = 2
+    server = AppServer(server_env | {"DB_FAST_POOL_SIZE": str(pool_size)}, workers=1)
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            api = Api(http, keys)
+            skill = (await api.create_skill(cost=1))["name"]
+            user = await api.new_user(100)
+            async with db.engine.connect() as locker:
+                await locker.execute(
+                    text("SELECT 1 FROM users WHERE user_id = :u FOR UPDATE"), {"u": user}
+                )
+                stuck = [asyncio.create_task(api.charge(user, skill)) for _ in range(pool_size)]
+                await asyncio.sleep(0.5)  # they hold every connection, waiting on the lock
+                started = time.monotonic()
+                late = await api.charge(user, skill)
+                waited = time.monotonic() - started
+                assert (late.status_code, late.json()["code"]) == (503, "service_unavailable")
+                assert waited < 2.5, waited
+                await locker.rollback()
+            assert [r.status_code for r in await asyncio.gather(*stuck)] == [201] * pool_size
+            balance = await http.get(f"/v1/users/{user}", headers=keys.auth("service"))
+            assert balance.json()["credits"] == 100 - pool_size
+    finally:
+        server.stop()
+    await assert_reconciled(db)
