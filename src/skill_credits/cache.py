@@ -6,6 +6,11 @@ never put the old version back after the edit published the new one. Nothing her
 trusted for money: the charge statement checks the version it was given against
 PostgreSQL and a mismatch refreshes the entry.
 
+Concurrent reads of one skill share one Redis round trip: a charge that finds a read of
+its skill in flight waits for that answer instead of sending its own (at high volume
+most charges of a worker do). The answer may predate the charge by that round trip;
+that is safe for the same reason any cached entry is: the statement checks the version.
+
 Every call is bounded by ``timeout``; after a failure Redis is skipped for
 ``retry_after`` seconds, so a dead or hung Redis costs one request at most one
 timeout, and writes that could not be made are repaired once Redis answers again.
@@ -71,6 +76,8 @@ class SkillCache:
         self._cas = redis.register_script(_CAS)
         # Set when a write could not reach Redis: the catalogue must be republished.
         self.needs_repair = False
+        # skill name -> the answer of the read in flight, for the reads that join it
+        self._reads: dict[str, asyncio.Future[bytes | None]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -98,10 +105,21 @@ class SkillCache:
 
     async def get(self, name: str) -> Skill | None:
         """The cached skill, or None on a miss or when Redis cannot answer."""
+        in_flight = self._reads.get(name)
+        if in_flight is not None:
+            # shield: a joiner that is cancelled must not cancel the answer for the rest
+            return self._count(decode_skill, await asyncio.shield(in_flight))
+        answer: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._reads[name] = answer
+        raw = None
         try:
             raw = await self._call(lambda: self.redis.hget(self._key(name), "d"))
         except RedisUnavailable:
-            raw = None
+            pass
+        finally:
+            # also when this request is cancelled: the joiners then read a miss
+            del self._reads[name]
+            answer.set_result(raw)
         return self._count(decode_skill, raw)
 
     def _count(self, decode, raw: bytes | None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import asyncpg
@@ -35,6 +35,11 @@ class Executes(Protocol):
     ``AsyncConnection`` in autocommit, or the hot path's ``Statements``."""
 
     async def execute(self, statement: Any, params: Any = ..., /) -> Any: ...
+
+
+# How a service gets a connection when it needs one: ``db.statements`` on the hot path,
+# ``db.autocommit.connect`` elsewhere. It reads the skill cache before it connects.
+Connect = Callable[[], contextlib.AbstractAsyncContextManager[Executes]]
 
 
 class Database:

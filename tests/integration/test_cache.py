@@ -61,3 +61,36 @@ async def test_a_hung_redis_costs_one_timeout_then_is_skipped() -> None:
     finally:
         await cache.close()
         redis.cleanup()
+
+
+async def test_concurrent_reads_of_one_skill_share_one_round_trip() -> None:
+    """Fifty charges of one worker asking at once send one HGET (a Redis of the test's own,
+    so its command counts are this test's); one asking afterwards sends its own."""
+    import asyncio
+
+    import redis.asyncio
+
+    server = RedisServer()
+    server.start()
+    cache = SkillCache(create_redis(server.url, 0.5), "t:", timeout=0.5)
+    admin = redis.asyncio.Redis.from_url(server.url)
+
+    async def hgets() -> int:
+        stats = await admin.info("commandstats")
+        return stats.get("cmdstat_hget", {}).get("calls", 0)
+
+    try:
+        await cache.put(skill("SHARED", 4, 40))
+        before = await hgets()
+        found = await asyncio.gather(*(cache.get("SHARED") for _ in range(50)))
+        assert [s.version for s in found] == [4] * 50
+        assert await hgets() - before == 1
+        assert (cache.hits, cache.misses) == (50, 0)
+        await cache.put(skill("SHARED", 5, 50))  # (its script runs an HGET of its own)
+        before = await hgets()
+        assert (await cache.get("SHARED")).version == 5
+        assert await hgets() - before == 1
+    finally:
+        await admin.aclose()
+        await cache.close()
+        server.cleanup()

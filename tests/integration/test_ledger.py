@@ -299,17 +299,22 @@ async def test_a_refused_charge_costs_one_extra_round_trip(api: Api, db, setting
     cache = SkillCache(create_redis(settings.redis_url, 0.2), settings.redis_prefix)
     event.listen(db.engine.sync_engine, "before_cursor_execute", count)
     try:
-        async with db.autocommit.connect() as conn:
-            key_id = api.keys.service.split("_")[1]
-            data = ChargeIn(user_id=user, skill=skill["name"])
-            for _ in range(3):
-                statements.clear()
-                with pytest.raises(service.ApiError) as refused:
-                    await service.charge(
-                        conn, cache, data, None, b"h", api_key_id=key_id, check_caller=None
-                    )
-                assert refused.value.code == "insufficient_credits"
-                assert len(statements) == 2, statements
+        key_id = api.keys.service.split("_")[1]
+        data = ChargeIn(user_id=user, skill=skill["name"])
+        for _ in range(3):
+            statements.clear()
+            with pytest.raises(service.ApiError) as refused:
+                await service.charge(
+                    db.autocommit.connect,
+                    cache,
+                    data,
+                    None,
+                    b"h",
+                    api_key_id=key_id,
+                    check_caller=None,
+                )
+            assert refused.value.code == "insufficient_credits"
+            assert len(statements) == 2, statements
     finally:
         event.remove(db.engine.sync_engine, "before_cursor_execute", count)
         await cache.close()

@@ -206,3 +206,41 @@ async def _tamper(url: str) -> None:
         await conn.execute("UPDATE users SET credits = credits + 1 WHERE user_id = 'cli_user'")
     finally:
         await conn.close()
+
+
+def test_migrations_go_down_and_up_again(fresh_database) -> None:
+    """Head has the partial unique indexes of 0004 under the old constraint names; down to
+    0003 gives the full constraints back, and up again the partial indexes."""
+    from alembic import command
+
+    from skill_credits.migrate import alembic_config, migrate
+
+    _, url = fresh_database
+    settings = Settings(database_url=url)
+
+    async def unique_indexes() -> dict[str, str]:
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'transactions'"
+                " AND indexname IN ('transactions_idempotency', 'transactions_refund_once')"
+            )
+            return {r["indexname"]: r["indexdef"].split(" USING btree ", 1)[1] for r in rows}
+        finally:
+            await conn.close()
+
+    partial = {
+        "transactions_idempotency": (
+            "(user_id, idempotency_key) WHERE (idempotency_key IS NOT NULL)"
+        ),
+        "transactions_refund_once": "(refund_of) WHERE (refund_of IS NOT NULL)",
+    }
+    run_in_thread(migrate, settings)
+    assert run_in_thread(asyncio.run, unique_indexes()) == partial
+    run_in_thread(command.downgrade, alembic_config(settings), "0003")
+    assert run_in_thread(asyncio.run, unique_indexes()) == {
+        "transactions_idempotency": "(user_id, idempotency_key)",
+        "transactions_refund_once": "(refund_of)",
+    }
+    run_in_thread(command.upgrade, alembic_config(settings), "head")
+    assert run_in_thread(asyncio.run, unique_indexes()) == partial

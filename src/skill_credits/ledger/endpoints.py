@@ -71,16 +71,15 @@ class LedgerController(Controller):
             idempotency_key(key)
         digest = service.request_hash("POST", "/v1/charges", data)
         try:
-            async with db.statements() as conn:
-                written = await service.charge(
-                    conn,
-                    cache,
-                    data,
-                    key,
-                    digest,
-                    api_key_id=principal_of(request).key_id,
-                    check_caller=lambda: confirm(request),
-                )
+            written = await service.charge(
+                db.statements,
+                cache,
+                data,
+                key,
+                digest,
+                api_key_id=principal_of(request).key_id,
+                check_caller=lambda: confirm(request),
+            )
         except ApiError as exc:
             # unknown names stay out of the labels: a client must not grow the metrics
             unknown = exc.code in ("skill_not_found", "unauthorized")
@@ -177,8 +176,7 @@ class HoldController(Controller):
     ) -> Response[Hold]:
         idempotency_key(key)
         digest = service.request_hash("POST", "/v1/holds", data)
-        async with db.autocommit.connect() as conn:
-            written = await service.create_hold(conn, cache, data, key, digest)
+        written = await service.create_hold(db.autocommit.connect, cache, data, key, digest)
         headers = {"Idempotent-Replayed": "true"} if written.replayed else {}
         return Response(written.hold, status_code=201, headers=headers)
 

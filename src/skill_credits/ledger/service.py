@@ -18,7 +18,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from skill_credits.cache import SkillCache
-from skill_credits.db import Executes, constraint_name, sqlstate
+from skill_credits.db import Connect, Executes, constraint_name, sqlstate
 from skill_credits.errors import ApiError, validation_error
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger.schemas import (
@@ -99,6 +99,7 @@ def _skill_from_row(row: Any) -> Skill:
 async def _priced_write(
     conn: Executes,
     cache: SkillCache,
+    cached: Skill | None,
     *,
     skill_name: str,
     user_id: str,
@@ -112,12 +113,13 @@ async def _priced_write(
 ) -> tuple[Any, Skill | None]:
     """Run a statement priced at the skill's version the cache knows, and explain a refusal.
 
-    The statement is the judge: it writes only at the version it was given. When it writes
+    ``cached`` is the skill as the cache knew it, read before a connection was taken, so
+    no connection waits on Redis. The statement is the judge: it writes only at the version
+    it was given. When it writes
     nothing, one query (``explain``) reads what the answer needs, in the contract's order:
     a revoked key (401), a replay, skill 404, 403, user 404, 402 - or finds that the price
     or a hold moved meanwhile, and the statement runs again.
     """
-    cached = await cache.get(skill_name)
     params["version"] = cached.version if cached is not None else None
     for _ in range(MAX_ATTEMPTS):
         try:
@@ -154,7 +156,7 @@ async def _priced_write(
 
 
 async def charge(
-    conn: Executes,
+    connect: Connect,
     cache: SkillCache,
     data: ChargeIn,
     key: str | None,
@@ -172,19 +174,22 @@ async def charge(
         "key": key,
         "hash": digest,
     }
-    row, cached = await _priced_write(
-        conn,
-        cache,
-        skill_name=data.skill,
-        user_id=data.user_id,
-        units=data.units,
-        params=params,
-        write=repo.charge,
-        explain=repo.REFUSAL_OF_CHARGE,
-        replay=lambda: _replay(conn, data.user_id, key, digest),
-        unique=IDEMPOTENCY_CONSTRAINTS,
-        check_caller=check_caller,
-    )
+    cached = await cache.get(data.skill)
+    async with connect() as conn:
+        row, cached = await _priced_write(
+            conn,
+            cache,
+            cached,
+            skill_name=data.skill,
+            user_id=data.user_id,
+            units=data.units,
+            params=params,
+            write=repo.charge,
+            explain=repo.REFUSAL_OF_CHARGE,
+            replay=lambda: _replay(conn, data.user_id, key, digest),
+            unique=IDEMPOTENCY_CONSTRAINTS,
+            check_caller=check_caller,
+        )
     if isinstance(row, Written):
         return row
     if cached is None or cached.version != row.s_version:
@@ -293,7 +298,7 @@ async def _replay_hold(conn: AsyncConnection, user_id: str, key: str | None, dig
 
 
 async def create_hold(
-    conn: AsyncConnection, cache: SkillCache, data: HoldIn, key: str | None, digest: bytes
+    connect: Connect, cache: SkillCache, data: HoldIn, key: str | None, digest: bytes
 ) -> HoldWritten:
     params = {
         "skill": data.skill,
@@ -304,18 +309,21 @@ async def create_hold(
         "key": key,
         "hash": digest,
     }
-    row, _ = await _priced_write(
-        conn,
-        cache,
-        skill_name=data.skill,
-        user_id=data.user_id,
-        units=data.units,
-        params=params,
-        write=repo.hold,
-        explain=repo.REFUSAL_OF_HOLD,
-        replay=lambda: _replay_hold(conn, data.user_id, key, digest),
-        unique={"holds_idempotency"},
-    )
+    cached = await cache.get(data.skill)
+    async with connect() as conn:
+        row, _ = await _priced_write(
+            conn,
+            cache,
+            cached,
+            skill_name=data.skill,
+            user_id=data.user_id,
+            units=data.units,
+            params=params,
+            write=repo.hold,
+            explain=repo.REFUSAL_OF_HOLD,
+            replay=lambda: _replay_hold(conn, data.user_id, key, digest),
+            unique={"holds_idempotency"},
+        )
     if isinstance(row, HoldWritten):
         return row
     return HoldWritten(repo.hold_from_row(row))
