@@ -6,11 +6,15 @@ PostgreSQL, Redis and `wrk` do not blur it. Each step adds one piece to the last
 
 1. an empty Litestar handler (the framework's floor);
 2. the ceiling: that handler running the charge statement on asyncpg;
-3. the ceiling with one Redis HGET of the skill's cache entry first (the design's floor);
-4. skill-credits answering a charge without I/O (its service call replaced by a fixed
-   answer; the pool checkout stays): middleware, API-key check, strict body, metrics,
-   the response;
+3. the ceiling with one Redis HGET of the skill's cache entry per charge;
+4. skill-credits answering a charge without I/O (its service call, which reads the cache
+   and takes the connection, replaced by a fixed answer): middleware, API-key check,
+   strict body, metrics, the response;
 5. skill-credits as deployed.
+
+Each step runs twice: one request at a time (no overlap hides a cost), and 32 at a time
+as at the benchmark's c=32, where concurrent work overlaps in the event loop and charges
+of one worker share their skill's cache read (cache.py).
 
     uv run --group bench python bench/breakdown.py [--json OUT]   (`make bench` runs it)
 """
@@ -88,18 +92,27 @@ async def _request(app, token: str, key: str | None, users: int, skill: str) -> 
     return status[0]
 
 
-async def _cpu_per_request(app, token: str, users: int, skill: str) -> tuple[float, dict]:
+async def _cpu_per_request(
+    app, token: str, users: int, skill: str, concurrency: int = 1
+) -> tuple[float, dict]:
     run = uuid.uuid4().hex[:6]
     statuses: dict[int, int] = {}
+    each = REQUESTS // concurrency
+
+    async def requests(n: int, tag: str, count: bool) -> None:
+        for i in range(n):
+            code = await _request(app, token, f"{tag}{run}-{i}" if i % 2 else None, users, skill)
+            if count:
+                statuses[code] = statuses.get(code, 0) + 1
+
     async with app.lifespan():
-        for i in range(WARMUP):
-            await _request(app, token, f"w{run}-{i}" if i % 2 else None, users, skill)
+        await asyncio.gather(
+            *(requests(WARMUP // concurrency, f"w{j}_", False) for j in range(concurrency))
+        )
         started = time.process_time()
-        for i in range(REQUESTS):
-            code = await _request(app, token, f"m{run}-{i}" if i % 2 else None, users, skill)
-            statuses[code] = statuses.get(code, 0) + 1
+        await asyncio.gather(*(requests(each, f"m{j}_", True) for j in range(concurrency)))
         spent = time.process_time() - started
-    return spent / REQUESTS * 1e6, statuses
+    return spent / (each * concurrency) * 1e6, statuses
 
 
 @post("/v1/charges")
@@ -113,7 +126,7 @@ def _empty_app() -> Litestar:
 
 
 def measure(db_url: str, redis_url: str, prefix: str, token: str, users: int, skill: str) -> list:
-    """CPU microseconds per charge for the five steps (see the module's docstring)."""
+    """CPU microseconds per charge for the five steps at 1 and 32 concurrent requests."""
     from skill_credits.app import create_app
     from skill_credits.ledger import service
     from skill_credits.ledger.schemas import Transaction
@@ -168,13 +181,16 @@ def measure(db_url: str, redis_url: str, prefix: str, token: str, users: int, sk
     real_charge = service.charge
     for name, make in steps:
         service.charge = no_io if "without I/O" in name else real_charge
+        row: dict = {"step": name}
         try:
-            app = make()
-            configure_logging("warning")  # as `serve` does (Litestar's default config logs INFO)
-            cpu, statuses = uvloop.run(_cpu_per_request(app, token, users, skill))
+            for concurrency, field in ((1, "cpu_us"), (32, "cpu_us_32")):
+                app = make()
+                configure_logging("warning")  # as `serve` does (Litestar's default logs INFO)
+                cpu, statuses = uvloop.run(_cpu_per_request(app, token, users, skill, concurrency))
+                row |= {field: cpu, f"statuses_{concurrency}": statuses}
         finally:
             service.charge = real_charge
-        rows.append({"step": name, "cpu_us": cpu, "statuses": statuses})
+        rows.append(row)
     return rows
 
 
@@ -188,7 +204,10 @@ def main() -> None:
         token = asyncio.run(run._api_key(url))
         rows = measure(url, run.REDIS_URL, prefix, token, run.USERS, run.SKILL)
         for row in rows:
-            print(f"{row['cpu_us']:7.0f} us  {row['step']}  {row['statuses']}")
+            print(
+                f"{row['cpu_us']:7.0f} us (c=1) {row['cpu_us_32']:7.0f} us (c=32)  {row['step']}"
+                f"  {row['statuses_1']} {row['statuses_32']}"
+            )
         if len(sys.argv) == 3 and sys.argv[1] == "--json":
             Path(sys.argv[2]).write_text(json.dumps(rows, indent=1))
     finally:

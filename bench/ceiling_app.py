@@ -1,9 +1,12 @@
 """The ceiling: a minimal Litestar handler that runs only skill-credits' charge statement.
 
-No auth, no validation, no cache, no idempotency: it parses the body and runs the very
-same SQL, compiled from ``skill_credits.ledger.repository.CHARGE`` (including its check
-that the bench's API key is live), over an asyncpg pool whose release costs no round
-trip, and answers 201 or 402.
+No auth, no validation, no cache: it parses the body and runs the very same SQL,
+compiled from ``skill_credits.ledger.repository.CHARGE`` (including its check that the
+bench's API key is live), over an asyncpg pool whose release costs no round trip, and
+answers 201 or 402. The request's ``Idempotency-Key``, when it has one, goes into the
+statement unchecked (no replay, no request hash), so the database does the same work
+for the same request as under skill-credits: a keyed charge also probes and fills the
+key's unique index.
 
 With ``CEILING_REDIS_URL`` and ``CEILING_REDIS_KEY`` set, it also reads the skill's
 cache entry from Redis first (one HGET, as skill-credits does): the floor of the design,
@@ -57,7 +60,7 @@ def create_app() -> Litestar:
             "user_id": body["user_id"],
             "units": 1,
             "description": None,
-            "key": None,
+            "key": request.headers.get("idempotency-key"),
             "hash": None,
             "api_key_id": key_id,
         }

@@ -722,18 +722,25 @@ def report(data: dict) -> str:
             "",
             "## Where a charge's CPU goes, piece by piece (`bench/breakdown.py`)",
             "",
-            "Each app driven in-process on uvloop, one request at a time (no HTTP server, no",
-            "load generator), so the figure is the app's own CPU per charge; each step adds one",
-            "piece to the one before. HTTP parsing by uvicorn comes on top of every row alike.",
+            "Each app driven in-process on uvloop (no HTTP server, no load generator), so the",
+            "figure is the app's own CPU per charge; each step adds one piece to the one before.",
+            "HTTP parsing by uvicorn comes on top of every row alike. One request at a time, and",
+            "32 at a time as at c=32 (concurrent charges of a worker share their skill's cache",
+            "read).",
             "",
-            "| step | CPU µs per charge | added by this step |",
-            "|---|---:|---:|",
+            "| step | CPU µs per charge, 1 at a time | added | 32 at a time | added |",
+            "|---|---:|---:|---:|---:|",
         ]
-        previous = None
+        previous: dict | None = None
         for row in data["breakdown"]:
-            added = "" if previous is None else f"{row['cpu_us'] - previous:+.0f}"
-            lines.append(f"| {row['step']} | {row['cpu_us']:.0f} | {added} |")
-            previous = row["cpu_us"]
+            cells = []
+            for field in ("cpu_us", "cpu_us_32"):
+                value = row.get(field)
+                before = previous.get(field) if previous else None
+                cells.append("-" if value is None else f"{value:.0f}")
+                cells.append("" if value is None or before is None else f"{value - before:+.0f}")
+            lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
+            previous = row
     lines += ["", "## Reconcile", ""]
     for name, problems in data["reconcile"].items():
         lines.append(f"- {name}: {'clean' if not problems else f'{len(problems)} differences'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import asyncpg
@@ -72,18 +72,11 @@ class Database:
             reset=_no_reset,
         )
 
-    @contextlib.asynccontextmanager
-    async def statements(self) -> AsyncIterator[Statements]:
+    def statements(self) -> _Lend:
+        """A connection of the hot-path pool for ``async with``, or 503 after the pool timeout."""
         if self._pool is None:
             raise RuntimeError("Database.start() was not called")
-        pool = self._pool
-        # asyncio.timeout, not acquire(timeout=): that one runs the wait in a task of its own
-        async with asyncio.timeout(self.settings.db_pool_timeout):
-            conn = await pool.acquire()
-        try:
-            yield Statements(conn)
-        finally:
-            await pool.release(conn)
+        return _Lend(self._pool, self.settings.db_pool_timeout)
 
     async def dispose(self) -> None:
         if self._pool is not None:
@@ -93,6 +86,27 @@ class Database:
 
 async def _no_reset(_: asyncpg.Connection) -> None:
     return None
+
+
+class _Lend:
+    """``async with db.statements() as conn``: a plain class, not a generator-based
+    context manager, since every charge goes through it."""
+
+    __slots__ = ("_pool", "_timeout", "_conn")
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> Statements:
+        # asyncio.timeout, not acquire(timeout=): that one runs the wait in a task of its own
+        async with asyncio.timeout(self._timeout):
+            self._conn = await self._pool.acquire()
+        return Statements(self._conn)
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._pool.release(self._conn)
 
 
 class _Row:

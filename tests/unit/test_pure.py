@@ -83,15 +83,19 @@ def test_garbage_cursors_are_refused(garbage: str) -> None:
 
 def test_request_hash_tells_requests_apart() -> None:
     a = ChargeIn(user_id="u", skill="S")
-    assert request_hash("POST", "/v1/charges", a) == request_hash("POST", "/v1/charges", a)
-    assert request_hash("POST", "/v1/charges", a) != request_hash(
-        "POST", "/v1/charges", ChargeIn(user_id="u", skill="S", units=2)
-    )
-    assert request_hash("POST", "/v1/charges", a) != request_hash("POST", "/v1/other", a)
+
+    def h(path: str, body: ChargeIn, key: str | None = "k") -> bytes | None:
+        return request_hash("POST", path, body, key)
+
+    assert h("/v1/charges", a) == h("/v1/charges", a)
+    assert h("/v1/charges", a) != h("/v1/charges", ChargeIn(user_id="u", skill="S", units=2))
+    assert h("/v1/charges", a) != h("/v1/other", a)
     # an omitted default and the explicit default are the same request
-    assert request_hash("POST", "/p", ChargeIn(user_id="u", skill="S", units=1)) == request_hash(
-        "POST", "/p", a
-    )
+    assert h("/p", ChargeIn(user_id="u", skill="S", units=1)) == h("/p", a)
+    # the key is not part of it (a reused key is compared by its request), and without
+    # a key there is nothing to compare: no hash
+    assert h("/p", a, "k1") == h("/p", a, "k2")
+    assert h("/p", a, None) is None
 
 
 @pytest.mark.parametrize(

@@ -309,7 +309,7 @@ class AdminPagesController(Controller):
             _flash(request, "error", f"Not saved: {message}.")
             return see_other(back)
         key = (data.get("idem") or "")[:64] or None
-        digest = ledger_service.request_hash("POST", f"/v1/users/{user_id}/credits", body)
+        digest = ledger_service.request_hash("POST", f"/v1/users/{user_id}/credits", body, key)
         try:
             async with db.autocommit.connect() as conn:
                 written = await ledger_service.add_credits(conn, user_id, body, key, digest)
@@ -333,7 +333,9 @@ class AdminPagesController(Controller):
             return see_other(back)
         body = RefundIn(description=(data.get("description") or "").strip()[:500] or None)
         key = (data.get("idem") or "")[:64] or None
-        digest = ledger_service.request_hash("POST", f"/v1/transactions/{tx_uuid}/refund", body)
+        digest = ledger_service.request_hash(
+            "POST", f"/v1/transactions/{tx_uuid}/refund", body, key
+        )
         try:
             async with db.autocommit.connect() as conn:
                 written = await ledger_service.refund(conn, tx_uuid, body, key, digest)

@@ -69,7 +69,7 @@ class LedgerController(Controller):
         if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
             await confirm(request)
             idempotency_key(key)
-        digest = service.request_hash("POST", "/v1/charges", data)
+        digest = service.request_hash("POST", "/v1/charges", data, key)
         try:
             written = await service.charge(
                 db.statements,
@@ -103,7 +103,7 @@ class LedgerController(Controller):
         idempotency_key(key)
         if data.type == "ADJUSTMENT" and not principal_of(request).is_admin:
             raise ApiError(403, "forbidden", "ADJUSTMENT needs an admin key")
-        digest = service.request_hash("POST", f"/v1/users/{user_id}/credits", data)
+        digest = service.request_hash("POST", f"/v1/users/{user_id}/credits", data, key)
         async with db.autocommit.connect() as conn:
             return created(await service.add_credits(conn, user_id, data, key, digest))
 
@@ -157,7 +157,7 @@ class LedgerController(Controller):
         tx_uuid = str(path_uuid(tx_id))
         idempotency_key(key)
         body = data or RefundIn()
-        digest = service.request_hash("POST", f"/v1/transactions/{tx_uuid}/refund", body)
+        digest = service.request_hash("POST", f"/v1/transactions/{tx_uuid}/refund", body, key)
         async with db.autocommit.connect() as conn:
             return created(await service.refund(conn, tx_uuid, body, key, digest))
 
@@ -175,7 +175,7 @@ class HoldController(Controller):
         key: IdempotencyKey = None,
     ) -> Response[Hold]:
         idempotency_key(key)
-        digest = service.request_hash("POST", "/v1/holds", data)
+        digest = service.request_hash("POST", "/v1/holds", data, key)
         written = await service.create_hold(db.autocommit.connect, cache, data, key, digest)
         headers = {"Idempotent-Replayed": "true"} if written.replayed else {}
         return Response(written.hold, status_code=201, headers=headers)
@@ -200,7 +200,7 @@ class HoldController(Controller):
         hold_uuid = str(path_uuid(hold_id))
         idempotency_key(key)
         body = data or CaptureIn()
-        digest = service.request_hash("POST", f"/v1/holds/{hold_uuid}/capture", body)
+        digest = service.request_hash("POST", f"/v1/holds/{hold_uuid}/capture", body, key)
         async with db.autocommit.connect() as conn:
             return created(await service.capture(conn, hold_uuid, body, key, digest))
 

@@ -42,13 +42,20 @@ class Written:
     replayed: bool = False
 
 
-def request_hash(method: str, path: str, body: msgspec.Struct | None) -> bytes:
-    """What makes two requests "the same" for an Idempotency-Key: route, path, decoded body."""
+def request_hash(
+    method: str, path: str, body: msgspec.Struct | None, key: str | None
+) -> bytes | None:
+    """What makes two requests "the same" for an Idempotency-Key: route, path, decoded body.
+
+    None without a key: only a keyed request is ever compared with another, so a keyless
+    one neither computes nor stores it."""
+    if key is None:
+        return None
     encoded = msgspec.json.encode(body) if body is not None else b""
     return hashlib.sha256(f"{method} {path}\n".encode() + encoded).digest()
 
 
-async def _replay(conn: Executes, user_id: str, key: str | None, digest: bytes):
+async def _replay(conn: Executes, user_id: str, key: str | None, digest: bytes | None):
     """The stored answer for ``key``, 422 if it was used for another request, else None."""
     if key is None:
         return None
@@ -160,7 +167,7 @@ async def charge(
     cache: SkillCache,
     data: ChargeIn,
     key: str | None,
-    digest: bytes,
+    digest: bytes | None,
     *,
     api_key_id: str,
     check_caller: Callable[[], Awaitable[None]] | None = None,
@@ -198,7 +205,7 @@ async def charge(
 
 
 async def add_credits(
-    conn: AsyncConnection, user_id: str, data: CreditIn, key: str | None, digest: bytes
+    conn: AsyncConnection, user_id: str, data: CreditIn, key: str | None, digest: bytes | None
 ) -> Written:
     params = {
         "user_id": user_id,
@@ -236,7 +243,7 @@ async def add_credits(
 
 
 async def refund(
-    conn: AsyncConnection, tx_id: str, data: RefundIn, key: str | None, digest: bytes
+    conn: AsyncConnection, tx_id: str, data: RefundIn, key: str | None, digest: bytes | None
 ) -> Written:
     params = {"id": tx_id, "description": data.description, "key": key, "hash": digest}
     for _ in range(MAX_ATTEMPTS):
@@ -284,7 +291,7 @@ def hold_not_active(status: str) -> ApiError:
     return ApiError(409, "hold_not_active", f"the hold is {status}, not held")
 
 
-async def _replay_hold(conn: AsyncConnection, user_id: str, key: str | None, digest: bytes):
+async def _replay_hold(conn: AsyncConnection, user_id: str, key: str | None, digest: bytes | None):
     if key is None:
         return None
     row = await repo.hold_by_idempotency_key(conn, user_id, key)
@@ -298,7 +305,7 @@ async def _replay_hold(conn: AsyncConnection, user_id: str, key: str | None, dig
 
 
 async def create_hold(
-    connect: Connect, cache: SkillCache, data: HoldIn, key: str | None, digest: bytes
+    connect: Connect, cache: SkillCache, data: HoldIn, key: str | None, digest: bytes | None
 ) -> HoldWritten:
     params = {
         "skill": data.skill,
@@ -330,7 +337,7 @@ async def create_hold(
 
 
 async def capture(
-    conn: AsyncConnection, hold_id: str, data: CaptureIn, key: str | None, digest: bytes
+    conn: AsyncConnection, hold_id: str, data: CaptureIn, key: str | None, digest: bytes | None
 ) -> Written:
     current = await repo.get_hold(conn, hold_id)
     if current is None:
