@@ -5,12 +5,14 @@ No HTTP server and no load generator: every request goes straight into the ASGI 
 PostgreSQL, Redis and `wrk` do not blur it. Each step adds one piece to the last:
 
 1. an empty Litestar handler (the framework's floor);
-2. the ceiling: that handler running the charge statement on asyncpg;
-3. the ceiling with one Redis HGET of the skill's cache entry per charge;
+2. the ceiling: that handler running the charge statement on asyncpg (adds to 1);
+3. the ceiling with one Redis HGET of the skill's cache entry per charge (adds to 2);
 4. skill-credits answering a charge without I/O (its service call, which reads the cache
    and takes the connection, replaced by a fixed answer): middleware, API-key check,
-   strict body, metrics, the response;
-5. skill-credits as deployed.
+   strict body, metrics, the response (adds to 1);
+5. skill-credits as deployed: its service call (adds to 4).
+
+Each figure is the median of three app starts.
 
 Each step runs twice: one request at a time (no overlap hides a cost), and 32 at a time
 as at the benchmark's c=32, where concurrent work overlaps in the event loop and charges
@@ -129,7 +131,6 @@ def measure(db_url: str, redis_url: str, prefix: str, token: str, users: int, sk
     """CPU microseconds per charge for the five steps at 1 and 32 concurrent requests."""
     from skill_credits.app import create_app
     from skill_credits.ledger import service
-    from skill_credits.ledger.schemas import Transaction
     from skill_credits.observability import configure_logging
     from skill_credits.settings import Settings
 
@@ -151,9 +152,131 @@ def measure(db_url: str, redis_url: str, prefix: str, token: str, users: int, sk
     def skill_credits():
         return create_app(Settings(database_url=db_url, redis_url=redis_url, redis_prefix=prefix))
 
-    fixed = service.Written(
+    fixed = _fixed_answer(service, skill)
+
+    async def no_io(*_, **__) -> service.Written:
+        return fixed
+
+    # each step, and the step it adds its piece to
+    steps: list[tuple[str, Callable, int | None]] = [
+        ("empty Litestar handler", _empty_app, None),
+        ("ceiling: the empty handler + the charge statement (asyncpg)", lambda: ceiling(False), 0),
+        ("ceiling + Redis GET: the ceiling + one HGET of the skill", lambda: ceiling(True), 1),
+        ("skill-credits, its service call answered without I/O", skill_credits, 0),
+        ("skill-credits as deployed: + its service call", skill_credits, 3),
+    ]
+    rows = []
+    real_charge = service.charge
+    for name, make, base in steps:
+        service.charge = no_io if "without I/O" in name else real_charge
+        row: dict = {"step": name, "adds_to": base}
+        try:
+            for concurrency, field in ((1, "cpu_us"), (32, "cpu_us_32")):
+                runs = []
+                for _ in range(3):  # the median of three: one app start can be an outlier
+                    app = make()
+                    configure_logging("warning")  # as `serve` does (Litestar's logs INFO)
+                    cpu, statuses = uvloop.run(
+                        _cpu_per_request(app, token, users, skill, concurrency)
+                    )
+                    runs.append(cpu)
+                row |= {field: sorted(runs)[1], f"statuses_{concurrency}": statuses}
+        finally:
+            service.charge = real_charge
+        rows.append(row)
+    return rows
+
+
+def ablations(db_url: str, redis_url: str, prefix: str, token: str, users: int, skill: str):
+    """What each piece of skill-credits' request handling costs a charge at c=32.
+
+    On the app whose service call is answered without I/O (step 4: steady to a few µs,
+    where the database's noise would drown these pieces): the app with every piece, then
+    without one, alternately three times each; medians."""
+    import statistics
+
+    from litestar.middleware import ASGIMiddleware
+
+    from skill_credits import app as app_module
+    from skill_credits import bodies, observability
+    from skill_credits.auth import Principal
+    from skill_credits.ledger import service
+    from skill_credits.observability import configure_logging
+    from skill_credits.settings import Settings
+
+    class PassThrough(ASGIMiddleware):
+        async def handle(self, scope, receive, send, next_app) -> None:
+            await next_app(scope, receive, send)
+
+    def metrics_without_charges():
+        config, controller = observability.prometheus()
+        config.exclude = [*config.exclude, "^/v1/charges"]
+        return config, controller
+
+    async def no_strict_body(request) -> None:
+        return None
+
+    principal = Principal(name="bench", role="service", key_id=token.split("_")[1])
+
+    async def no_key_check(connection) -> None:
+        connection.scope["auth"] = principal
+
+    pieces = {
+        "the Prometheus middleware (Litestar's plugin)": (
+            app_module,
+            "prometheus",
+            metrics_without_charges,
+        ),
+        "the request-id middleware": (app_module, "RequestIdMiddleware", PassThrough),
+        "the CSRF middleware (it skips /v1 by path)": (app_module, "CSRFConfig", lambda **_: None),
+        "the API-key check (hash, cache lookup)": (bodies, "authenticate", no_key_check),
+        "the strict body check": (bodies, "strict_body", no_strict_body),
+    }
+
+    def cpu_32() -> float:
+        app = app_module.create_app(
+            Settings(database_url=db_url, redis_url=redis_url, redis_prefix=prefix)
+        )
+        configure_logging("warning")
+        return uvloop.run(_cpu_per_request(app, token, users, skill, 32))[0]
+
+    fixed = _fixed_answer(service, skill)
+
+    async def no_io(*_, **__) -> service.Written:
+        return fixed
+
+    rows = []
+    real_charge = service.charge
+    service.charge = no_io
+    try:
+        for piece, (owner, attribute, replacement) in pieces.items():
+            real = getattr(owner, attribute)
+            with_it, without = [], []
+            for _ in range(3):
+                with_it.append(cpu_32())
+                setattr(owner, attribute, replacement)
+                try:
+                    without.append(cpu_32())
+                finally:
+                    setattr(owner, attribute, real)
+            rows.append(
+                {
+                    "without": piece,
+                    "deployed_us": statistics.median(with_it),
+                    "without_us": statistics.median(without),
+                }
+            )
+    finally:
+        service.charge = real_charge
+    return rows
+
+
+def _fixed_answer(service, skill: str):
+    from skill_credits.ledger.schemas import Transaction
+
+    return service.Written(
         Transaction(
-            id=str(uuid.uuid4()),
+            id="00000000-0000-7000-8000-000000000000",
             user_id="bench_0",
             type="CONSUMPTION",
             amount=-1,
@@ -166,32 +289,6 @@ def measure(db_url: str, redis_url: str, prefix: str, token: str, users: int, sk
             created_at=dt.datetime.now(dt.UTC),
         )
     )
-
-    async def no_io(*_, **__) -> service.Written:
-        return fixed
-
-    steps: list[tuple[str, Callable]] = [
-        ("empty Litestar handler", _empty_app),
-        ("ceiling: + the charge statement (asyncpg)", lambda: ceiling(False)),
-        ("ceiling + Redis GET: + one HGET of the skill", lambda: ceiling(True)),
-        ("skill-credits, its service call answered without I/O", skill_credits),
-        ("skill-credits as deployed", skill_credits),
-    ]
-    rows = []
-    real_charge = service.charge
-    for name, make in steps:
-        service.charge = no_io if "without I/O" in name else real_charge
-        row: dict = {"step": name}
-        try:
-            for concurrency, field in ((1, "cpu_us"), (32, "cpu_us_32")):
-                app = make()
-                configure_logging("warning")  # as `serve` does (Litestar's default logs INFO)
-                cpu, statuses = uvloop.run(_cpu_per_request(app, token, users, skill, concurrency))
-                row |= {field: cpu, f"statuses_{concurrency}": statuses}
-        finally:
-            service.charge = real_charge
-        rows.append(row)
-    return rows
 
 
 def main() -> None:
@@ -208,8 +305,14 @@ def main() -> None:
                 f"{row['cpu_us']:7.0f} us (c=1) {row['cpu_us_32']:7.0f} us (c=32)  {row['step']}"
                 f"  {row['statuses_1']} {row['statuses_32']}"
             )
+        pieces = ablations(url, run.REDIS_URL, prefix, token, run.USERS, run.SKILL)
+        for row in pieces:
+            print(
+                f"{row['deployed_us'] - row['without_us']:+7.0f} us  {row['without']}"
+                f" ({row['deployed_us']:.0f} -> {row['without_us']:.0f})"
+            )
         if len(sys.argv) == 3 and sys.argv[1] == "--json":
-            Path(sys.argv[2]).write_text(json.dumps(rows, indent=1))
+            Path(sys.argv[2]).write_text(json.dumps({"steps": rows, "pieces": pieces}, indent=1))
     finally:
         asyncio.run(run.sql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         import redis

@@ -594,15 +594,17 @@ def report(data: dict) -> str:
         "",
         "PostgreSQL, Redis, the server under test and `wrk` share the same 2 cores, so",
         "every number is lower than on separate machines; the ratios are what matters.",
-        f"Each point is {data['seconds']:g} s of `wrk` after a warm-up; half of the skill-credits",
-        "requests carry a fresh `Idempotency-Key`.",
+        f"Each point is {data['seconds']:g} s of `wrk` after a warm-up. Every target gets the",
+        "same requests; half of them carry a fresh `Idempotency-Key`.",
         "",
         "- **skill-credits**: `skill-credits serve --workers N`, as deployed: API-key auth,",
         "  strict validation, the Redis skill cache, idempotency, problem details.",
         "- **ceiling**: `bench/ceiling_app.py`, a minimal Litestar handler running only the",
-        "  same charge statement over an asyncpg pool (no auth, validation, cache).",
+        "  same charge statement over an asyncpg pool (no auth, validation, cache); a",
+        "  request's `Idempotency-Key` goes into the statement unchecked, so the database",
+        "  does the same work for it.",
         "- **ceiling + Redis GET**: the ceiling reading the skill's cache entry from Redis",
-        "  first, as the design asks of every charge: the fastest this design can charge.",
+        "  first, one read per charge (skill-credits shares concurrent reads of one skill).",
         "- **original**: `bench/original_app.py`, the original guide's `chargeUser` ported",
         "  as most teams would: one SQLAlchemy ORM session transaction that reads the skill,",
         "  reads the user, checks in Python, then updates and inserts.",
@@ -728,19 +730,38 @@ def report(data: dict) -> str:
             "32 at a time as at c=32 (concurrent charges of a worker share their skill's cache",
             "read).",
             "",
-            "| step | CPU µs per charge, 1 at a time | added | 32 at a time | added |",
+            "| step | CPU µs per charge, 1 at a time | added to the step it builds on | 32 at"
+            " a time | added |",
             "|---|---:|---:|---:|---:|",
         ]
-        previous: dict | None = None
-        for row in data["breakdown"]:
+        breakdown = data["breakdown"]
+        steps = breakdown["steps"] if isinstance(breakdown, dict) else breakdown
+        for index, row in enumerate(steps):
+            base = row.get("adds_to", index - 1 if index else None)
+            before = steps[base] if base is not None else None
             cells = []
             for field in ("cpu_us", "cpu_us_32"):
                 value = row.get(field)
-                before = previous.get(field) if previous else None
                 cells.append("-" if value is None else f"{value:.0f}")
-                cells.append("" if value is None or before is None else f"{value - before:+.0f}")
+                earlier = before.get(field) if before else None
+                cells.append("" if value is None or earlier is None else f"{value - earlier:+.0f}")
             lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
-            previous = row
+        pieces = breakdown.get("pieces", []) if isinstance(breakdown, dict) else []
+        if pieces:
+            lines += [
+                "",
+                "What each piece of skill-credits' request handling costs a charge at c=32: the",
+                "app of step 4 (no I/O, so the database's noise does not drown these few µs) with",
+                "every piece, then without that one; alternately, medians of three each.",
+                "",
+                "| piece | with it µs | without it µs | the piece costs µs |",
+                "|---|---:|---:|---:|",
+            ]
+            for row in pieces:
+                lines.append(
+                    f"| {row['without']} | {row['deployed_us']:.0f} | {row['without_us']:.0f}"
+                    f" | {row['deployed_us'] - row['without_us']:+.0f} |"
+                )
     lines += ["", "## Reconcile", ""]
     for name, problems in data["reconcile"].items():
         lines.append(f"- {name}: {'clean' if not problems else f'{len(problems)} differences'}")
@@ -763,11 +784,22 @@ def main() -> None:
         help="measure only the c=32 ratio rounds and the CPU breakdown; keep the rest",
     )
     parser.add_argument(
+        "--breakdown-only",
+        action="store_true",
+        help="measure only the CPU breakdown (bench/breakdown.py); keep the rest",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="rewrite BENCHMARKS.md and the plot from bench/results/latest.json",
     )
     args = parser.parse_args()
+    if args.breakdown_only:
+        data = json.loads((RESULTS / "latest.json").read_text())
+        data["breakdown"] = breakdown()
+        data["breakdown_run"] = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+        (RESULTS / "latest.json").write_text(json.dumps(data, indent=1, default=str))
+        args.report_only = True
     if args.report_only:
         data = json.loads((RESULTS / "latest.json").read_text())
         if "breakdown" not in data and (RESULTS / "breakdown.json").exists():
