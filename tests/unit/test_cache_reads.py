@@ -41,17 +41,19 @@ class SlowRedis:
         return None
 
 
-async def started() -> None:
-    for _ in range(3):
-        await asyncio.sleep(0)
-
-
-async def test_a_cancelled_joiner_does_not_cancel_the_answer_for_the_rest() -> None:
+async def reading(joiners: int):
+    """One read of skill S in flight and ``joiners`` more waiting on it."""
     redis = SlowRedis()
     cache = SkillCache(redis, "t:", timeout=5)
     leader = asyncio.create_task(cache.get("S"))
-    joiners = [asyncio.create_task(cache.get("S")) for _ in range(3)]
-    await started()
+    others = [asyncio.create_task(cache.get("S")) for _ in range(joiners)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    return redis, cache, leader, others
+
+
+async def test_a_cancelled_joiner_does_not_cancel_the_answer_for_the_rest() -> None:
+    redis, _, leader, joiners = await reading(3)
     joiners[0].cancel()
     redis.release.set()
     assert (await leader).version == 7
@@ -62,11 +64,7 @@ async def test_a_cancelled_joiner_does_not_cancel_the_answer_for_the_rest() -> N
 
 
 async def test_a_cancelled_leader_leaves_the_joiners_a_miss_not_a_hang() -> None:
-    redis = SlowRedis()
-    cache = SkillCache(redis, "t:", timeout=5)
-    leader = asyncio.create_task(cache.get("S"))
-    joiners = [asyncio.create_task(cache.get("S")) for _ in range(2)]
-    await started()
+    redis, cache, leader, joiners = await reading(2)
     leader.cancel()
     async with asyncio.timeout(1):
         assert await asyncio.gather(*joiners) == [None, None]

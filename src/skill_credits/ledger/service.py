@@ -104,9 +104,8 @@ def _skill_from_row(row: Any) -> Skill:
 
 
 async def _priced_write(
-    conn: Executes,
+    connect: Connect,
     cache: SkillCache,
-    cached: Skill | None,
     *,
     skill_name: str,
     user_id: str,
@@ -114,51 +113,52 @@ async def _priced_write(
     params: dict[str, Any],
     write: Callable[[Executes, dict[str, Any]], Awaitable[Any]],
     explain: Any,
-    replay: Callable[[], Awaitable[Any]],
+    replay: Callable[[Executes], Awaitable[Any]],
     unique: set[str],
     check_caller: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[Any, Skill | None]:
     """Run a statement priced at the skill's version the cache knows, and explain a refusal.
 
-    ``cached`` is the skill as the cache knew it, read before a connection was taken, so
-    no connection waits on Redis. The statement is the judge: it writes only at the version
-    it was given. When it writes
+    The cache is read before a connection is taken, so no connection waits on Redis. The
+    statement is the judge: it writes only at the version it was given. When it writes
     nothing, one query (``explain``) reads what the answer needs, in the contract's order:
     a revoked key (401), a replay, skill 404, 403, user 404, 402 - or finds that the price
     or a hold moved meanwhile, and the statement runs again.
     """
-    params["version"] = cached.version if cached is not None else None
-    for _ in range(MAX_ATTEMPTS):
-        try:
-            row = await write(conn, params)
-        except sa_exc.IntegrityError as exc:
-            if not _is_unique_violation(exc, unique):
-                raise
-            row = None  # a concurrent request with this key won; answer as it did
-        if row is not None:
-            return row, cached
-        facts = await repo.refusal(conn, explain, params)
-        if check_caller is not None and facts.key_live is not True:
-            await check_caller()  # a revoked key writes nothing: answer 401 first
-        if facts.key_used and (done := await replay()) is not None:
-            return done, cached
-        if facts.s_id is None:
-            raise ApiError(404, "skill_not_found", f"no skill named {skill_name}")
-        if params["version"] is not None and facts.s_version != params["version"]:
-            skill = _skill_from_row(facts)
-            await cache.put(skill)  # the cache was behind: price at the current version
-            params["version"] = skill.version
-            cached = skill
-            continue
-        if not facts.s_is_active:
-            raise ApiError(403, "skill_disabled", f"{skill_name} is disabled")
-        if facts.u_credits is None:
-            raise ApiError(404, "user_not_found", f"no user {user_id}")
-        required = facts.s_cost * units
-        available = facts.u_credits - facts.u_reserved
-        if available < required:
-            raise insufficient(facts.u_credits, available, required)
-        # A hold changed between the statement and this read: try again.
+    cached = await cache.get(skill_name)
+    async with connect() as conn:
+        params["version"] = cached.version if cached is not None else None
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                row = await write(conn, params)
+            except sa_exc.IntegrityError as exc:
+                if not _is_unique_violation(exc, unique):
+                    raise
+                row = None  # a concurrent request with this key won; answer as it did
+            if row is not None:
+                return row, cached
+            facts = await repo.refusal(conn, explain, params)
+            if check_caller is not None and facts.key_live is not True:
+                await check_caller()  # a revoked key writes nothing: answer 401 first
+            if facts.key_used and (done := await replay(conn)) is not None:
+                return done, cached
+            if facts.s_id is None:
+                raise ApiError(404, "skill_not_found", f"no skill named {skill_name}")
+            if params["version"] is not None and facts.s_version != params["version"]:
+                skill = _skill_from_row(facts)
+                await cache.put(skill)  # the cache was behind: price at the current version
+                params["version"] = skill.version
+                cached = skill
+                continue
+            if not facts.s_is_active:
+                raise ApiError(403, "skill_disabled", f"{skill_name} is disabled")
+            if facts.u_credits is None:
+                raise ApiError(404, "user_not_found", f"no user {user_id}")
+            required = facts.s_cost * units
+            available = facts.u_credits - facts.u_reserved
+            if available < required:
+                raise insufficient(facts.u_credits, available, required)
+            # A hold changed between the statement and this read: try again.
     raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
 
 
@@ -181,22 +181,19 @@ async def charge(
         "key": key,
         "hash": digest,
     }
-    cached = await cache.get(data.skill)
-    async with connect() as conn:
-        row, cached = await _priced_write(
-            conn,
-            cache,
-            cached,
-            skill_name=data.skill,
-            user_id=data.user_id,
-            units=data.units,
-            params=params,
-            write=repo.charge,
-            explain=repo.REFUSAL_OF_CHARGE,
-            replay=lambda: _replay(conn, data.user_id, key, digest),
-            unique=IDEMPOTENCY_CONSTRAINTS,
-            check_caller=check_caller,
-        )
+    row, cached = await _priced_write(
+        connect,
+        cache,
+        skill_name=data.skill,
+        user_id=data.user_id,
+        units=data.units,
+        params=params,
+        write=repo.charge,
+        explain=repo.REFUSAL_OF_CHARGE,
+        replay=lambda conn: _replay(conn, data.user_id, key, digest),
+        unique=IDEMPOTENCY_CONSTRAINTS,
+        check_caller=check_caller,
+    )
     if isinstance(row, Written):
         return row
     if cached is None or cached.version != row.s_version:
@@ -316,21 +313,18 @@ async def create_hold(
         "key": key,
         "hash": digest,
     }
-    cached = await cache.get(data.skill)
-    async with connect() as conn:
-        row, _ = await _priced_write(
-            conn,
-            cache,
-            cached,
-            skill_name=data.skill,
-            user_id=data.user_id,
-            units=data.units,
-            params=params,
-            write=repo.hold,
-            explain=repo.REFUSAL_OF_HOLD,
-            replay=lambda: _replay_hold(conn, data.user_id, key, digest),
-            unique={"holds_idempotency"},
-        )
+    row, _ = await _priced_write(
+        connect,
+        cache,
+        skill_name=data.skill,
+        user_id=data.user_id,
+        units=data.units,
+        params=params,
+        write=repo.hold,
+        explain=repo.REFUSAL_OF_HOLD,
+        replay=lambda conn: _replay_hold(conn, data.user_id, key, digest),
+        unique={"holds_idempotency"},
+    )
     if isinstance(row, HoldWritten):
         return row
     return HoldWritten(repo.hold_from_row(row))
