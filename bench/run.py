@@ -294,6 +294,10 @@ def ratios(servers: list[Server], token: str, seconds: float, rounds: int) -> di
                 f"{name} {p['spread'][-1]:.0f}/{p['hot'][-1]:.0f}" for name, p in runs.items()
             )
         )
+    return _medians(runs)
+
+
+def _medians(runs: dict[str, dict[str, list[float]]]) -> dict:
     return {
         name: {pattern: {"median": sorted(v)[len(v) // 2], "runs": v} for pattern, v in p.items()}
         for name, p in runs.items()
@@ -630,7 +634,8 @@ def report(data: dict) -> str:
         "",
         f"Every target {len(next(iter(data['ratios'].values()))['spread']['runs'])} times"
         f" at c=32 for {data['seconds']:g} s per pattern, the targets interleaved round by"
-        " round; charges/s are medians, and the ratios are taken between them.",
+        " round; charges/s are medians, and the ratios are taken between them."
+        + (f" {data['ratios_note']}" if data.get("ratios_note") else ""),
         "",
         "| target | 10 000 users: median charges/s (runs) | one hot user: median (runs) |",
         "|---|---:|---:|",
@@ -784,6 +789,11 @@ def main() -> None:
         help="measure only the c=32 ratio rounds and the CPU breakdown; keep the rest",
     )
     parser.add_argument(
+        "--add-rounds",
+        action="store_true",
+        help="with --ratios-only: add the new rounds to the last run's instead of replacing them",
+    )
+    parser.add_argument(
         "--breakdown-only",
         action="store_true",
         help="measure only the CPU breakdown (bench/breakdown.py); keep the rest",
@@ -892,7 +902,18 @@ def main() -> None:
 
         if args.ratios_only:
             data = json.loads((RESULTS / "latest.json").read_text())
-            data["ratios"] = ratios(targets(), token, args.seconds, RATIO_ROUNDS)
+            new = ratios(targets(), token, args.seconds, RATIO_ROUNDS)
+            if args.add_rounds:  # the medians over the earlier rounds and these
+                new = _medians(
+                    {
+                        name: {
+                            pattern: data["ratios"][name][pattern]["runs"] + result["runs"]
+                            for pattern, result in patterns.items()
+                        }
+                        for name, patterns in new.items()
+                    }
+                )
+            data["ratios"] = new
             data["breakdown"] = breakdown()
             data["ratios_run"] = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
             (RESULTS / "latest.json").write_text(json.dumps(data, indent=1, default=str))
