@@ -38,7 +38,8 @@ class Executes(Protocol):
 
 
 # How a service gets a connection when it needs one: ``db.statements`` on the hot path,
-# ``db.autocommit.connect`` elsewhere. It reads the skill cache before it connects.
+# ``db.autocommit.connect`` elsewhere. A priced write (charge, hold) reads the skill
+# cache first and connects only then, so no connection waits on Redis.
 Connect = Callable[[], contextlib.AbstractAsyncContextManager[Executes]]
 
 
