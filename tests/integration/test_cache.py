@@ -94,3 +94,24 @@ async def test_concurrent_reads_of_one_skill_share_one_round_trip() -> None:
         await admin.aclose()
         await cache.close()
         server.cleanup()
+
+
+async def test_reads_sharing_a_hung_redis_cost_one_timeout_together() -> None:
+    """Redis stops answering while reads of one skill wait on a single read in flight:
+    all of them come back as a miss within that read's timeout, none hangs."""
+    import asyncio
+
+    redis = RedisServer()
+    redis.start()
+    cache = SkillCache(create_redis(redis.url, 0.1), "t:", timeout=0.1, retry_after=1.0)
+    try:
+        await cache.put(skill("HUNG2", 1, 1))
+        redis.pause()
+        started = time.monotonic()
+        found = await asyncio.gather(*(cache.get("HUNG2") for _ in range(30)))
+        assert found == [None] * 30
+        assert time.monotonic() - started < 0.25  # the contract's bound for a hung Redis
+        assert cache.misses == 30
+    finally:
+        await cache.close()
+        redis.cleanup()

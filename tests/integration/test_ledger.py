@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from skill_credits.ledger.repository import reconcile
 from tests.integration.helpers import Api
-from tests.support import AppServer
+from tests.support import AppServer, RedisServer
 
 
 @pytest.fixture
@@ -351,3 +351,80 @@ async def test_charges_beyond_the_pool_answer_503_in_time_and_change_nothing(
     finally:
         server.stop()
     await assert_reconciled(db)
+
+
+async def test_a_charge_that_joins_a_read_sent_before_an_edit_pays_the_new_cost(
+    api: Api, db, keys
+) -> None:
+    """A read of the skill is in flight (its Redis holds version 1 and is paused); the cost
+    is edited; a charge that begins after the edit answered joins that read and gets
+    version 1 from it. The statement refuses the replaced price and it pays the new one.
+    Real PostgreSQL and a Redis of the test's own (so its command counts are this test's)."""
+    import msgspec
+    import redis.asyncio
+
+    from skill_credits.cache import SkillCache, create_redis
+    from skill_credits.ledger import service
+    from skill_credits.ledger.schemas import ChargeIn
+    from skill_credits.skills.schemas import Skill
+
+    skill = await api.create_skill(cost=10)
+    user = await api.new_user(1000)
+    server = RedisServer()
+    server.start()
+    cache = SkillCache(create_redis(server.url, 5.0), "t:", timeout=5.0)
+    admin = redis.asyncio.Redis.from_url(server.url)
+    key_id = keys.service.split("_")[1]
+
+    async def commands() -> tuple[int, int]:
+        stats = await admin.info("commandstats")
+        return tuple(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("hget", "evalsha"))
+
+    def charge():
+        data = ChargeIn(user_id=user, skill=skill["name"])
+        return service.charge(db.statements, cache, data, None, None, api_key_id=key_id)
+
+    try:
+        await cache.put(msgspec.convert(skill, Skill))  # Redis holds version 1, cost 10
+        hget_before, evalsha_before = await commands()
+        server.pause()
+        before_edit = asyncio.create_task(charge())  # its HGET is sent, and hangs
+        await asyncio.sleep(0.2)
+        await api.patch_skill(skill["name"], cost=20)  # the edit has answered
+        after_edit = asyncio.create_task(charge())  # joins the read sent before the edit
+        await asyncio.sleep(0.2)
+        server.resume()
+        first, second = await asyncio.wait_for(asyncio.gather(before_edit, after_edit), 10)
+        hget, evalsha = await commands()
+    finally:
+        await admin.aclose()
+        await cache.close()
+        server.cleanup()
+    assert second.transaction.unit_cost == 20  # the promise of the edit
+    assert first.transaction.unit_cost == 20  # the statement ran after the edit, too
+    assert (cache.hits, cache.misses) == (2, 0)  # both read version 1 ...
+    assert (hget - hget_before) - (evalsha - evalsha_before) == 1  # ... from one HGET
+    assert await api.balance(user) == 1000 - 40
+
+
+async def test_idempotency_key_lookups_use_the_partial_index(db) -> None:
+    """The key's unique index holds keyed rows only (migration 0004); the statement's
+    "key unused" probe and the replay lookup must still be able to use it when
+    PostgreSQL plans them once for any parameters, as it does for prepared statements."""
+    from skill_credits.ledger.repository import BY_IDEMPOTENCY_KEY, KEY_UNUSED
+
+    probes = {"key unused": f"SELECT {KEY_UNUSED}", "replay": BY_IDEMPOTENCY_KEY.text}
+    async with db.autocommit.connect() as conn:
+        await conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+        await conn.execute(text("SET enable_seqscan = off"))  # a small test table: "can use"
+        try:
+            for name, query in probes.items():
+                plan = "\n".join(
+                    row[0]
+                    for row in await conn.execute(
+                        text(f"EXPLAIN {query}"), {"user_id": "u", "key": "k"}
+                    )
+                )
+                assert "transactions_idempotency" in plan, (name, plan)
+        finally:
+            await conn.execute(text("RESET ALL"))

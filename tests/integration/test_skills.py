@@ -118,6 +118,44 @@ async def test_fifty_edits_each_followed_by_a_charge_on_two_workers(two_workers,
     assert all(set_ == charged for set_, charged in pairs), pairs
 
 
+async def test_edits_under_concurrent_charges_keep_the_promise(two_workers, keys) -> None:
+    """Sixteen clients charge non-stop on two workers while the cost is raised twenty
+    times: every charge that began after an edit answered is at that cost or a later one.
+    (The case of a charge that joins a skill read sent before the edit is forced, step by
+    step, in test_ledger.py.)"""
+    async with httpx.AsyncClient(base_url=two_workers.url, timeout=10) as http:
+        api = Api(http, keys)
+        skill = await api.create_skill(cost=1)
+        user = await api.new_user(10**9)
+        answered: list[tuple[float, int]] = [(0.0, 1)]  # (when the edit answered, its cost)
+        charges: list[tuple[float, int]] = []  # (when the charge began, its unit cost)
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        async def charging() -> None:
+            while not done.is_set():
+                began = loop.time()
+                r = await api.charge(user, skill["name"])
+                assert r.status_code == 201, r.text
+                charges.append((began, r.json()["unit_cost"]))
+
+        clients = [asyncio.create_task(charging()) for _ in range(16)]
+        try:
+            for cost in range(2, 22):
+                await asyncio.sleep(0.05)
+                await api.patch_skill(skill["name"], cost=cost)
+                answered.append((loop.time(), cost))
+        finally:
+            done.set()
+            await asyncio.gather(*clients)
+    late = 0
+    for began, unit_cost in charges:
+        promised = max(cost for at, cost in answered if at <= began)
+        assert unit_cost >= promised, (began, unit_cost, promised)
+        late += promised > 1
+    assert late > 100  # many charges began after an edit: the check had work to do
+
+
 async def test_edit_promise_with_redis_hung_and_back_with_old_data(settings, keys) -> None:
     """Redis stops answering while it still holds version N; the edit to N+1 cannot reach it.
     Charges must use N+1 while it hangs, and after it answers again with N."""

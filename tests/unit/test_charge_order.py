@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import types
 
+from skill_credits.ledger import repository as repo
 from skill_credits.ledger import service
 from skill_credits.ledger.schemas import ChargeIn, HoldIn
 from skill_credits.skills.schemas import Skill
@@ -19,9 +20,12 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 class Connections:
-    def __init__(self) -> None:
+    """A connection pool whose statement writes only at PostgreSQL's skill version."""
+
+    def __init__(self, version: int = 3) -> None:
         self.open = 0
         self.taken = 0
+        self.version = version
 
     @contextlib.asynccontextmanager
     async def connect(self):
@@ -33,6 +37,9 @@ class Connections:
             self.open -= 1
 
     async def execute(self, statement, params):
+        refusal = statement in (repo.REFUSAL_OF_CHARGE, repo.REFUSAL_OF_HOLD)
+        if not refusal and params["version"] not in (None, self.version):
+            return types.SimpleNamespace(first=lambda: None)  # a replaced price: no write
         row = types.SimpleNamespace(
             id="00000000-0000-0000-0000-000000000001",
             user_id=params["user_id"],
@@ -50,12 +57,17 @@ class Connections:
             s_display_name="S",
             s_description="",
             s_cost=1,
-            s_version=params["version"],
+            s_version=self.version,
+            s_is_active=True,
             s_created_at=NOW,
             s_updated_at=NOW,
-            skill_version=params["version"],
+            skill_version=self.version,
             status="held",
             expires_at=NOW,
+            key_live=True,
+            key_used=False,
+            u_credits=10,
+            u_reserved=0,
         )
         return types.SimpleNamespace(first=lambda: row)
 
@@ -64,6 +76,7 @@ class Cache:
     def __init__(self, connections: Connections) -> None:
         self.connections = connections
         self.open_while_reading: list[int] = []
+        self.put_versions: list[int] = []
 
     async def get(self, name):
         self.open_while_reading.append(self.connections.open)
@@ -81,6 +94,7 @@ class Cache:
 
     async def put(self, skill):
         self.open_while_reading.append(self.connections.open)
+        self.put_versions.append(skill.version)
         return True
 
 
@@ -109,3 +123,17 @@ async def test_a_hold_reads_the_cache_before_it_takes_a_connection() -> None:
     assert written.hold.skill_version == 3
     assert connections.taken == 1
     assert cache.open_while_reading == [0]
+
+
+async def test_a_cache_found_behind_is_refreshed_after_the_connection_is_back() -> None:
+    """The cache says version 3, PostgreSQL has 4: the statement refuses, the charge runs
+    again at 4 on the same connection, and the cache is told of 4 only once it is returned."""
+    connections = Connections(version=4)
+    cache = Cache(connections)
+    written = await service.charge(
+        connections.connect, cache, ChargeIn(user_id="u1", skill="S"), None, None, api_key_id="k"
+    )
+    assert written.transaction.balance_after == 9
+    assert connections.taken == 1
+    assert cache.put_versions == [4]
+    assert cache.open_while_reading == [0, 0]

@@ -154,16 +154,14 @@ async def refund(conn: AsyncConnection, params: dict[str, Any]) -> Row | None:
     return (await conn.execute(REFUND, params)).first()
 
 
+BY_IDEMPOTENCY_KEY = text(
+    f"SELECT {TX_COLUMNS}, request_hash FROM transactions"
+    " WHERE user_id = :user_id AND idempotency_key = :key"
+)
+
+
 async def by_idempotency_key(conn: Executes, user_id: str, key: str) -> Row | None:
-    return (
-        await conn.execute(
-            text(
-                f"SELECT {TX_COLUMNS}, request_hash FROM transactions"
-                " WHERE user_id = :user_id AND idempotency_key = :key"
-            ),
-            {"user_id": user_id, "key": key},
-        )
-    ).first()
+    return (await conn.execute(BY_IDEMPOTENCY_KEY, {"user_id": user_id, "key": key})).first()
 
 
 async def get_user(conn: AsyncConnection, user_id: str) -> User | None:

@@ -119,46 +119,51 @@ async def _priced_write(
 ) -> tuple[Any, Skill | None]:
     """Run a statement priced at the skill's version the cache knows, and explain a refusal.
 
-    The cache is read before a connection is taken, so no connection waits on Redis. The
-    statement is the judge: it writes only at the version it was given. When it writes
-    nothing, one query (``explain``) reads what the answer needs, in the contract's order:
-    a revoked key (401), a replay, skill 404, 403, user 404, 402 - or finds that the price
-    or a hold moved meanwhile, and the statement runs again.
+    The cache is read before a connection is taken and refreshed after it is given back,
+    so no connection waits on Redis. The statement is the judge: it writes only at the
+    version it was given. When it writes nothing, one query (``explain``) reads what the
+    answer needs, in the contract's order: a revoked key (401), a replay, skill 404, 403,
+    user 404, 402 - or finds that the price or a hold moved meanwhile, and the statement
+    runs again.
     """
     cached = await cache.get(skill_name)
-    async with connect() as conn:
-        params["version"] = cached.version if cached is not None else None
-        for _ in range(MAX_ATTEMPTS):
-            try:
-                row = await write(conn, params)
-            except sa_exc.IntegrityError as exc:
-                if not _is_unique_violation(exc, unique):
-                    raise
-                row = None  # a concurrent request with this key won; answer as it did
-            if row is not None:
-                return row, cached
-            facts = await repo.refusal(conn, explain, params)
-            if check_caller is not None and facts.key_live is not True:
-                await check_caller()  # a revoked key writes nothing: answer 401 first
-            if facts.key_used and (done := await replay(conn)) is not None:
-                return done, cached
-            if facts.s_id is None:
-                raise ApiError(404, "skill_not_found", f"no skill named {skill_name}")
-            if params["version"] is not None and facts.s_version != params["version"]:
-                skill = _skill_from_row(facts)
-                await cache.put(skill)  # the cache was behind: price at the current version
-                params["version"] = skill.version
-                cached = skill
-                continue
-            if not facts.s_is_active:
-                raise ApiError(403, "skill_disabled", f"{skill_name} is disabled")
-            if facts.u_credits is None:
-                raise ApiError(404, "user_not_found", f"no user {user_id}")
-            required = facts.s_cost * units
-            available = facts.u_credits - facts.u_reserved
-            if available < required:
-                raise insufficient(facts.u_credits, available, required)
-            # A hold changed between the statement and this read: try again.
+    newer: Skill | None = None  # found in PostgreSQL when the cache was behind
+    try:
+        async with connect() as conn:
+            params["version"] = cached.version if cached is not None else None
+            for _ in range(MAX_ATTEMPTS):
+                try:
+                    row = await write(conn, params)
+                except sa_exc.IntegrityError as exc:
+                    if not _is_unique_violation(exc, unique):
+                        raise
+                    row = None  # a concurrent request with this key won; answer as it did
+                if row is not None:
+                    return row, cached
+                facts = await repo.refusal(conn, explain, params)
+                if check_caller is not None and facts.key_live is not True:
+                    await check_caller()  # a revoked key writes nothing: answer 401 first
+                if facts.key_used and (done := await replay(conn)) is not None:
+                    return done, cached
+                if facts.s_id is None:
+                    raise ApiError(404, "skill_not_found", f"no skill named {skill_name}")
+                if params["version"] is not None and facts.s_version != params["version"]:
+                    # the cache was behind: price at the current version
+                    newer = cached = _skill_from_row(facts)
+                    params["version"] = newer.version
+                    continue
+                if not facts.s_is_active:
+                    raise ApiError(403, "skill_disabled", f"{skill_name} is disabled")
+                if facts.u_credits is None:
+                    raise ApiError(404, "user_not_found", f"no user {user_id}")
+                required = facts.s_cost * units
+                available = facts.u_credits - facts.u_reserved
+                if available < required:
+                    raise insufficient(facts.u_credits, available, required)
+                # A hold changed between the statement and this read: try again.
+    finally:
+        if newer is not None:
+            await cache.put(newer)  # once the connection is back: none waits on Redis
     raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
 
 
