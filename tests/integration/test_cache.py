@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import pytest
+
 from skill_credits.cache import SkillCache, create_redis
 from skill_credits.skills.schemas import Skill
 from tests.conftest import unique
@@ -42,25 +44,31 @@ async def test_an_older_version_never_replaces_a_newer_one(settings) -> None:
         await cache.close()
 
 
-async def test_a_hung_redis_costs_one_timeout_then_is_skipped() -> None:
+@pytest.fixture
+async def hung():
+    """A cache whose own Redis holds skill HUNG and then stops answering."""
     redis = RedisServer()
     redis.start()
     cache = SkillCache(create_redis(redis.url, 0.1), "t:", timeout=0.1, retry_after=1.0)
     try:
         await cache.put(skill("HUNG", 1, 1))
         redis.pause()
-        started = time.monotonic()
-        assert await cache.get("HUNG") is None
-        first = time.monotonic() - started
-        started = time.monotonic()
-        for _ in range(20):
-            assert await cache.get("HUNG") is None
-        rest = time.monotonic() - started
-        assert first < 0.25 and rest < 0.05
-        assert not await cache.put(skill("HUNG", 2, 2)) and cache.needs_repair
+        yield cache
     finally:
         await cache.close()
         redis.cleanup()
+
+
+async def test_a_hung_redis_costs_one_timeout_then_is_skipped(hung: SkillCache) -> None:
+    started = time.monotonic()
+    assert await hung.get("HUNG") is None
+    first = time.monotonic() - started
+    started = time.monotonic()
+    for _ in range(20):
+        assert await hung.get("HUNG") is None
+    rest = time.monotonic() - started
+    assert first < 0.25 and rest < 0.05
+    assert not await hung.put(skill("HUNG", 2, 2)) and hung.needs_repair
 
 
 async def test_concurrent_reads_of_one_skill_share_one_round_trip() -> None:
@@ -96,22 +104,13 @@ async def test_concurrent_reads_of_one_skill_share_one_round_trip() -> None:
         server.cleanup()
 
 
-async def test_reads_sharing_a_hung_redis_cost_one_timeout_together() -> None:
+async def test_reads_sharing_a_hung_redis_cost_one_timeout_together(hung: SkillCache) -> None:
     """Redis stops answering while reads of one skill wait on a single read in flight:
     all of them come back as a miss within that read's timeout, none hangs."""
     import asyncio
 
-    redis = RedisServer()
-    redis.start()
-    cache = SkillCache(create_redis(redis.url, 0.1), "t:", timeout=0.1, retry_after=1.0)
-    try:
-        await cache.put(skill("HUNG2", 1, 1))
-        redis.pause()
-        started = time.monotonic()
-        found = await asyncio.gather(*(cache.get("HUNG2") for _ in range(30)))
-        assert found == [None] * 30
-        assert time.monotonic() - started < 0.25  # the contract's bound for a hung Redis
-        assert cache.misses == 30
-    finally:
-        await cache.close()
-        redis.cleanup()
+    started = time.monotonic()
+    found = await asyncio.gather(*(hung.get("HUNG") for _ in range(30)))
+    assert found == [None] * 30
+    assert time.monotonic() - started < 0.25  # the contract's bound for a hung Redis
+    assert hung.misses == 30
