@@ -92,6 +92,7 @@ def create_app(settings: Settings) -> Litestar:
             settings.redis_prefix,
             timeout=settings.redis_timeout,
             retry_after=settings.redis_retry_after,
+            remember=settings.cache_remember,
         )
         app.state.db, app.state.cache = db, cache
         app.state.key_cache = KeyCache()

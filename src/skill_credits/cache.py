@@ -6,10 +6,13 @@ never put the old version back after the edit published the new one. Nothing her
 trusted for money: the charge statement checks the version it was given against
 PostgreSQL and a mismatch refreshes the entry.
 
-Concurrent reads of one skill share one Redis round trip: a charge that finds a read of
-its skill in flight waits for that answer instead of sending its own (at high volume
-most charges of a worker do). The answer may predate the charge by that round trip;
-that is safe for the same reason any cached entry is: the statement checks the version.
+Each worker also remembers the entries it read or wrote for ``remember`` seconds (one
+by default), so at high volume a worker asks Redis about a skill about once a second,
+not once per charge. Concurrent reads of one skill share one Redis round trip: a charge
+that finds a read of its skill in flight waits for that answer instead of sending its
+own. Both answers may predate the charge; that is safe for the same reason any cached
+entry is: the statement checks the version, and a charge that finds it behind is
+priced at the current one and leaves the current one here and in Redis.
 
 Every call is bounded by ``timeout``; after a failure Redis is skipped for
 ``retry_after`` seconds, so a dead or hung Redis costs one request at most one
@@ -66,18 +69,27 @@ def create_redis(url: str, timeout: float) -> Redis:
 
 class SkillCache:
     def __init__(
-        self, redis: Redis, prefix: str, *, timeout: float = 0.1, retry_after: float = 1.0
+        self,
+        redis: Redis,
+        prefix: str,
+        *,
+        timeout: float = 0.1,
+        retry_after: float = 1.0,
+        remember: float = 1.0,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.timeout = timeout
         self.retry_after = retry_after
+        self.remember = remember
         self._down_until = 0.0
         self._cas = redis.register_script(_CAS)
         # Set when a write could not reach Redis: the catalogue must be republished.
         self.needs_repair = False
         # skill name -> the answer of the read in flight, for the reads that join it
-        self._reads: dict[str, asyncio.Future[bytes | None]] = {}
+        self._reads: dict[str, asyncio.Future[Skill | None]] = {}
+        # skill name -> (until when, entry): what this worker read or wrote lately
+        self._recent: dict[str, tuple[float, Skill]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -105,34 +117,51 @@ class SkillCache:
 
     async def get(self, name: str) -> Skill | None:
         """The cached skill, or None on a miss or when Redis cannot answer."""
+        recent = self._recent.get(name)
+        if recent is not None and time.monotonic() < recent[0]:
+            return self._count(recent[1])
         in_flight = self._reads.get(name)
         if in_flight is not None:
             # shield: a joiner that is cancelled must not cancel the answer for the rest
-            return self._count(decode_skill, await asyncio.shield(in_flight))
-        answer: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            return self._count(await asyncio.shield(in_flight))
+        answer: asyncio.Future[Skill | None] = asyncio.get_running_loop().create_future()
         self._reads[name] = answer
-        raw = None
+        skill = None
         try:
             raw = await self._call(lambda: self.redis.hget(self._key(name), "d"))
+            if raw is not None:
+                skill = self._remember(decode_skill(raw))
         except RedisUnavailable:
             pass
         finally:
             # also when this request is cancelled: the joiners then read a miss
             del self._reads[name]
-            answer.set_result(raw)
-        return self._count(decode_skill, raw)
+            answer.set_result(skill)
+        return self._count(skill)
 
-    def _count(self, decode, raw: bytes | None):
-        if raw is None:
+    def _remember(self, skill: Skill) -> Skill:
+        """Keep the newest version known of ``skill`` for this worker's next reads; return it.
+
+        Versions only grow, so an older one from Redis (one that missed an edit while it
+        was down) never replaces a newer one this worker has seen."""
+        recent = self._recent.get(skill.name)
+        if recent is not None and recent[1].version > skill.version:
+            skill = recent[1]
+        self._recent[skill.name] = (time.monotonic() + self.remember, skill)
+        return skill
+
+    def _count(self, found: T | None) -> T | None:
+        if found is None:
             self.misses += 1
             _MISS.inc()
-            return None
-        self.hits += 1
-        _HIT.inc()
-        return decode(raw)
+        else:
+            self.hits += 1
+            _HIT.inc()
+        return found
 
     async def put(self, skill: Skill) -> bool:
         """Store ``skill`` unless a newer version is there; False if Redis could not be told."""
+        self._remember(skill)
         try:
             await self._call(
                 lambda: self._cas(
@@ -150,7 +179,7 @@ class SkillCache:
             raw = await self._call(lambda: self.redis.hget(self._catalogue_key, "d"))
         except RedisUnavailable:
             raw = None
-        return self._count(decode_skills, raw)
+        return self._count(decode_skills(raw) if raw is not None else None)
 
     async def put_catalogue(self, stamp: int, skills: list[Skill]) -> bool:
         try:

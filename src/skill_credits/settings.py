@@ -20,6 +20,10 @@ class Settings:
     redis_timeout: float = 0.1
     # How long Redis is skipped after it failed, before the next call tries it again.
     redis_retry_after: float = 1.0
+    # How long a worker reuses a skill it read from Redis before it asks Redis again. Any
+    # value is safe for money (the charge statement checks the version); it bounds how
+    # long a worker's charges may find their hint behind an edit (one more round trip).
+    cache_remember: float = 1.0
     # PostgreSQL: connect/checkout bounds keep "database down" answers under 2 s.
     # A fixed pool: overflow connections would be opened and closed under load.
     db_pool_size: int = 10
@@ -46,6 +50,7 @@ class Settings:
             redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
             redis_prefix=env.get("REDIS_PREFIX", "skill_credits:"),
             redis_timeout=float(env.get("REDIS_TIMEOUT", "0.1")),
+            cache_remember=float(env.get("CACHE_REMEMBER_SECONDS", "1.0")),
             db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
             db_fast_pool_size=int(env.get("DB_FAST_POOL_SIZE", "10")),
             secret_key=env.get("SECRET_KEY", ""),

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from skill_credits.cache import SkillCache, create_redis
-from skill_credits.skills.schemas import Skill
+from skill_credits.skills.schemas import Skill, encode
 from tests.conftest import unique
 from tests.support import RedisServer
 
@@ -29,7 +29,7 @@ def skill(name: str, version: int, cost: int) -> Skill:
 
 
 async def test_an_older_version_never_replaces_a_newer_one(settings) -> None:
-    cache = SkillCache(create_redis(settings.redis_url, 0.2), settings.redis_prefix)
+    cache = SkillCache(create_redis(settings.redis_url, 0.2), settings.redis_prefix, remember=0)
     try:
         name = unique("CAS")
         assert await cache.get(name) is None
@@ -49,7 +49,9 @@ async def hung():
     """A cache whose own Redis holds skill HUNG and then stops answering."""
     redis = RedisServer()
     redis.start()
-    cache = SkillCache(create_redis(redis.url, 0.1), "t:", timeout=0.1, retry_after=1.0)
+    cache = SkillCache(
+        create_redis(redis.url, 0.1), "t:", timeout=0.1, retry_after=1.0, remember=0
+    )
     try:
         await cache.put(skill("HUNG", 1, 1))
         redis.pause()
@@ -80,7 +82,7 @@ async def test_concurrent_reads_of_one_skill_share_one_round_trip() -> None:
 
     server = RedisServer()
     server.start()
-    cache = SkillCache(create_redis(server.url, 0.5), "t:", timeout=0.5)
+    cache = SkillCache(create_redis(server.url, 0.5), "t:", timeout=0.5, remember=0)
     admin = redis.asyncio.Redis.from_url(server.url)
 
     async def hgets() -> int:
@@ -114,3 +116,47 @@ async def test_reads_sharing_a_hung_redis_cost_one_timeout_together(hung: SkillC
     assert found == [None] * 30
     assert time.monotonic() - started < 0.25  # the contract's bound for a hung Redis
     assert hung.misses == 30
+
+
+async def test_a_worker_remembers_a_skill_for_a_while_and_the_newest_version_it_saw() -> None:
+    """Reads within ``remember`` of the last one send no HGET; the first read after it
+    asks Redis again; a Redis that holds an older version than this worker has seen
+    (it missed an edit) does not take the worker's newer one away."""
+    import asyncio
+
+    import redis.asyncio
+
+    server = RedisServer()
+    server.start()
+    cache = SkillCache(create_redis(server.url, 0.5), "t:", timeout=0.5, remember=0.3)
+    admin = redis.asyncio.Redis.from_url(server.url)
+
+    async def hgets() -> int:
+        stats = await admin.info("commandstats")
+        return stats.get("cmdstat_hget", {}).get("calls", 0)
+
+    try:
+        await cache.put(skill("KEPT", 1, 10))  # (its script runs an HGET of its own)
+        before = await hgets()
+        assert [(await cache.get("KEPT")).version for _ in range(100)] == [1] * 100
+        assert await hgets() == before
+        assert (cache.hits, cache.misses) == (100, 0)
+
+        await admin.hset("t:skill:KEPT", mapping={"v": 2, "d": encode(skill("KEPT", 2, 20))})
+        await asyncio.sleep(0.35)
+        assert (await cache.get("KEPT")).cost == 20  # asked Redis again
+        assert await hgets() == before + 1
+        await cache.get("KEPT")
+        assert await hgets() == before + 1
+
+        await cache.put(skill("KEPT", 5, 50))  # this worker saw version 5 ...
+        await admin.hset("t:skill:KEPT", mapping={"v": 3, "d": encode(skill("KEPT", 3, 30))})
+        await asyncio.sleep(0.35)
+        assert (await cache.get("KEPT")).version == 5  # ... Redis holds 3: 5 stays
+        assert (await cache.get("UNKNOWN")) is None  # a miss is not remembered
+        assert (await cache.get("UNKNOWN")) is None
+        assert cache.misses == 2
+    finally:
+        await admin.aclose()
+        await cache.close()
+        server.cleanup()

@@ -372,7 +372,7 @@ async def test_a_charge_that_joins_a_read_sent_before_an_edit_pays_the_new_cost(
     user = await api.new_user(1000)
     server = RedisServer()
     server.start()
-    cache = SkillCache(create_redis(server.url, 5.0), "t:", timeout=5.0)
+    cache = SkillCache(create_redis(server.url, 5.0), "t:", timeout=5.0, remember=0)
     admin = redis.asyncio.Redis.from_url(server.url)
     key_id = keys.service.split("_")[1]
 
@@ -405,6 +405,65 @@ async def test_a_charge_that_joins_a_read_sent_before_an_edit_pays_the_new_cost(
     assert (cache.hits, cache.misses) == (2, 0)  # both read version 1 ...
     assert (hget - hget_before) - (evalsha - evalsha_before) == 1  # ... from one HGET
     assert await api.balance(user) == 1000 - 40
+
+
+async def test_a_charge_whose_worker_remembers_a_replaced_version_pays_the_new_cost(
+    api: Api, db, keys
+) -> None:
+    """A worker remembers version 1 of a skill (no Redis read for a while); the cost is
+    edited; its next charge is refused at version 1 by the statement and pays the new
+    cost, and the worker remembers the new version: the charge after it is one statement.
+    Real PostgreSQL and a Redis of the test's own, which no charge here asks."""
+    import msgspec
+    import redis.asyncio
+    from sqlalchemy import event
+
+    from skill_credits.cache import SkillCache, create_redis
+    from skill_credits.ledger import service
+    from skill_credits.ledger.schemas import ChargeIn
+    from skill_credits.skills.schemas import Skill
+
+    skill = await api.create_skill(cost=10)
+    user = await api.new_user(1000)
+    server = RedisServer()
+    server.start()
+    cache = SkillCache(create_redis(server.url, 1.0), "t:", timeout=1.0, remember=3600)
+    admin = redis.asyncio.Redis.from_url(server.url)
+    key_id = keys.service.split("_")[1]
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    async def hgets() -> int:  # sent by a read (the put's script runs one of its own)
+        stats = await admin.info("commandstats")
+        calls = {c: stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("hget", "evalsha")}
+        return calls["hget"] - calls["evalsha"]
+
+    def charge():
+        data = ChargeIn(user_id=user, skill=skill["name"])
+        return service.charge(db.autocommit.connect, cache, data, None, None, api_key_id=key_id)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await cache.put(msgspec.convert(skill, Skill))  # remembered: version 1, cost 10
+        hgets_before = await hgets()
+        assert (await charge()).transaction.unit_cost == 10
+        await api.patch_skill(skill["name"], cost=20)  # the edit has answered
+        statements.clear()
+        assert (await charge()).transaction.unit_cost == 20  # the promise of the edit
+        assert len(statements) == 3  # refused at version 1, explained, charged at 2
+        assert (await cache.get(skill["name"])).version == 2
+        statements.clear()
+        assert (await charge()).transaction.unit_cost == 20
+        assert len(statements) == 1
+        assert await hgets() == hgets_before  # all of it without reading Redis
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+        await admin.aclose()
+        await cache.close()
+        server.cleanup()
+    assert await api.balance(user) == 1000 - 50
 
 
 async def test_idempotency_key_lookups_use_the_partial_index(db) -> None:
