@@ -222,7 +222,7 @@ def ablations(db_url: str, redis_url: str, prefix: str, token: str, users: int, 
         connection.scope["auth"] = principal
 
     pieces = {
-        "the Prometheus middleware (Litestar's plugin)": (
+        "the Prometheus middleware (a lean subclass of Litestar's)": (
             app_module,
             "prometheus",
             metrics_without_charges,
