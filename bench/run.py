@@ -275,11 +275,12 @@ def ratios(servers: list[Server], token: str, seconds: float, rounds: int) -> di
 
     One 5-second point per target is too noisy on 2 shared cores (the same target moved
     by a quarter between full runs); interleaving lets a slow spell of the machine hit
-    every target alike, and the ratios are taken between medians.
+    every target alike, and the ratios are taken between medians. Every other round runs
+    the targets in reverse order, so no target always follows the same one.
     """
     runs: dict[str, dict[str, list[float]]] = {}
     for round_ in range(rounds):
-        for server in servers:
+        for server in servers if round_ % 2 == 0 else servers[::-1]:
             server.start()
             try:
                 wrk(server.url, 32, 2, **load_env(token, "spread", True))  # warm up
@@ -634,8 +635,8 @@ def report(data: dict) -> str:
         "",
         f"Every target {len(next(iter(data['ratios'].values()))['spread']['runs'])} times"
         f" at c=32 for {data['seconds']:g} s per pattern, the targets interleaved round by"
-        " round; charges/s are medians, and the ratios are taken between them."
-        + (f" {data['ratios_note']}" if data.get("ratios_note") else ""),
+        " round (in reverse order every other round); charges/s are medians, and the ratios"
+        " are taken between them." + (f" {data['ratios_note']}" if data.get("ratios_note") else ""),
         "",
         "| target | 10 000 users: median charges/s (runs) | one hot user: median (runs) |",
         "|---|---:|---:|",
@@ -794,6 +795,12 @@ def main() -> None:
         help="with --ratios-only: add the new rounds to the last run's instead of replacing them",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=RATIO_ROUNDS,
+        help="with --ratios-only: how many interleaved rounds to measure",
+    )
+    parser.add_argument(
         "--breakdown-only",
         action="store_true",
         help="measure only the CPU breakdown (bench/breakdown.py); keep the rest",
@@ -902,7 +909,7 @@ def main() -> None:
 
         if args.ratios_only:
             data = json.loads((RESULTS / "latest.json").read_text())
-            new = ratios(targets(), token, args.seconds, RATIO_ROUNDS)
+            new = ratios(targets(), token, args.seconds, args.rounds)
             if args.add_rounds:  # the medians over the earlier rounds and these
                 new = _medians(
                     {
