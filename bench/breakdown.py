@@ -15,8 +15,8 @@ PostgreSQL, Redis and `wrk` do not blur it. Each step adds one piece to the last
 Each figure is the median of three app starts.
 
 Each step runs twice: one request at a time (no overlap hides a cost), and 32 at a time
-as at the benchmark's c=32, where concurrent work overlaps in the event loop and charges
-of one worker share their skill's cache read (cache.py).
+as at the benchmark's c=32, where concurrent work overlaps in the event loop. Either way
+a worker reads its skill from Redis about once a second (cache.py).
 
     uv run --group bench python bench/breakdown.py [--json OUT]   (`make bench` runs it)
 """
