@@ -207,6 +207,38 @@ class PostgresCluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class OwnRedis:
+    """A skill cache on a Redis server of the test's own (so its command counts are the
+    test's), that server, and a client of it: ``async with OwnRedis(...) as own``."""
+
+    def __init__(self, *, timeout: float = 0.5, remember: float = 0.0) -> None:
+        self.server = RedisServer()
+        self.timeout, self.remember = timeout, remember
+
+    async def __aenter__(self) -> OwnRedis:
+        from redis.asyncio import Redis
+
+        from skill_credits.cache import SkillCache, create_redis
+
+        self.server.start()
+        t = self.timeout
+        self.cache = SkillCache(
+            create_redis(self.server.url, t), "t:", timeout=t, remember=self.remember
+        )
+        self.admin = Redis.from_url(self.server.url)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.admin.aclose()
+        await self.cache.close()
+        self.server.cleanup()
+
+    async def calls(self, command: str) -> int:
+        """How many times this server has run ``command`` (hget, evalsha, ...)."""
+        stats = await self.admin.info("commandstats")
+        return stats.get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
 def record(name: str, figures: dict) -> None:
     """With TEST_STATS_FILE set, append what a test did (docs/reliability.md's figures)."""
     path = os.environ.get("TEST_STATS_FILE")

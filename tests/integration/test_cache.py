@@ -10,7 +10,7 @@ import pytest
 from skill_credits.cache import SkillCache, create_redis
 from skill_credits.skills.schemas import Skill, encode
 from tests.conftest import unique
-from tests.support import RedisServer
+from tests.support import OwnRedis, RedisServer
 
 
 def skill(name: str, version: int, cost: int) -> Skill:
@@ -49,9 +49,7 @@ async def hung():
     """A cache whose own Redis holds skill HUNG and then stops answering."""
     redis = RedisServer()
     redis.start()
-    cache = SkillCache(
-        create_redis(redis.url, 0.1), "t:", timeout=0.1, retry_after=1.0, remember=0
-    )
+    cache = SkillCache(create_redis(redis.url, 0.1), "t:", timeout=0.1, retry_after=1.0, remember=0)
     try:
         await cache.put(skill("HUNG", 1, 1))
         redis.pause()
@@ -78,32 +76,18 @@ async def test_concurrent_reads_of_one_skill_share_one_round_trip() -> None:
     so its command counts are this test's); one asking afterwards sends its own."""
     import asyncio
 
-    import redis.asyncio
-
-    server = RedisServer()
-    server.start()
-    cache = SkillCache(create_redis(server.url, 0.5), "t:", timeout=0.5, remember=0)
-    admin = redis.asyncio.Redis.from_url(server.url)
-
-    async def hgets() -> int:
-        stats = await admin.info("commandstats")
-        return stats.get("cmdstat_hget", {}).get("calls", 0)
-
-    try:
+    async with OwnRedis(remember=0) as own:
+        cache = own.cache
         await cache.put(skill("SHARED", 4, 40))
-        before = await hgets()
+        before = await own.calls("hget")
         found = await asyncio.gather(*(cache.get("SHARED") for _ in range(50)))
         assert [s.version for s in found] == [4] * 50
-        assert await hgets() - before == 1
+        assert await own.calls("hget") - before == 1
         assert (cache.hits, cache.misses) == (50, 0)
         await cache.put(skill("SHARED", 5, 50))  # (its script runs an HGET of its own)
-        before = await hgets()
+        before = await own.calls("hget")
         assert (await cache.get("SHARED")).version == 5
-        assert await hgets() - before == 1
-    finally:
-        await admin.aclose()
-        await cache.close()
-        server.cleanup()
+        assert await own.calls("hget") - before == 1
 
 
 async def test_reads_sharing_a_hung_redis_cost_one_timeout_together(hung: SkillCache) -> None:
@@ -124,39 +108,25 @@ async def test_a_worker_remembers_a_skill_for_a_while_and_the_newest_version_it_
     (it missed an edit) does not take the worker's newer one away."""
     import asyncio
 
-    import redis.asyncio
-
-    server = RedisServer()
-    server.start()
-    cache = SkillCache(create_redis(server.url, 0.5), "t:", timeout=0.5, remember=0.3)
-    admin = redis.asyncio.Redis.from_url(server.url)
-
-    async def hgets() -> int:
-        stats = await admin.info("commandstats")
-        return stats.get("cmdstat_hget", {}).get("calls", 0)
-
-    try:
+    async with OwnRedis(remember=0.3) as own:
+        cache = own.cache
         await cache.put(skill("KEPT", 1, 10))  # (its script runs an HGET of its own)
-        before = await hgets()
+        before = await own.calls("hget")
         assert [(await cache.get("KEPT")).version for _ in range(100)] == [1] * 100
-        assert await hgets() == before
+        assert await own.calls("hget") == before
         assert (cache.hits, cache.misses) == (100, 0)
 
-        await admin.hset("t:skill:KEPT", mapping={"v": 2, "d": encode(skill("KEPT", 2, 20))})
+        await own.admin.hset("t:skill:KEPT", mapping={"v": 2, "d": encode(skill("KEPT", 2, 20))})
         await asyncio.sleep(0.35)
         assert (await cache.get("KEPT")).cost == 20  # asked Redis again
-        assert await hgets() == before + 1
+        assert await own.calls("hget") == before + 1
         await cache.get("KEPT")
-        assert await hgets() == before + 1
+        assert await own.calls("hget") == before + 1
 
         await cache.put(skill("KEPT", 5, 50))  # this worker saw version 5 ...
-        await admin.hset("t:skill:KEPT", mapping={"v": 3, "d": encode(skill("KEPT", 3, 30))})
+        await own.admin.hset("t:skill:KEPT", mapping={"v": 3, "d": encode(skill("KEPT", 3, 30))})
         await asyncio.sleep(0.35)
         assert (await cache.get("KEPT")).version == 5  # ... Redis holds 3: 5 stays
         assert (await cache.get("UNKNOWN")) is None  # a miss is not remembered
         assert (await cache.get("UNKNOWN")) is None
         assert cache.misses == 2
-    finally:
-        await admin.aclose()
-        await cache.close()
-        server.cleanup()

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from skill_credits.ledger.repository import reconcile
 from tests.integration.helpers import Api
-from tests.support import AppServer, RedisServer
+from tests.support import AppServer, OwnRedis
 
 
 @pytest.fixture
@@ -361,45 +361,33 @@ async def test_a_charge_that_joins_a_read_sent_before_an_edit_pays_the_new_cost(
     version 1 from it. The statement refuses the replaced price and it pays the new one.
     Real PostgreSQL and a Redis of the test's own (so its command counts are this test's)."""
     import msgspec
-    import redis.asyncio
 
-    from skill_credits.cache import SkillCache, create_redis
     from skill_credits.ledger import service
     from skill_credits.ledger.schemas import ChargeIn
     from skill_credits.skills.schemas import Skill
 
     skill = await api.create_skill(cost=10)
     user = await api.new_user(1000)
-    server = RedisServer()
-    server.start()
-    cache = SkillCache(create_redis(server.url, 5.0), "t:", timeout=5.0, remember=0)
-    admin = redis.asyncio.Redis.from_url(server.url)
     key_id = keys.service.split("_")[1]
 
-    async def commands() -> tuple[int, int]:
-        stats = await admin.info("commandstats")
-        return tuple(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("hget", "evalsha"))
+    async with OwnRedis(timeout=5.0, remember=0) as own:
+        cache = own.cache
 
-    def charge():
-        data = ChargeIn(user_id=user, skill=skill["name"])
-        return service.charge(db.statements, cache, data, None, None, api_key_id=key_id)
+        def charge():
+            data = ChargeIn(user_id=user, skill=skill["name"])
+            return service.charge(db.statements, cache, data, None, None, api_key_id=key_id)
 
-    try:
         await cache.put(msgspec.convert(skill, Skill))  # Redis holds version 1, cost 10
-        hget_before, evalsha_before = await commands()
-        server.pause()
+        hget_before, evalsha_before = await own.calls("hget"), await own.calls("evalsha")
+        own.server.pause()
         before_edit = asyncio.create_task(charge())  # its HGET is sent, and hangs
         await asyncio.sleep(0.2)
         await api.patch_skill(skill["name"], cost=20)  # the edit has answered
         after_edit = asyncio.create_task(charge())  # joins the read sent before the edit
         await asyncio.sleep(0.2)
-        server.resume()
+        own.server.resume()
         first, second = await asyncio.wait_for(asyncio.gather(before_edit, after_edit), 10)
-        hget, evalsha = await commands()
-    finally:
-        await admin.aclose()
-        await cache.close()
-        server.cleanup()
+        hget, evalsha = await own.calls("hget"), await own.calls("evalsha")
     assert second.transaction.unit_cost == 20  # the promise of the edit
     assert first.transaction.unit_cost == 20  # the statement ran after the edit, too
     assert (cache.hits, cache.misses) == (2, 0)  # both read version 1 ...
@@ -415,20 +403,14 @@ async def test_a_charge_whose_worker_remembers_a_replaced_version_pays_the_new_c
     cost, and the worker remembers the new version: the charge after it is one statement.
     Real PostgreSQL and a Redis of the test's own, which no charge here asks."""
     import msgspec
-    import redis.asyncio
     from sqlalchemy import event
 
-    from skill_credits.cache import SkillCache, create_redis
     from skill_credits.ledger import service
     from skill_credits.ledger.schemas import ChargeIn
     from skill_credits.skills.schemas import Skill
 
     skill = await api.create_skill(cost=10)
     user = await api.new_user(1000)
-    server = RedisServer()
-    server.start()
-    cache = SkillCache(create_redis(server.url, 1.0), "t:", timeout=1.0, remember=3600)
-    admin = redis.asyncio.Redis.from_url(server.url)
     key_id = keys.service.split("_")[1]
     statements: list[str] = []
 
@@ -436,9 +418,7 @@ async def test_a_charge_whose_worker_remembers_a_replaced_version_pays_the_new_c
         statements.append(statement)
 
     async def hgets() -> int:  # sent by a read (the put's script runs one of its own)
-        stats = await admin.info("commandstats")
-        calls = {c: stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("hget", "evalsha")}
-        return calls["hget"] - calls["evalsha"]
+        return await own.calls("hget") - await own.calls("evalsha")
 
     def charge():
         data = ChargeIn(user_id=user, skill=skill["name"])
@@ -446,23 +426,22 @@ async def test_a_charge_whose_worker_remembers_a_replaced_version_pays_the_new_c
 
     event.listen(db.engine.sync_engine, "before_cursor_execute", count)
     try:
-        await cache.put(msgspec.convert(skill, Skill))  # remembered: version 1, cost 10
-        hgets_before = await hgets()
-        assert (await charge()).transaction.unit_cost == 10
-        await api.patch_skill(skill["name"], cost=20)  # the edit has answered
-        statements.clear()
-        assert (await charge()).transaction.unit_cost == 20  # the promise of the edit
-        assert len(statements) == 3  # refused at version 1, explained, charged at 2
-        assert (await cache.get(skill["name"])).version == 2
-        statements.clear()
-        assert (await charge()).transaction.unit_cost == 20
-        assert len(statements) == 1
-        assert await hgets() == hgets_before  # all of it without reading Redis
+        async with OwnRedis(timeout=1.0, remember=3600) as own:
+            cache = own.cache
+            await cache.put(msgspec.convert(skill, Skill))  # remembered: version 1, cost 10
+            hgets_before = await hgets()
+            assert (await charge()).transaction.unit_cost == 10
+            await api.patch_skill(skill["name"], cost=20)  # the edit has answered
+            statements.clear()
+            assert (await charge()).transaction.unit_cost == 20  # the promise of the edit
+            assert len(statements) == 3  # refused at version 1, explained, charged at 2
+            assert (await cache.get(skill["name"])).version == 2
+            statements.clear()
+            assert (await charge()).transaction.unit_cost == 20
+            assert len(statements) == 1
+            assert await hgets() == hgets_before  # all of it without reading Redis
     finally:
         event.remove(db.engine.sync_engine, "before_cursor_execute", count)
-        await admin.aclose()
-        await cache.close()
-        server.cleanup()
     assert await api.balance(user) == 1000 - 50
 
 
