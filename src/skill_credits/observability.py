@@ -75,10 +75,11 @@ class RouteMetricsMiddleware(PrometheusMiddleware):
     """
 
     def __init__(self, app: ASGIApp, config: PrometheusConfig) -> None:
+        if not config.group_path or config.labels or config.exemplars:
+            raise ValueError("RouteMetricsMiddleware counts by route template, no extra labels")
+        if config.excluded_http_methods:
+            raise ValueError("RouteMetricsMiddleware does not exclude methods")
         super().__init__(app, config)
-        self._lean = config.group_path and not (
-            config.labels or config.exemplars or config.excluded_http_methods
-        )
         self._in_progress: dict[tuple[str, str], Any] = {}
         self._done: dict[tuple[str, str, int], tuple[Any, Any, Any | None]] = {}
 
@@ -117,9 +118,6 @@ class RouteMetricsMiddleware(PrometheusMiddleware):
         return children
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self._lean:
-            await super().__call__(scope, receive, send)
-            return
         method = scope["method"] if scope["type"] == ScopeType.HTTP else scope["type"]
         path = scope["path_template"]
         started = time.perf_counter()

@@ -10,7 +10,7 @@ import pytest
 from skill_credits.cache import SkillCache, create_redis
 from skill_credits.skills.schemas import Skill, encode
 from tests.conftest import unique
-from tests.support import OwnRedis, RedisServer
+from tests.support import OwnRedis
 
 
 def skill(name: str, version: int, cost: int) -> Skill:
@@ -47,16 +47,10 @@ async def test_an_older_version_never_replaces_a_newer_one(settings) -> None:
 @pytest.fixture
 async def hung():
     """A cache whose own Redis holds skill HUNG and then stops answering."""
-    redis = RedisServer()
-    redis.start()
-    cache = SkillCache(create_redis(redis.url, 0.1), "t:", timeout=0.1, retry_after=1.0, remember=0)
-    try:
-        await cache.put(skill("HUNG", 1, 1))
-        redis.pause()
-        yield cache
-    finally:
-        await cache.close()
-        redis.cleanup()
+    async with OwnRedis(timeout=0.1, remember=0) as own:
+        await own.cache.put(skill("HUNG", 1, 1))
+        own.server.pause()
+        yield own.cache
 
 
 async def test_a_hung_redis_costs_one_timeout_then_is_skipped(hung: SkillCache) -> None:
@@ -127,6 +121,8 @@ async def test_a_worker_remembers_a_skill_for_a_while_and_the_newest_version_it_
         await own.admin.hset("t:skill:KEPT", mapping={"v": 3, "d": encode(skill("KEPT", 3, 30))})
         await asyncio.sleep(0.35)
         assert (await cache.get("KEPT")).version == 5  # ... Redis holds 3: 5 stays
-        assert (await cache.get("UNKNOWN")) is None  # a miss is not remembered
+        before = await own.calls("hget")
+        assert (await cache.get("UNKNOWN")) is None  # a miss is not remembered:
         assert (await cache.get("UNKNOWN")) is None
+        assert await own.calls("hget") == before + 2  # each asks Redis
         assert cache.misses == 2

@@ -24,6 +24,11 @@ async def create_item() -> dict:
     return {"id": 1}
 
 
+@get("/hidden")
+async def hidden() -> dict:
+    return {}
+
+
 @get("/boom")
 async def boom() -> None:
     raise RuntimeError("a bug")
@@ -34,9 +39,12 @@ def _app(prefix: str, middleware_class: type[PrometheusMiddleware]) -> Litestar:
         app_name="probe",
         prefix=prefix,
         group_path=True,
+        exclude=["^/hidden"],
         middleware_class=middleware_class,
     )
-    return Litestar([read_item, create_item, boom], middleware=[config.middleware], debug=False)
+    return Litestar(
+        [read_item, create_item, hidden, boom], middleware=[config.middleware], debug=False
+    )
 
 
 def _samples(prefix: str) -> dict[tuple, float]:
@@ -58,6 +66,7 @@ def _drive(app: Litestar) -> None:
             assert client.get(f"/items/{n}").status_code == 200
         assert client.get("/items/0").status_code == 404
         assert client.post("/items").status_code == 201
+        assert client.get("/hidden").status_code == 200  # excluded: counted by neither
         assert client.get("/boom").status_code == 500
         assert client.get("/boom").status_code == 500
 
@@ -89,6 +98,23 @@ def test_lean_middleware_counts_what_litestars_counts() -> None:
     assert in_progress and all(v == 0 for v in in_progress)
     durations = [v for k, v in lean.items() if k[0] == "_request_duration_seconds_count"]
     assert sum(durations) == 7
+    assert not [k for k in lean if ("path", "/hidden") in k[1]]
+
+
+def test_lean_middleware_refuses_a_config_it_would_not_count_alike() -> None:
+    import pytest
+
+    for config in (
+        PrometheusConfig(prefix="probe_raw", middleware_class=RouteMetricsMiddleware),
+        PrometheusConfig(
+            prefix="probe_labels",
+            group_path=True,
+            labels={"team": "x"},
+            middleware_class=RouteMetricsMiddleware,
+        ),
+    ):
+        with pytest.raises(ValueError):
+            Litestar([read_item], middleware=[config.middleware])
 
 
 def test_lean_middleware_times_the_request() -> None:

@@ -49,8 +49,9 @@ class SkillPatch(Struct, forbid_unknown_fields=True):
         }
 
 
-class Skill(Struct, kw_only=True):
-    """A skill as the admin API shows it, and as the Redis cache holds it."""
+class Skill(Struct, kw_only=True, frozen=True):
+    """A skill as the admin API shows it, and as the Redis cache holds it. Frozen: a
+    worker hands the one it remembers (cache.py) to every charge that asks."""
 
     id: str
     name: str
