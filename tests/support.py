@@ -196,8 +196,9 @@ class PostgresCluster:
             "start",
         )
 
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+    def stop(self, mode: str = "fast") -> None:
+        """``fast`` closes connections cleanly; ``immediate`` is a crash (no shutdown)."""
+        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
 
     def cleanup(self) -> None:
         try:

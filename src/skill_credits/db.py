@@ -22,6 +22,11 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
+        # A pooled connection may have died with a PostgreSQL that crashed or restarted
+        # since it was last used; a ping at checkout replaces it instead of failing the
+        # request that drew it. These routes are not the hot path (charges use the asyncpg
+        # pool, which finds closed connections on acquire), so the round trip is cheap.
+        pool_pre_ping=True,
         connect_args={
             "timeout": settings.db_connect_timeout,
             "command_timeout": settings.db_command_timeout,
