@@ -60,11 +60,23 @@ def provide_cache(state: State) -> SkillCache:
     return state.cache
 
 
-async def _repair_cache_forever(db: Database, cache: SkillCache) -> None:
+async def _bind_cache(db: Database, cache: SkillCache, prefix: str, timeout: float) -> None:
+    """Bind the cache to the database's identity; a database that does not answer now
+    leaves it unbound (every read a miss) for the repair loop to bind later."""
+    try:
+        async with asyncio.timeout(timeout):
+            await skills_service.bind_cache(db, cache, prefix)
+    except Exception as exc:  # noqa: BLE001 - try again next round
+        log.warning("skill cache not bound yet: %s", exc.__class__.__name__)
+
+
+async def _repair_cache_forever(db: Database, cache: SkillCache, prefix: str) -> None:
     """Writes that missed Redis while it was away are made again once it answers."""
     while True:
         await asyncio.sleep(REPAIR_INTERVAL_SECONDS)
-        if cache.needs_repair and await cache.ping():
+        if not cache.bound:
+            await _bind_cache(db, cache, prefix, REPAIR_INTERVAL_SECONDS)
+        if cache.bound and cache.needs_repair and await cache.ping():
             try:
                 await skills_service.republish_all(db, cache)
             except Exception:  # noqa: BLE001 - try again next round
@@ -89,14 +101,15 @@ def create_app(settings: Settings) -> Litestar:
         await db.start()
         cache = SkillCache(
             redis,
-            settings.redis_prefix,
+            None,  # bound to the database below
             timeout=settings.redis_timeout,
             retry_after=settings.redis_retry_after,
             remember=settings.cache_remember,
         )
         app.state.db, app.state.cache = db, cache
         app.state.key_cache = KeyCache()
-        repair = asyncio.create_task(_repair_cache_forever(db, cache))
+        await _bind_cache(db, cache, settings.redis_prefix, settings.db_connect_timeout)
+        repair = asyncio.create_task(_repair_cache_forever(db, cache, settings.redis_prefix))
         try:
             yield
         finally:

@@ -14,6 +14,11 @@ own. Both answers may predate the charge; that is safe for the same reason any c
 entry is: the statement checks the version, and a charge that finds it behind is
 priced at the current one and leaves the current one here and in Redis.
 
+Keys start with a prefix bound to the database being cached (``bind``; the app binds it
+at start from the database's identity), so two databases sharing a Redis never see
+each other's entries. An unbound cache answers every read with a miss, like a Redis
+that is down.
+
 Every call is bounded by ``timeout``; after a failure Redis is skipped for
 ``retry_after`` seconds, so a dead or hung Redis costs one request at most one
 timeout, and writes that could not be made are repaired once Redis answers again.
@@ -71,7 +76,7 @@ class SkillCache:
     def __init__(
         self,
         redis: Redis,
-        prefix: str,
+        prefix: str | None,
         *,
         timeout: float = 0.1,
         retry_after: float = 1.0,
@@ -100,13 +105,21 @@ class SkillCache:
     def _catalogue_key(self) -> str:
         return f"{self.prefix}catalogue"
 
+    def bind(self, prefix: str) -> None:
+        """Use keys under ``prefix`` from now on (the app's: bound to its database)."""
+        self.prefix = prefix
+
+    @property
+    def bound(self) -> bool:
+        return self.prefix is not None
+
     @property
     def available(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return self.prefix is not None and time.monotonic() >= self._down_until
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         if not self.available:
-            raise RedisUnavailable("skipped: Redis failed recently")
+            raise RedisUnavailable("skipped: not bound yet, or Redis failed recently")
         try:
             async with asyncio.timeout(self.timeout):
                 return await make()

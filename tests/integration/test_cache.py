@@ -5,11 +5,18 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
+from litestar.testing import AsyncTestClient
 
+from skill_credits.app import create_app
+from skill_credits.auth import create_key
 from skill_credits.cache import SkillCache, create_redis
+from skill_credits.db import Database
+from skill_credits.migrate import migrate
+from skill_credits.settings import Settings
 from skill_credits.skills.schemas import Skill, encode
-from tests.conftest import unique
+from tests.conftest import run_in_thread, unique
 from tests.support import OwnRedis
 
 
@@ -126,3 +133,80 @@ async def test_a_worker_remembers_a_skill_for_a_while_and_the_newest_version_it_
         assert (await cache.get("UNKNOWN")) is None
         assert await own.calls("hget") == before + 2  # each asks Redis
         assert cache.misses == 2
+
+
+async def _twin(url: str, settings) -> tuple[Settings, dict[str, str]]:
+    """A database of its own at ``url`` (migrated) on the run's Redis and prefix."""
+    run_in_thread(migrate, Settings(database_url=url))
+    twin = Settings(
+        database_url=url, redis_url=settings.redis_url, redis_prefix=settings.redis_prefix
+    )
+    db = Database(twin)
+    async with db.engine.begin() as conn:
+        token = (await create_key(conn, "twin-admin", "admin")).token
+    await db.dispose()
+    return twin, {"Authorization": f"Bearer {token}"}
+
+
+async def _drop(url: str) -> None:
+    base, name = url.rsplit("/", 1)
+    conn = await asyncpg.connect(f"{base}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def test_two_databases_on_one_redis_never_see_each_others_skills(settings) -> None:
+    """Two deployments share one Redis and the default prefix; one database is dropped
+    and made again behind a live Redis. Each sees only its own catalogue throughout."""
+    urls = [f"{settings.database_url}_twin_a", f"{settings.database_url}_twin_b"]
+    (a, admin_a), (b, admin_b) = [await _twin(url, settings) for url in urls]
+    name = unique("TWIN")
+    async with (
+        AsyncTestClient(app=create_app(a)) as api_a,
+        AsyncTestClient(app=create_app(b)) as api_b,
+    ):
+        for api, admin, cost in ((api_a, admin_a, 5), (api_b, admin_b, 9)):
+            body = {"name": name, "display_name": name, "cost": cost}
+            assert (await api.post("/v1/admin/skills", json=body, headers=admin)).status_code == 201
+
+        async def costs(api, admin) -> dict[str, int]:
+            r = await api.get("/v1/skills", headers=admin)
+            return {s["name"]: s["cost"] for s in r.json()["items"]}
+
+        assert await costs(api_a, admin_a) == {name: 5}
+        assert await costs(api_b, admin_b) == {name: 9}
+        # an edit in one (version 2) is neither seen by nor refused to the other
+        r = await api_a.patch(f"/v1/admin/skills/{name}", json={"cost": 6}, headers=admin_a)
+        assert r.status_code == 200
+        r = await api_b.patch(f"/v1/admin/skills/{name}", json={"cost": 10}, headers=admin_b)
+        assert r.status_code == 200
+        assert await costs(api_a, admin_a) == {name: 6}
+        assert await costs(api_b, admin_b) == {name: 10}
+
+    await _drop(urls[0])  # the same database name made again: it must not find A's entries
+    a, admin_a = await _twin(urls[0], settings)
+    try:
+        async with AsyncTestClient(app=create_app(a)) as api_a:
+            assert await costs(api_a, admin_a) == {}
+            r = await api_a.get(f"/v1/admin/skills/{name}", headers=admin_a)
+            assert r.status_code == 404
+    finally:
+        for url in urls:
+            await _drop(url)
+
+
+async def test_an_unbound_cache_asks_redis_nothing() -> None:
+    """Until the app has read its database's identity, the cache is a miss for every read
+    and a write is left to the repair, with no Redis command sent under any prefix."""
+    async with OwnRedis() as own:
+        cache = SkillCache(own.cache.redis, None, timeout=0.5, remember=0)
+        assert await cache.get("ANY") is None
+        assert not await cache.put(skill("ANY", 1, 1))
+        assert cache.needs_repair
+        assert await own.calls("hget") == await own.calls("evalsha") == 0
+        cache.bind("bound:")
+        assert await cache.put(skill("ANY", 1, 1))
+        assert (await cache.get("ANY")).cost == 1
+        assert await own.admin.exists("bound:skill:ANY")

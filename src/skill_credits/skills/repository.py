@@ -30,6 +30,19 @@ def skill_from_row(row: Any) -> Skill:
     )
 
 
+async def cache_namespace(conn: AsyncConnection) -> str:
+    """What binds the Redis cache to this database: its identity row and its OID."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT id::text AS id, (SELECT oid FROM pg_database"
+                "  WHERE datname = current_database()) AS oid FROM database_identity"
+            )
+        )
+    ).one()
+    return f"{row.id}.{row.oid}"
+
+
 async def insert(conn: AsyncConnection, values: dict[str, Any]) -> Skill:
     row = (
         await conn.execute(

@@ -92,6 +92,14 @@ async def active_catalogue(db: Database, cache: SkillCache) -> list[Skill]:
     return await refresh_catalogue(db, cache)
 
 
+async def bind_cache(db: Database, cache: SkillCache, prefix: str) -> None:
+    """Point ``cache`` at this database's own keys (see migration 0005); until then it
+    answers every read with a miss and leaves writes to the repair."""
+    async with db.autocommit.connect() as conn:
+        namespace = await repo.cache_namespace(conn)
+    cache.bind(f"{prefix}{namespace}:")
+
+
 async def republish_all(db: Database, cache: SkillCache) -> None:
     """Repair after Redis was unreachable: every skill and the catalogue from PostgreSQL.
 
