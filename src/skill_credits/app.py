@@ -60,11 +60,11 @@ def provide_cache(state: State) -> SkillCache:
     return state.cache
 
 
-async def _bind_cache(db: Database, cache: SkillCache, prefix: str, timeout: float) -> None:
+async def _bind_cache(db: Database, cache: SkillCache, prefix: str, within: float) -> None:
     """Bind the cache to the database's identity; a database that does not answer now
     leaves it unbound (every read a miss) for the repair loop to bind later."""
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             await skills_service.bind_cache(db, cache, prefix)
     except Exception as exc:  # noqa: BLE001 - try again next round
         log.warning("skill cache not bound yet: %s", exc.__class__.__name__)
