@@ -13,7 +13,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from skill_credits.ledger.repository import reconcile
 from tests.conftest import unique
@@ -54,7 +59,13 @@ def test_no_5xx_and_every_answer_matches_the_schema(fuzz_server, keys) -> None:
                 calls += 1
                 case.call_and_validate(
                     headers=keys.auth(role),
-                    checks=[not_a_server_error, response_schema_conformance],
+                    checks=[
+                        not_a_server_error,
+                        status_code_conformance,
+                        content_type_conformance,
+                        response_headers_conformance,
+                        response_schema_conformance,
+                    ],
                 )
 
         fuzz()
