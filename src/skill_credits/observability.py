@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Any
 
-from litestar import get
+from litestar import get as http_get
 from litestar.enums import MediaType, ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.plugins.prometheus import (
@@ -64,7 +64,7 @@ def prometheus() -> tuple[PrometheusConfig, type[PrometheusController]]:
         include_in_schema = True
         tags = ["operations"]
         # Litestar's handler, documented as what it answers: Prometheus text.
-        get = get(
+        get = http_get(
             operation_id="getMetrics",
             media_type=MediaType.TEXT,
             summary="Prometheus metrics (text exposition format)",

@@ -93,16 +93,20 @@ _SPECS = {
 }
 
 
-def _header(kind: OpenAPIType, description: str) -> OpenAPIHeader:
-    return OpenAPIHeader(schema=Schema(type=kind), description=description)
+def _header(kind: OpenAPIType, description: str, *, required: bool) -> OpenAPIHeader:
+    return OpenAPIHeader(schema=Schema(type=kind), description=description, required=required)
 
 
 _PROBLEM_HEADERS = {
-    "401": {"WWW-Authenticate": _header(OpenAPIType.STRING, "`Bearer`")},
-    "412": {"ETag": _header(OpenAPIType.STRING, 'The current version, quoted: `"3"`')},
+    "401": {"WWW-Authenticate": _header(OpenAPIType.STRING, "`Bearer`", required=True)},
+    "412": {
+        "ETag": _header(OpenAPIType.STRING, 'The current version, quoted: `"3"`', required=True)
+    },
     "503": {
         "Retry-After": _header(
-            OpenAPIType.INTEGER, "Seconds to wait; sent when PostgreSQL cannot be reached"
+            OpenAPIType.INTEGER,
+            "Seconds to wait; sent when PostgreSQL cannot be reached",
+            required=False,
         )
     },
 }
@@ -122,6 +126,7 @@ ETAG = ResponseHeader(
     name="ETag",
     value='"1"',
     documentation_only=True,
+    required=True,
     description='The skill\'s version, quoted (`"3"`): send it back as If-Match',
 )
 

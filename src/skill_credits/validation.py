@@ -2,7 +2,7 @@
 
 msgspec's ``pattern`` uses ``re.search`` and ``$`` also matches before a trailing
 newline, so names are checked here with ``fullmatch`` and a field-naming message.
-The OpenAPI document still states each rule (``documented``, ``PathUserId``, ...):
+The OpenAPI document still states each rule (``schema_only``, ``PathUserId``, ...):
 the same regular expressions, anchored, for the document's eyes only.
 """
 
@@ -27,7 +27,7 @@ def anchored(rule: re.Pattern[str]) -> str:
     return f"^{rule.pattern}$"
 
 
-def documented(**schema: Any) -> Meta:
+def schema_only(**schema: Any) -> Meta:
     """msgspec metadata only the OpenAPI document sees: a rule checked in code with a
     field-naming message (a pattern), or a bound Litestar would drop or round (a 0
     minimum of an optional field, 2**63-1 as a float). Litestar reads it from
@@ -35,7 +35,7 @@ def documented(**schema: Any) -> Meta:
     return Meta(extra_json_schema={"extra": schema})
 
 
-UUID_FORMAT = documented(format="uuid")
+UUID_FORMAT = schema_only(format="uuid")
 PathUserId = Annotated[
     str, PathParameter(schema_extra={"pattern": anchored(USER_ID_RE), "max_length": 128})
 ]

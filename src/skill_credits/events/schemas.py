@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
-from skill_credits.validation import MAX_INT64, UUID_FORMAT, documented
+from skill_credits.validation import MAX_INT64, UUID_FORMAT, schema_only
 
 EventType = Literal["balance.low", "balance.depleted", "balance.recovered", "skill.changed"]
 EVENT_TYPES = ("balance.low", "balance.depleted", "balance.recovered", "skill.changed")
@@ -28,7 +28,7 @@ class ThresholdIn(Struct, forbid_unknown_fields=True):
     """``null`` switches the low-balance events of this user off."""
 
     low_balance_threshold: (
-        Annotated[int, Meta(ge=0, le=MAX_INT64), documented(minimum=0, maximum=MAX_INT64)] | None
+        Annotated[int, Meta(ge=0, le=MAX_INT64), schema_only(minimum=0, maximum=MAX_INT64)] | None
     )
 
 

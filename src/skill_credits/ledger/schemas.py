@@ -14,25 +14,25 @@ from skill_credits.validation import (
     check_skill_name,
     check_text,
     check_user_id,
-    documented,
+    schema_only,
 )
 
 UserId = Annotated[
     str,
     Meta(min_length=1, max_length=128, examples=["user_42"]),
-    documented(pattern=anchored(USER_ID_RE)),
+    schema_only(pattern=anchored(USER_ID_RE)),
 ]
 SkillRef = Annotated[
     str,
     Meta(min_length=1, max_length=64, examples=["GEO_WRITER_FULL"]),
-    documented(pattern=anchored(SKILL_NAME_RE)),
+    schema_only(pattern=anchored(SKILL_NAME_RE)),
 ]
 TxDescription = Annotated[str, Meta(max_length=500)]
 Units = Annotated[int, Meta(ge=1, le=1_000_000)]
 Amount = Annotated[
     int,
     Meta(ge=-MAX_INT64, le=MAX_INT64),
-    documented(minimum=-MAX_INT64, maximum=MAX_INT64),  # exact, not rounded to a float
+    schema_only(minimum=-MAX_INT64, maximum=MAX_INT64),  # exact, not rounded to a float
 ]
 Id = Annotated[str, UUID_FORMAT]
 TransactionType = Literal["CONSUMPTION", "PURCHASE", "GRANT", "REFUND", "ADJUSTMENT"]

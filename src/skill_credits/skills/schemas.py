@@ -12,17 +12,17 @@ from skill_credits.validation import (
     anchored,
     check_skill_name,
     check_text,
-    documented,
+    schema_only,
 )
 
 DisplayName = Annotated[str, Meta(min_length=1, max_length=120)]
 Description = Annotated[str, Meta(max_length=2000)]
 # Litestar drops a 0 minimum on an optional field (SkillPatch.cost): state both bounds.
-Cost = Annotated[int, Meta(ge=0, le=1_000_000_000), documented(minimum=0, maximum=1_000_000_000)]
+Cost = Annotated[int, Meta(ge=0, le=1_000_000_000), schema_only(minimum=0, maximum=1_000_000_000)]
 SkillName = Annotated[
     str,
     Meta(min_length=1, max_length=64, examples=["GEO_WRITER_FULL"]),
-    documented(pattern=anchored(SKILL_NAME_RE)),
+    schema_only(pattern=anchored(SKILL_NAME_RE)),
 ]
 
 
