@@ -41,7 +41,8 @@ IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
         name="Idempotency-Key",
-        description="1-255 printable ASCII characters; a repeat replays the first answer",
+        description="1-255 printable ASCII characters (0x21-0x7E, no space); a repeat of the"
+        " same request replays the first answer, the same key with another request is 422",
         schema_extra=IDEMPOTENCY_KEY_SCHEMA,
     ),
 ]
