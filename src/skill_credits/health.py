@@ -1,24 +1,42 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+from msgspec import Struct
 from sqlalchemy import text
 
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
 
 
-@get("/healthz", tags=["operations"], summary="The process lives")
+class Readiness(Struct):
+    postgres: Literal["up", "down"]
+    redis: Literal["up", "down"]
+
+
+@get("/healthz", tags=["operations"], summary="The process lives", operation_id="getHealth")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", tags=["operations"], summary="PostgreSQL answers (and is Redis up?)")
+@get(
+    "/readyz",
+    tags=["operations"],
+    summary="PostgreSQL answers (and is Redis up?)",
+    operation_id="getReadiness",
+    responses={
+        503: ResponseSpec(
+            Readiness, description="PostgreSQL does not answer", generate_examples=False
+        )
+    },
+)
 async def readyz(
     db: NamedDependency[Database], cache: NamedDependency[SkillCache]
-) -> Response[dict[str, str]]:
+) -> Response[Readiness]:
     try:
         async with asyncio.timeout(1.5):
             async with db.autocommit.connect() as conn:
@@ -28,4 +46,4 @@ async def readyz(
         postgres = "down"
     redis = "up" if await cache.ping() else "down"
     status = 200 if postgres == "up" else 503
-    return Response({"postgres": postgres, "redis": redis}, status_code=status)
+    return Response(Readiness(postgres, redis), status_code=status)

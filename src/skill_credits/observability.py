@@ -22,7 +22,8 @@ import time
 import uuid
 from typing import Any
 
-from litestar.enums import ScopeType
+from litestar import get as http_get
+from litestar.enums import MediaType, ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.plugins.prometheus import (
     PrometheusConfig,
@@ -62,6 +63,12 @@ def prometheus() -> tuple[PrometheusConfig, type[PrometheusController]]:
         path = "/metrics"
         include_in_schema = True
         tags = ["operations"]
+        # Litestar's handler, documented as what it answers: Prometheus text.
+        get = http_get(
+            operation_id="getMetrics",
+            media_type=MediaType.TEXT,
+            summary="Prometheus metrics (text exposition format)",
+        )(PrometheusController.get.fn)
 
     return config, MetricsController
 

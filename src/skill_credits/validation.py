@@ -2,18 +2,58 @@
 
 msgspec's ``pattern`` uses ``re.search`` and ``$`` also matches before a trailing
 newline, so names are checked here with ``fullmatch`` and a field-naming message.
+The OpenAPI document still states each rule (``schema_only``, ``PathUserId``, ...):
+the same regular expressions, anchored, for the document's eyes only.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from typing import Annotated, Any
+
+from litestar.params import PathParameter
+from msgspec import Meta
 
 from skill_credits.errors import validation_error
 
 USER_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 SKILL_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def anchored(rule: re.Pattern[str]) -> str:
+    """A ``fullmatch`` rule as a JSON Schema pattern (ECMA-262 ``$`` is the very end)."""
+    return f"^{rule.pattern}$"
+
+
+def schema_only(**schema: Any) -> Meta:
+    """msgspec metadata only the OpenAPI document sees: a rule checked in code with a
+    field-naming message (a pattern), or a bound Litestar would drop or round (a 0
+    minimum of an optional field, 2**63-1 as a float). Litestar reads it from
+    ``extra_json_schema["extra"]``; msgspec enforces none of it."""
+    return Meta(extra_json_schema={"extra": schema})
+
+
+UUID_FORMAT = schema_only(format="uuid")
+PathUserId = Annotated[
+    str, PathParameter(schema_extra={"pattern": anchored(USER_ID_RE), "max_length": 128})
+]
+PathSkillName = Annotated[
+    str, PathParameter(schema_extra={"pattern": anchored(SKILL_NAME_RE), "max_length": 64})
+]
+PathUuid = Annotated[str, PathParameter(schema_extra={"format": "uuid"})]
+
+
+def optional_string(**schema: Any) -> dict[str, Any]:
+    """``schema_extra`` of an optional header or query parameter: absent or a string,
+    never null (Litestar would say ``oneOf: [string, null]`` for ``str | None``)."""
+    return {"type": "string", "one_of": None, **schema}
+
+
+IDEMPOTENCY_KEY_SCHEMA = optional_string(
+    pattern=anchored(IDEMPOTENCY_KEY_RE), min_length=1, max_length=255
+)
 
 USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : @ -"
 SKILL_NAME_RULE = (

@@ -1,6 +1,7 @@
 """Hostile input: schemathesis over every documented route, and targeted cases.
 
-Zero 5xx and zero responses that violate the documented schema; every refusal is a
+Zero 5xx and zero answers the document does not describe (status, content type, headers,
+body: schemathesis' conformance checks); every refusal is a
 problem+json 4xx; nothing the fuzzer sends may break the ledger (reconcile stays clean).
 """
 
@@ -13,7 +14,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from skill_credits.ledger.repository import reconcile
 from tests.conftest import unique
@@ -30,7 +36,8 @@ def fuzz_server(server_env):
 
 def test_no_5xx_and_every_answer_matches_the_schema(fuzz_server, keys) -> None:
     """Every operation of /schema/openapi.json, with valid and with invalid generated
-    input (schemathesis' positive and negative modes), as admin and as service."""
+    input (schemathesis' positive and negative modes), as admin and as service: each
+    answer's status, content type, headers and body are ones the document lists."""
     schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/schema/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20
@@ -54,7 +61,13 @@ def test_no_5xx_and_every_answer_matches_the_schema(fuzz_server, keys) -> None:
                 calls += 1
                 case.call_and_validate(
                     headers=keys.auth(role),
-                    checks=[not_a_server_error, response_schema_conformance],
+                    checks=[
+                        not_a_server_error,
+                        status_code_conformance,
+                        content_type_conformance,
+                        response_headers_conformance,
+                        response_schema_conformance,
+                    ],
                 )
 
         fuzz()

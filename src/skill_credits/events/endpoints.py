@@ -4,13 +4,20 @@ from typing import Annotated
 
 from litestar import Controller, get, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
 from skill_credits.db import Database
 from skill_credits.errors import ApiError, validation_error
 from skill_credits.events import repository as repo
 from skill_credits.events.schemas import EVENT_TYPES, EventPage, Threshold, ThresholdIn
-from skill_credits.validation import USER_ID_RE, path_user_id
+from skill_credits.openapi import BODY, documented
+from skill_credits.validation import (
+    USER_ID_RE,
+    PathUserId,
+    anchored,
+    optional_string,
+    path_user_id,
+)
 
 Db = NamedDependency[Database]
 
@@ -19,14 +26,24 @@ class EventController(Controller):
     path = "/v1"
     tags = ["events"]
 
-    @get("/events", summary="The events outbox, newest first")
+    @get("/events", summary="The events outbox, newest first", **documented("listEvents", 400))
     async def list_events(
         self,
         db: Db,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
-        cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
-        event_type: Annotated[str | None, QueryParameter(name="type")] = None,
-        user_id: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        cursor: Annotated[
+            str | None, QueryParameter(max_length=64, schema_extra=optional_string())
+        ] = None,
+        event_type: Annotated[
+            str | None,
+            QueryParameter(name="type", schema_extra=optional_string(enum=EVENT_TYPES)),
+        ] = None,
+        user_id: Annotated[
+            str | None,
+            QueryParameter(
+                max_length=200, schema_extra=optional_string(pattern=anchored(USER_ID_RE))
+            ),
+        ] = None,
     ) -> EventPage:
         before = None
         if cursor is not None and (before := repo.decode_cursor(cursor)) is None:
@@ -39,9 +56,13 @@ class EventController(Controller):
             items, next_cursor = await repo.page(conn, limit, before, event_type, user_id)
         return EventPage(items, next_cursor)
 
-    @put("/users/{user_id:str}/low-balance-threshold", summary="Set the low-balance threshold")
+    @put(
+        "/users/{user_id:str}/low-balance-threshold",
+        summary="Set the low-balance threshold",
+        **documented("setLowBalanceThreshold", *BODY, 404),
+    )
     async def set_threshold(
-        self, user_id: FromPath[str], data: JSONBody[ThresholdIn], db: Db
+        self, user_id: PathUserId, data: JSONBody[ThresholdIn], db: Db
     ) -> Threshold:
         path_user_id(user_id)
         async with db.autocommit.connect() as conn:

@@ -5,14 +5,14 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
-from skill_credits.validation import MAX_INT64
+from skill_credits.validation import MAX_INT64, UUID_FORMAT, schema_only
 
 EventType = Literal["balance.low", "balance.depleted", "balance.recovered", "skill.changed"]
 EVENT_TYPES = ("balance.low", "balance.depleted", "balance.recovered", "skill.changed")
 
 
 class Event(Struct, kw_only=True):
-    id: str
+    id: Annotated[str, UUID_FORMAT]
     type: EventType
     user_id: str | None
     data: dict[str, Any]
@@ -27,7 +27,9 @@ class EventPage(Struct):
 class ThresholdIn(Struct, forbid_unknown_fields=True):
     """``null`` switches the low-balance events of this user off."""
 
-    low_balance_threshold: Annotated[int, Meta(ge=0, le=MAX_INT64)] | None
+    low_balance_threshold: (
+        Annotated[int, Meta(ge=0, le=MAX_INT64), schema_only(minimum=0, maximum=MAX_INT64)] | None
+    )
 
 
 class Threshold(Struct):

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import HeaderParameter, JSONBody, QueryParameter
 
 from skill_credits.auth import confirm, principal_of
 from skill_credits.cache import SkillCache
@@ -25,9 +25,14 @@ from skill_credits.ledger.schemas import (
     User,
 )
 from skill_credits.observability import CHARGES, CREDITS_CONSUMED
+from skill_credits.openapi import BODY, REPLAYED, documented
 from skill_credits.validation import (
     IDEMPOTENCY_KEY_RE,
+    IDEMPOTENCY_KEY_SCHEMA,
+    PathUserId,
+    PathUuid,
     idempotency_key,
+    optional_string,
     path_user_id,
     path_uuid,
 )
@@ -36,7 +41,9 @@ IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
         name="Idempotency-Key",
-        description="1-255 printable ASCII characters; a repeat replays the first answer",
+        description="1-255 printable ASCII characters (0x21-0x7E, no space); a repeat of the"
+        " same request replays the first answer, the same key with another request is 422",
+        schema_extra=IDEMPOTENCY_KEY_SCHEMA,
     ),
 ]
 Db = NamedDependency[Database]
@@ -55,7 +62,12 @@ class LedgerController(Controller):
     path = "/v1"
     tags = ["ledger"]
 
-    @post("/charges", summary="Charge a skill at its current cost", opt={"deferred_auth": True})
+    @post(
+        "/charges",
+        summary="Charge a skill at its current cost",
+        opt={"deferred_auth": True},
+        **documented("createCharge", *BODY, 402, 403, 404, 422, headers=(REPLAYED,)),
+    )
     async def charge(
         self,
         request: Request,
@@ -90,11 +102,15 @@ class LedgerController(Controller):
             CREDITS_CONSUMED.labels(data.skill).inc(-written.transaction.amount)
         return created(written)
 
-    @post("/users/{user_id:str}/credits", summary="Add (or, as admin, adjust) credits")
+    @post(
+        "/users/{user_id:str}/credits",
+        summary="Add (or, as admin, adjust) credits",
+        **documented("addCredits", *BODY, 402, 403, 404, 422, headers=(REPLAYED,)),
+    )
     async def add_credits(
         self,
         request: Request,
-        user_id: FromPath[str],
+        user_id: PathUserId,
         data: JSONBody[CreditIn],
         db: Db,
         key: IdempotencyKey = None,
@@ -107,8 +123,8 @@ class LedgerController(Controller):
         async with db.autocommit.connect() as conn:
             return created(await service.add_credits(conn, user_id, data, key, digest))
 
-    @get("/users/{user_id:str}", summary="A user's balance")
-    async def get_user(self, user_id: FromPath[str], db: Db) -> User:
+    @get("/users/{user_id:str}", summary="A user's balance", **documented("getUser", 400, 404))
+    async def get_user(self, user_id: PathUserId, db: Db) -> User:
         path_user_id(user_id)
         async with db.autocommit.connect() as conn:
             user = await repo.get_user(conn, user_id)
@@ -116,14 +132,23 @@ class LedgerController(Controller):
             raise user_not_found(user_id)
         return user
 
-    @get("/users/{user_id:str}/transactions", summary="A user's log, newest first")
+    @get(
+        "/users/{user_id:str}/transactions",
+        summary="A user's log, newest first",
+        **documented("listTransactions", 400, 404),
+    )
     async def list_transactions(
         self,
-        user_id: FromPath[str],
+        user_id: PathUserId,
         db: Db,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
-        cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
-        tx_type: Annotated[str | None, QueryParameter(name="type")] = None,
+        cursor: Annotated[
+            str | None, QueryParameter(max_length=64, schema_extra=optional_string())
+        ] = None,
+        tx_type: Annotated[
+            str | None,
+            QueryParameter(name="type", schema_extra=optional_string(enum=TRANSACTION_TYPES)),
+        ] = None,
     ) -> TransactionPage:
         path_user_id(user_id)
         before = None
@@ -137,8 +162,12 @@ class LedgerController(Controller):
             items, next_cursor = await repo.page(conn, user_id, limit, before, tx_type)
         return TransactionPage(items, next_cursor)
 
-    @get("/transactions/{tx_id:str}", summary="One transaction")
-    async def get_transaction(self, tx_id: FromPath[str], db: Db) -> Transaction:
+    @get(
+        "/transactions/{tx_id:str}",
+        summary="One transaction",
+        **documented("getTransaction", 400, 404),
+    )
+    async def get_transaction(self, tx_id: PathUuid, db: Db) -> Transaction:
         tx_uuid = str(path_uuid(tx_id))
         async with db.autocommit.connect() as conn:
             row = await repo.get_transaction(conn, tx_uuid)
@@ -146,10 +175,14 @@ class LedgerController(Controller):
             raise ApiError(404, "transaction_not_found", f"no transaction {tx_id}")
         return repo.transaction_from_row(row)
 
-    @post("/transactions/{tx_id:str}/refund", summary="Refund a CONSUMPTION in full, once")
+    @post(
+        "/transactions/{tx_id:str}/refund",
+        summary="Refund a CONSUMPTION in full, once",
+        **documented("refundTransaction", *BODY, 404, 409, 422, headers=(REPLAYED,)),
+    )
     async def refund(
         self,
-        tx_id: FromPath[str],
+        tx_id: PathUuid,
         db: Db,
         data: JSONBody[RefundIn | None] = None,
         key: IdempotencyKey = None,
@@ -166,7 +199,11 @@ class HoldController(Controller):
     path = "/v1/holds"
     tags = ["holds"]
 
-    @post("/", summary="Reserve cost x units at the current price")
+    @post(
+        "/",
+        summary="Reserve cost x units at the current price",
+        **documented("createHold", *BODY, 402, 403, 404, 422, headers=(REPLAYED,)),
+    )
     async def create(
         self,
         data: JSONBody[HoldIn],
@@ -180,8 +217,8 @@ class HoldController(Controller):
         headers = {"Idempotent-Replayed": "true"} if written.replayed else {}
         return Response(written.hold, status_code=201, headers=headers)
 
-    @get("/{hold_id:str}", summary="One hold")
-    async def get_hold(self, hold_id: FromPath[str], db: Db) -> Hold:
+    @get("/{hold_id:str}", summary="One hold", **documented("getHold", 400, 404))
+    async def get_hold(self, hold_id: PathUuid, db: Db) -> Hold:
         hold_uuid = str(path_uuid(hold_id))
         async with db.autocommit.connect() as conn:
             row = await repo.get_hold(conn, hold_uuid)
@@ -189,10 +226,14 @@ class HoldController(Controller):
             raise service.hold_not_found(hold_id)
         return repo.hold_from_row(row)
 
-    @post("/{hold_id:str}/capture", summary="Charge at the hold's price; free the rest")
+    @post(
+        "/{hold_id:str}/capture",
+        summary="Charge at the hold's price; free the rest",
+        **documented("captureHold", *BODY, 404, 409, 422, headers=(REPLAYED,)),
+    )
     async def capture(
         self,
-        hold_id: FromPath[str],
+        hold_id: PathUuid,
         db: Db,
         data: JSONBody[CaptureIn | None] = None,
         key: IdempotencyKey = None,
@@ -204,8 +245,13 @@ class HoldController(Controller):
         async with db.autocommit.connect() as conn:
             return created(await service.capture(conn, hold_uuid, body, key, digest))
 
-    @post("/{hold_id:str}/release", status_code=200, summary="Free everything the hold reserved")
-    async def release(self, hold_id: FromPath[str], db: Db) -> Hold:
+    @post(
+        "/{hold_id:str}/release",
+        status_code=200,
+        summary="Free everything the hold reserved",
+        **documented("releaseHold", 400, 404, 409),
+    )
+    async def release(self, hold_id: PathUuid, db: Db) -> Hold:
         hold_uuid = str(path_uuid(hold_id))
         async with db.autocommit.connect() as conn:
             return await service.release(conn, hold_uuid)

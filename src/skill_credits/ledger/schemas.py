@@ -5,13 +5,36 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from skill_credits.validation import MAX_INT64, check_skill_name, check_text, check_user_id
+from skill_credits.validation import (
+    MAX_INT64,
+    SKILL_NAME_RE,
+    USER_ID_RE,
+    UUID_FORMAT,
+    anchored,
+    check_skill_name,
+    check_text,
+    check_user_id,
+    schema_only,
+)
 
-UserId = Annotated[str, Meta(min_length=1, max_length=128, examples=["user_42"])]
-SkillRef = Annotated[str, Meta(min_length=1, max_length=64, examples=["GEO_WRITER_FULL"])]
+UserId = Annotated[
+    str,
+    Meta(min_length=1, max_length=128, examples=["user_42"]),
+    schema_only(pattern=anchored(USER_ID_RE)),
+]
+SkillRef = Annotated[
+    str,
+    Meta(min_length=1, max_length=64, examples=["GEO_WRITER_FULL"]),
+    schema_only(pattern=anchored(SKILL_NAME_RE)),
+]
 TxDescription = Annotated[str, Meta(max_length=500)]
 Units = Annotated[int, Meta(ge=1, le=1_000_000)]
-Amount = Annotated[int, Meta(ge=-MAX_INT64, le=MAX_INT64)]
+Amount = Annotated[
+    int,
+    Meta(ge=-MAX_INT64, le=MAX_INT64),
+    schema_only(minimum=-MAX_INT64, maximum=MAX_INT64),  # exact, not rounded to a float
+]
+Id = Annotated[str, UUID_FORMAT]
 TransactionType = Literal["CONSUMPTION", "PURCHASE", "GRANT", "REFUND", "ADJUSTMENT"]
 TRANSACTION_TYPES = ("CONSUMPTION", "PURCHASE", "GRANT", "REFUND", "ADJUSTMENT")
 
@@ -76,7 +99,7 @@ class CaptureIn(Struct, forbid_unknown_fields=True):
 
 
 class Hold(Struct, kw_only=True):
-    id: str
+    id: Id
     user_id: str
     skill: str
     skill_version: int
@@ -89,7 +112,7 @@ class Hold(Struct, kw_only=True):
 
 
 class Transaction(Struct, kw_only=True):
-    id: str
+    id: Id
     user_id: str
     type: TransactionType
     amount: int
@@ -98,7 +121,7 @@ class Transaction(Struct, kw_only=True):
     units: int | None
     unit_cost: int | None
     description: str | None
-    refund_of: str | None
+    refund_of: Id | None
     created_at: datetime
 
 

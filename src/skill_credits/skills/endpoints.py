@@ -4,11 +4,12 @@ from typing import Annotated
 
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import HeaderParameter, JSONBody
 
 from skill_credits.auth import require_admin
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
+from skill_credits.openapi import BODY, ETAG, documented
 from skill_credits.skills import repository as repo
 from skill_credits.skills import service
 from skill_credits.skills.schemas import (
@@ -20,14 +21,14 @@ from skill_credits.skills.schemas import (
     SkillPatch,
     catalogue_item,
 )
-from skill_credits.validation import path_skill_name
+from skill_credits.validation import PathSkillName, optional_string, path_skill_name
 
 
 class CatalogueController(Controller):
     path = "/v1/skills"
     tags = ["skills"]
 
-    @get("/", summary="The live catalogue: active skills")
+    @get("/", summary="The live catalogue: active skills", **documented("listCatalogue"))
     async def catalogue(
         self, db: NamedDependency[Database], cache: NamedDependency[SkillCache]
     ) -> Catalogue:
@@ -39,13 +40,15 @@ class AdminSkillController(Controller):
     path = "/v1/admin/skills"
     tags = ["admin"]
 
-    @get("/", summary="All skills, inactive included")
+    @get("/", summary="All skills, inactive included", **documented("listSkills", 403))
     async def list_skills(self, request: Request, db: NamedDependency[Database]) -> SkillList:
         require_admin(request)
         async with db.autocommit.connect() as conn:
             return SkillList(await repo.list_all(conn))
 
-    @post("/", summary="Create a skill")
+    @post(
+        "/", summary="Create a skill", **documented("createSkill", *BODY, 403, 409, headers=(ETAG,))
+    )
     async def create_skill(
         self,
         request: Request,
@@ -59,9 +62,13 @@ class AdminSkillController(Controller):
         await service.publish(db, cache, skill)
         return Response(skill, status_code=201, headers={"ETag": f'"{skill.version}"'})
 
-    @get("/{name:str}", summary="One skill, with its version as ETag")
+    @get(
+        "/{name:str}",
+        summary="One skill, with its version as ETag",
+        **documented("getSkill", 400, 403, 404, headers=(ETAG,)),
+    )
     async def get_skill(
-        self, request: Request, name: FromPath[str], db: NamedDependency[Database]
+        self, request: Request, name: PathSkillName, db: NamedDependency[Database]
     ) -> Response[Skill]:
         path_skill_name(name)
         require_admin(request)
@@ -71,15 +78,26 @@ class AdminSkillController(Controller):
             raise service.skill_not_found(name)
         return Response(skill, headers={"ETag": f'"{skill.version}"'})
 
-    @patch("/{name:str}", summary="Edit a skill (optional If-Match with its version)")
+    @patch(
+        "/{name:str}",
+        summary="Edit a skill (optional If-Match with its version)",
+        **documented("updateSkill", *BODY, 403, 404, 412, headers=(ETAG,)),
+    )
     async def patch_skill(
         self,
         request: Request,
-        name: FromPath[str],
+        name: PathSkillName,
         data: JSONBody[SkillPatch],
         db: NamedDependency[Database],
         cache: NamedDependency[SkillCache],
-        if_match: Annotated[str | None, HeaderParameter(name="If-Match")] = None,
+        if_match: Annotated[
+            str | None,
+            HeaderParameter(
+                name="If-Match",
+                description='The version the change is based on: `"3"`, `3`, `W/"3"` or `*`',
+                schema_extra=optional_string(),
+            ),
+        ] = None,
     ) -> Response[Skill]:
         path_skill_name(name)
         principal = require_admin(request)
@@ -88,9 +106,13 @@ class AdminSkillController(Controller):
         await service.publish(db, cache, skill)
         return Response(skill, headers={"ETag": f'"{skill.version}"'})
 
-    @get("/{name:str}/history", summary="Every edit of a skill, newest first")
+    @get(
+        "/{name:str}/history",
+        summary="Every edit of a skill, newest first",
+        **documented("getSkillHistory", 400, 403, 404),
+    )
     async def history(
-        self, request: Request, name: FromPath[str], db: NamedDependency[Database]
+        self, request: Request, name: PathSkillName, db: NamedDependency[Database]
     ) -> SkillHistory:
         path_skill_name(name)
         require_admin(request)

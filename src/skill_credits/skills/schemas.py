@@ -6,12 +6,24 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from skill_credits.validation import check_skill_name, check_text
+from skill_credits.validation import (
+    SKILL_NAME_RE,
+    UUID_FORMAT,
+    anchored,
+    check_skill_name,
+    check_text,
+    schema_only,
+)
 
 DisplayName = Annotated[str, Meta(min_length=1, max_length=120)]
 Description = Annotated[str, Meta(max_length=2000)]
-Cost = Annotated[int, Meta(ge=0, le=1_000_000_000)]
-SkillName = Annotated[str, Meta(min_length=1, max_length=64, examples=["GEO_WRITER_FULL"])]
+# Litestar drops a 0 minimum on an optional field (SkillPatch.cost): state both bounds.
+Cost = Annotated[int, Meta(ge=0, le=1_000_000_000), schema_only(minimum=0, maximum=1_000_000_000)]
+SkillName = Annotated[
+    str,
+    Meta(min_length=1, max_length=64, examples=["GEO_WRITER_FULL"]),
+    schema_only(pattern=anchored(SKILL_NAME_RE)),
+]
 
 
 class SkillCreate(Struct, forbid_unknown_fields=True):
@@ -53,7 +65,7 @@ class Skill(Struct, kw_only=True, frozen=True):
     """A skill as the admin API shows it, and as the Redis cache holds it. Frozen: a
     worker hands the one it remembers (cache.py) to every charge that asks."""
 
-    id: str
+    id: Annotated[str, UUID_FORMAT]
     name: str
     display_name: str
     description: str | None

@@ -1,0 +1,156 @@
+"""What /schema/openapi.json says about errors, in one place.
+
+Left alone, Litestar documents each operation's success and, for any route with
+parameters, a 400 in its own default shape (``{status_code, detail, extra}`` as
+application/json) that this service never sends: every error goes through errors.py
+as ``application/problem+json``. So every /v1 handler declares here, with
+``documented(operation_id, *statuses)``, each error status it can answer; each is
+documented as one shared ``Problem`` schema (``InsufficientCredits`` and
+``VersionConflict`` add the extras of 402 and 412), and the headers some errors carry.
+A declared 400 replaces Litestar's default one. A client generated from the document
+then gets a type for every answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar.datastructures import ResponseHeader
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
+from msgspec import UNSET, Struct, UnsetType
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(Struct, kw_only=True):
+    """RFC 9457 problem details with the contract's stable machine-readable ``code``."""
+
+    status: int
+    title: str
+    detail: str
+    code: str
+    field: str | UnsetType = UNSET  # the offending field of a 400, when there is one
+
+
+class InsufficientCredits(Problem, kw_only=True):
+    """402: ``available`` (``credits`` less what holds reserve) is below ``required``."""
+
+    credits: int
+    available: int
+    required: int
+
+
+class VersionConflict(Problem, kw_only=True):
+    """412: ``If-Match`` named another version than ``current_version``."""
+
+    current_version: int
+
+
+# status: (schema, description); the description names the codes each status can carry
+_PROBLEMS: dict[int, tuple[type[Problem], str]] = {
+    400: (
+        Problem,
+        "`validation_error`: malformed JSON, a wrong type, an unknown field, an out-of-range"
+        " value or a malformed path parameter, query parameter or header; `detail` (and"
+        " `field`) name it",
+    ),
+    401: (Problem, "`unauthorized`: no API key, or an unknown or revoked one"),
+    402: (InsufficientCredits, "`insufficient_credits`: the available credits are too few"),
+    403: (
+        Problem,
+        "`forbidden`: the key's role may not do this; `skill_disabled`: the skill's kill"
+        " switch is off",
+    ),
+    404: (
+        Problem,
+        "`skill_not_found`, `user_not_found`, `transaction_not_found` or `hold_not_found`",
+    ),
+    409: (Problem, "`skill_exists`, `already_refunded`, `not_refundable` or `hold_not_active`"),
+    412: (VersionConflict, "`version_conflict`: the skill is at another version than If-Match"),
+    413: (Problem, "`payload_too_large`: the body is over 64 KiB"),
+    415: (Problem, "`unsupported_media_type`: the body is not application/json"),
+    422: (
+        Problem,
+        "`idempotency_key_reused`: this Idempotency-Key was used with a different request",
+    ),
+    503: (
+        Problem,
+        "`service_unavailable`: PostgreSQL cannot be reached, or too much contention on one"
+        " user; nothing was written, retry",
+    ),
+}
+
+_SPECS = {
+    status: ResponseSpec(
+        data_container=schema,
+        description=description,
+        media_type=PROBLEM_JSON,
+        generate_examples=False,
+    )
+    for status, (schema, description) in _PROBLEMS.items()
+}
+
+
+def _header(kind: OpenAPIType, description: str, *, required: bool) -> OpenAPIHeader:
+    return OpenAPIHeader(schema=Schema(type=kind), description=description, required=required)
+
+
+_PROBLEM_HEADERS = {
+    "401": {"WWW-Authenticate": _header(OpenAPIType.STRING, "`Bearer`", required=True)},
+    "412": {
+        "ETag": _header(OpenAPIType.STRING, 'The current version, quoted: `"3"`', required=True)
+    },
+    "503": {
+        "Retry-After": _header(
+            OpenAPIType.INTEGER,
+            "Seconds to wait; sent when PostgreSQL cannot be reached",
+            required=False,
+        )
+    },
+}
+
+# Every /v1 route reads the API key first (from PostgreSQL, or the charge's own statement).
+ALWAYS = (401, 503)
+BODY = (400, 413, 415)
+
+REPLAYED = ResponseHeader(
+    name="Idempotent-Replayed",
+    value="true",
+    documentation_only=True,
+    description="`true` when this is the stored answer to an earlier request with the same"
+    " Idempotency-Key; absent otherwise",
+)
+ETAG = ResponseHeader(
+    name="ETag",
+    value='"1"',
+    documentation_only=True,
+    required=True,
+    description='The skill\'s version, quoted (`"3"`): send it back as If-Match',
+)
+
+
+@dataclass
+class _ProblemOperation(Operation):
+    """An operation whose problem responses also document their headers (a
+    ``ResponseSpec`` has no place for them)."""
+
+    def __post_init__(self) -> None:
+        for status, response in (self.responses or {}).items():
+            if status in _PROBLEM_HEADERS and isinstance(response, OpenAPIResponse):
+                response.headers = {**(response.headers or {}), **_PROBLEM_HEADERS[status]}
+
+
+def documented(
+    operation_id: str, *statuses: int, headers: tuple[ResponseHeader, ...] = ()
+) -> dict[str, Any]:
+    """Route decorator arguments for a /v1 handler: its short ``operationId``, one problem
+    response for each error status it can answer (401 and 503 always), and the headers of
+    its success response."""
+    return {
+        "operation_id": operation_id,
+        "responses": {status: _SPECS[status] for status in sorted({*ALWAYS, *statuses})},
+        "operation_class": _ProblemOperation,
+        "response_headers": list(headers),
+    }
