@@ -2,14 +2,15 @@
 
 msgspec's ``pattern`` uses ``re.search`` and ``$`` also matches before a trailing
 newline, so names are checked here with ``fullmatch`` and a field-naming message.
+
+The schemas use these rules, and `skill_credits.client` imports the schemas in host
+apps that have only httpx and msgspec, so this module imports nothing of the server.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-
-from skill_credits.errors import validation_error
 
 USER_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 SKILL_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
@@ -43,15 +44,21 @@ def check_text(value: str | None, field: str) -> str | None:
     return value
 
 
+def _invalid(field: str, message: str) -> Exception:
+    from skill_credits.errors import validation_error  # the server's; see the docstring
+
+    return validation_error(field, message)
+
+
 def path_user_id(value: str) -> str:
     if not USER_ID_RE.fullmatch(value):
-        raise validation_error("user_id", f"must be {USER_ID_RULE}")
+        raise _invalid("user_id", f"must be {USER_ID_RULE}")
     return value
 
 
 def path_skill_name(value: str) -> str:
     if not SKILL_NAME_RE.fullmatch(value):
-        raise validation_error("name", f"must be {SKILL_NAME_RULE}")
+        raise _invalid("name", f"must be {SKILL_NAME_RULE}")
     return value
 
 
@@ -59,12 +66,12 @@ def path_uuid(value: str, field: str = "id") -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise validation_error(field, "must be a UUID") from None
+        raise _invalid(field, "must be a UUID") from None
 
 
 def idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None
     if not IDEMPOTENCY_KEY_RE.fullmatch(value):
-        raise validation_error("Idempotency-Key", "must be 1-255 printable ASCII characters")
+        raise _invalid("Idempotency-Key", "must be 1-255 printable ASCII characters")
     return value

@@ -7,11 +7,9 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import asyncpg
 import httpx
-import pytest
 from litestar.testing import AsyncTestClient
 
 from skill_credits.app import create_app
@@ -87,22 +85,6 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
-
-
-@pytest.fixture
-def fresh_database(pg_base: str, run_id: str):
-    """A second throwaway database that the CLI itself must create."""
-    name = f"sc_test_{run_id}_cli_{uuid.uuid4().hex[:6]}"
-    yield name, f"{pg_base}/{name}"
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(f"{pg_base}/postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    run_in_thread(asyncio.run, drop())
 
 
 def test_cli_migrate_keys_serve_and_reconcile(fresh_database, redis_url, redis_prefix) -> None:
