@@ -24,7 +24,7 @@ from skill_credits.ledger.schemas import (
     TransactionPage,
     User,
 )
-from skill_credits.observability import CHARGES, CREDITS_CONSUMED
+from skill_credits.observability import CHARGE_SKILL, CHARGES, CREDITS_CONSUMED
 from skill_credits.validation import (
     IDEMPOTENCY_KEY_RE,
     idempotency_key,
@@ -55,7 +55,11 @@ class LedgerController(Controller):
     path = "/v1"
     tags = ["ledger"]
 
-    @post("/charges", summary="Charge a skill at its current cost", opt={"deferred_auth": True})
+    @post(
+        "/charges",
+        summary="Charge a skill at its current cost",
+        opt={"deferred_auth": True, "counts_charges": True},
+    )
     async def charge(
         self,
         request: Request,
@@ -80,10 +84,8 @@ class LedgerController(Controller):
                 api_key_id=principal_of(request).key_id,
                 check_caller=lambda: confirm(request),
             )
-        except ApiError as exc:
-            # unknown names stay out of the labels: a client must not grow the metrics
-            unknown = exc.code in ("skill_not_found", "unauthorized")
-            CHARGES.labels("(unknown)" if unknown else data.skill, exc.code).inc()
+        except Exception:
+            request.scope[CHARGE_SKILL] = data.skill  # observability.count_refused_charge
             raise
         CHARGES.labels(data.skill, "replayed" if written.replayed else "charged").inc()
         if not written.replayed:
