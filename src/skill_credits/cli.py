@@ -112,7 +112,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if token:
         print("No admin key existed, so one named 'admin' was created. It is shown once:")
         print(f"  {token}")
-        sys.stdout.flush()
+    workers = f"{args.workers} worker{'s' if args.workers != 1 else ''}"
+    print(f"serving on http://{args.host}:{args.port} ({workers}); Ctrl-C stops it", flush=True)
     uvicorn.run(
         "skill_credits.app:create_app_from_env",
         factory=True,

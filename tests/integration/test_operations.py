@@ -100,6 +100,7 @@ def test_cli_migrate_keys_serve_and_reconcile(fresh_database, redis_url, redis_p
     try:
         printed = server.output()
         assert "No admin key existed" in printed
+        assert f"serving on {server.url} (2 workers)" in printed
         bootstrap = printed.split("It is shown once:")[1].split()[0]
         with httpx.Client(base_url=server.url, timeout=10) as http:
             admin = {"Authorization": f"Bearer {bootstrap}"}
