@@ -17,16 +17,21 @@ uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
 .PHONY: install
-install: uv ## Install the locked dependencies into .venv
+install: uv ## Install the locked dependencies, test tools included, into .venv
 	$(UV) sync --frozen
 
+# What running needs, no test tools (--inexact: keeps any already installed).
+.PHONY: install-runtime
+install-runtime: uv
+	$(UV) sync --frozen --no-dev --inexact
+
 .PHONY: migrate
-migrate: install ## Create the database if missing and upgrade the schema
-	$(UV) run skill-credits migrate
+migrate: install-runtime ## Create the database if missing and upgrade the schema
+	$(UV) run --no-sync skill-credits migrate
 
 .PHONY: run
-run: migrate ## Install, migrate and serve on :8000 (prints an admin key on first start)
-	$(UV) run skill-credits serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+run: migrate ## Install what running needs, migrate, serve on http://127.0.0.1:8000 (HOST, PORT, WORKERS)
+	$(UV) run --no-sync skill-credits serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 .PHONY: test
 test: install ## Run the whole test suite against real PostgreSQL and Redis

@@ -1,8 +1,8 @@
-"""The original design: ``chargeUser`` of ORIGINAL_GUIDE.md as most teams would port it.
+"""The original design: a ``chargeUser`` function as most teams would write it.
 
 One interactive ORM transaction (SQLAlchemy AsyncSession): read the skill, read the
 user, check the balance in Python, then decrement and insert the log row. It has the
-guide's race: two requests read the same balance and both write.
+design's race: two requests read the same balance and both write.
 """
 
 from __future__ import annotations

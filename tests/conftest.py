@@ -130,6 +130,22 @@ def redis_prefix(redis_url: str, run_id: str) -> Iterator[str]:
         client.delete(key)
 
 
+@pytest.fixture
+def fresh_database(pg_base: str, run_id: str):
+    """A second throwaway database that the CLI itself must create."""
+    name = f"sc_test_{run_id}_cli_{uuid.uuid4().hex[:6]}"
+    yield name, f"{pg_base}/{name}"
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(f"{pg_base}/postgres")
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    run_in_thread(asyncio.run, drop())
+
+
 @pytest.fixture(scope="session")
 def settings(database_url: str, redis_url: str, redis_prefix: str) -> Settings:
     return Settings(database_url=database_url, redis_url=redis_url, redis_prefix=redis_prefix)

@@ -96,12 +96,21 @@ class RedisServer:
 
 
 class AppServer:
-    """`skill-credits serve` as a child process on a free port."""
+    """`skill-credits serve` as a child process on a free port (``command`` is how the
+    CLI is started: by default this checkout's, with the tests' Python)."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int = 1,
+        command: list[str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.env = {**os.environ, **env}
         self.workers = workers
+        self.command = command or [sys.executable, "-m", "skill_credits.cli"]
+        self.cwd = cwd
         self.proc: subprocess.Popen | None = None
         self.log = tempfile.NamedTemporaryFile(prefix="sc-serve-", suffix=".log", delete=False)
 
@@ -111,17 +120,9 @@ class AppServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "skill_credits.cli",
-                "serve",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(self.workers),
-            ],
+            [*self.command, "serve", "--port", str(self.port), "--workers", str(self.workers)],
             env=self.env,
+            cwd=self.cwd,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -32,7 +32,12 @@ from skill_credits.errors import internal_error_handler, problem_details_plugin
 from skill_credits.events.endpoints import EventController
 from skill_credits.health import healthz, readyz
 from skill_credits.ledger.endpoints import HoldController, LedgerController
-from skill_credits.observability import RequestIdMiddleware, configure_logging, prometheus
+from skill_credits.observability import (
+    RequestIdMiddleware,
+    configure_logging,
+    count_refused_charge,
+    prometheus,
+)
 from skill_credits.settings import Settings
 from skill_credits.skills import service as skills_service
 from skill_credits.skills.endpoints import AdminSkillController, CatalogueController
@@ -152,6 +157,7 @@ def create_app(settings: Settings) -> Litestar:
             "cache": Provide(provide_cache, sync_to_thread=False),
         },
         plugins=[problem_details_plugin()],
+        after_exception=[count_refused_charge],
         exception_handlers={Exception: internal_error_handler, LoginRequired: login_redirect},
         stores={
             "sessions": RedisStore(redis, namespace=f"{settings.redis_prefix}sessions"),

@@ -1,4 +1,9 @@
-"""The `skill-credits` command line."""
+"""The `skill-credits` command line.
+
+Failures a user is expected to meet (no PostgreSQL, no database or schema yet, a key
+name in use) are answered in one line on stderr with exit status 1, saying what to do;
+anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,15 @@ import argparse
 import asyncio
 import os
 import sys
+from urllib.parse import urlsplit
 
 from skill_credits.settings import Settings
+
+KEY_NAME_LENGTH = 100  # api_keys.name's CHECK
+
+
+class Refused(Exception):
+    """An expected failure; its message is the line the user reads."""
 
 
 async def _with_connection(settings: Settings, work):
@@ -30,9 +42,22 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
-    from skill_credits.auth import create_key
+    from sqlalchemy.exc import IntegrityError
 
-    key = asyncio.run(_with_connection(settings, lambda c: create_key(c, args.name, args.role)))
+    from skill_credits.auth import create_key
+    from skill_credits.db import constraint_name
+
+    if not 1 <= len(args.name) <= KEY_NAME_LENGTH:
+        raise Refused(f"a key name has 1-{KEY_NAME_LENGTH} characters")
+    try:
+        key = asyncio.run(_with_connection(settings, lambda c: create_key(c, args.name, args.role)))
+    except IntegrityError as exc:
+        if constraint_name(exc) != "api_keys_live_name":
+            raise
+        raise Refused(
+            f"a live key named {args.name!r} exists: revoke it first"
+            f" (skill-credits keys revoke {args.name}) or choose another name"
+        ) from None
     print(f"created {key.role} key {key.name!r}; it is shown once, store it now:")
     print(key.token)
     return 0
@@ -87,7 +112,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if token:
         print("No admin key existed, so one named 'admin' was created. It is shown once:")
         print(f"  {token}")
-        sys.stdout.flush()
+    workers = f"{args.workers} worker{'s' if args.workers != 1 else ''}"
+    print(f"serving on http://{args.host}:{args.port} ({workers}); Ctrl-C stops it", flush=True)
     uvicorn.run(
         "skill_credits.app:create_app_from_env",
         factory=True,
@@ -183,9 +209,42 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def explain(exc: BaseException, settings: Settings) -> str | None:
+    """The line that answers an expected failure; None for anything else."""
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError
+
+    from skill_credits.db import is_unavailable, sqlstate
+
+    if isinstance(exc, Refused):
+        return str(exc)
+    url = urlsplit(settings.database_url)
+    database = url.path.lstrip("/")
+    state = sqlstate(exc) if isinstance(exc, DBAPIError) else getattr(exc, "sqlstate", None)
+    if state == asyncpg.InvalidCatalogNameError.sqlstate:
+        return f"database {database!r} does not exist: run `skill-credits migrate`"
+    if state == asyncpg.UndefinedTableError.sqlstate:
+        return f"database {database!r} has no schema yet: run `skill-credits migrate`"
+    if is_unavailable(exc):
+        reason = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+        return (
+            f"PostgreSQL at {url.hostname}:{url.port or 5432} is not answering"
+            f" ({reason.splitlines()[0]}); is it running, and is DATABASE_URL right?"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return args.run(Settings.from_env(), args)
+    settings = Settings.from_env()
+    try:
+        return args.run(settings, args)
+    except Exception as exc:
+        said = explain(exc, settings)
+        if said is None:
+            raise
+        print(f"skill-credits: {said}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -103,9 +103,22 @@ def _validation_detail(exc: ValidationException) -> tuple[str, str | None]:
     return f"body: {exc.detail}", "body"
 
 
+def _http_code(status: int) -> str:
+    return _CODE_BY_STATUS.get(status, "internal_error" if status >= 500 else "bad_request")
+
+
+def code_of(exc: Exception) -> str:
+    """The ``code`` of the problem details that ``exc`` is answered with."""
+    if isinstance(exc, ApiError):
+        return exc.code
+    if isinstance(exc, HTTPException):
+        return _http_code(exc.status_code)
+    return "service_unavailable" if is_unavailable(exc) else "internal_error"
+
+
 def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
     status = exc.status_code
-    code = _CODE_BY_STATUS.get(status, "internal_error" if status >= 500 else "bad_request")
+    code = _http_code(status)
     extra: dict[str, Any] = {"code": code}
     detail = str(exc.detail)
     if isinstance(exc, ValidationException):

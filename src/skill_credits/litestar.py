@@ -1,4 +1,4 @@
-"""Charging inside a host Litestar app: the original guide's "Step 2" in Python.
+"""Charging inside a host Litestar app: charge a tool's request before its work runs.
 
     from skill_credits.litestar import SkillCredits, charge, hold
 

@@ -1,9 +1,13 @@
-"""`skill-credits migrate`: create the database if it is missing, then upgrade to head."""
+"""`skill-credits migrate`: create the database if it is missing, then upgrade to head.
+
+The Alembic scripts are package data (`skill_credits/migrations`, which the top-level
+`migrations/` links to), found as a package resource: a checkout and an installed
+wheel use the same lookup, and `alembic.ini` names the same location.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import asyncpg
 from alembic import command
@@ -11,12 +15,12 @@ from alembic.config import Config
 
 from skill_credits.settings import Settings
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS = "skill_credits:migrations"
 
 
 def alembic_config(settings: Settings) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", MIGRATIONS)
     config.attributes["sqlalchemy_url"] = settings.sqlalchemy_url
     return config
 

@@ -45,6 +45,24 @@ CACHE_LOOKUPS = Counter(
     "skill_credits_skill_cache_lookups_total", "Skill cache lookups by result", ["result"]
 )
 
+# Where the charge handler leaves the skill of a charge it refuses, for the hook below.
+CHARGE_SKILL = "skill_credits.charge_skill"
+
+
+async def count_refused_charge(exc: Exception, scope: Scope) -> None:
+    """``after_exception`` hook: count every refused ``POST /v1/charges`` by its code,
+    also those refused before the handler ran (body 400, 401, 413, 415). Unknown names
+    stay out of the labels, so a client cannot grow the metrics."""
+    handler = scope.get("route_handler")
+    if handler is None or not handler.opt.get("counts_charges"):
+        return
+    from skill_credits.errors import code_of  # errors imports the database layer
+
+    code = code_of(exc)
+    skill = None if code in ("skill_not_found", "unauthorized") else scope.get(CHARGE_SKILL)
+    CHARGES.labels(skill or "(unknown)", code).inc()
+
+
 access_log = logging.getLogger("skill_credits.access")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -75,7 +93,8 @@ def prometheus() -> tuple[PrometheusConfig, type[PrometheusController]]:
 
 class RouteMetricsMiddleware(PrometheusMiddleware):
     """Litestar's Prometheus middleware for a config like ours (route templates, no extra
-    labels or exemplars): the same four metrics with the same labels and values, without
+    labels or exemplars): the same four metrics with the same labels and values (but no
+    status on the in-progress gauge), without
     its per-request Request, URL, label dicts and ``labels()`` lookups. The labelled
     children are kept per (method, route, status), a bounded set. On the charge path
     this is about a tenth of a worker's CPU (bench/analysis.md).
@@ -102,8 +121,9 @@ class RouteMetricsMiddleware(PrometheusMiddleware):
     def _in_progress_of(self, method: str, path: str) -> Any:
         child = self._in_progress.get((method, path))
         if child is None:
-            # as the parent does: the gauge is labelled before the status is known (200)
+            # unlike the parent, which labels it status 200: a request in progress has none
             labels = self._labels(method, path, 200)
+            del labels["status_code"]
             child = self.requests_in_progress(labels).labels(*labels.values())
             self._in_progress[(method, path)] = child
         return child

@@ -14,14 +14,37 @@ then gets a type for every answer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from litestar.datastructures import ResponseHeader
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.params import PathParameter
 from msgspec import UNSET, Struct, UnsetType
 
+from skill_credits.validation import IDEMPOTENCY_KEY_RE, SKILL_NAME_RE, USER_ID_RE, anchored
+
 PROBLEM_JSON = "application/problem+json"
+
+# Path and header parameters as the document states them (validation.py checks them).
+PathUserId = Annotated[
+    str, PathParameter(schema_extra={"pattern": anchored(USER_ID_RE), "max_length": 128})
+]
+PathSkillName = Annotated[
+    str, PathParameter(schema_extra={"pattern": anchored(SKILL_NAME_RE), "max_length": 64})
+]
+PathUuid = Annotated[str, PathParameter(schema_extra={"format": "uuid"})]
+
+
+def optional_string(**schema: Any) -> dict[str, Any]:
+    """``schema_extra`` of an optional header or query parameter: absent or a string,
+    never null (Litestar would say ``oneOf: [string, null]`` for ``str | None``)."""
+    return {"type": "string", "one_of": None, **schema}
+
+
+IDEMPOTENCY_KEY_SCHEMA = optional_string(
+    pattern=anchored(IDEMPOTENCY_KEY_RE), min_length=1, max_length=255
+)
 
 
 class Problem(Struct, kw_only=True):

@@ -2,20 +2,22 @@
 
 msgspec's ``pattern`` uses ``re.search`` and ``$`` also matches before a trailing
 newline, so names are checked here with ``fullmatch`` and a field-naming message.
-The OpenAPI document still states each rule (``schema_only``, ``PathUserId``, ...):
-the same regular expressions, anchored, for the document's eyes only.
+The OpenAPI document still states each rule (``schema_only`` here; the path and header
+parameters in ``openapi.py``): the same regular expressions, anchored, for the
+document's eyes only.
+
+The schemas use these rules, and `skill_credits.client` imports the schemas in host
+apps that have only httpx and msgspec, so this module imports nothing of the server
+(not even Litestar).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from litestar.params import PathParameter
 from msgspec import Meta
-
-from skill_credits.errors import validation_error
 
 USER_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 SKILL_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
@@ -36,25 +38,6 @@ def schema_only(**schema: Any) -> Meta:
 
 
 UUID_FORMAT = schema_only(format="uuid")
-PathUserId = Annotated[
-    str, PathParameter(schema_extra={"pattern": anchored(USER_ID_RE), "max_length": 128})
-]
-PathSkillName = Annotated[
-    str, PathParameter(schema_extra={"pattern": anchored(SKILL_NAME_RE), "max_length": 64})
-]
-PathUuid = Annotated[str, PathParameter(schema_extra={"format": "uuid"})]
-
-
-def optional_string(**schema: Any) -> dict[str, Any]:
-    """``schema_extra`` of an optional header or query parameter: absent or a string,
-    never null (Litestar would say ``oneOf: [string, null]`` for ``str | None``)."""
-    return {"type": "string", "one_of": None, **schema}
-
-
-IDEMPOTENCY_KEY_SCHEMA = optional_string(
-    pattern=anchored(IDEMPOTENCY_KEY_RE), min_length=1, max_length=255
-)
-
 USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : @ -"
 SKILL_NAME_RULE = (
     "uppercase letters, digits and underscores, starting with a letter, at most 64 characters"
@@ -83,15 +66,21 @@ def check_text(value: str | None, field: str) -> str | None:
     return value
 
 
+def _invalid(field: str, message: str) -> Exception:
+    from skill_credits.errors import validation_error  # the server's; see the docstring
+
+    return validation_error(field, message)
+
+
 def path_user_id(value: str) -> str:
     if not USER_ID_RE.fullmatch(value):
-        raise validation_error("user_id", f"must be {USER_ID_RULE}")
+        raise _invalid("user_id", f"must be {USER_ID_RULE}")
     return value
 
 
 def path_skill_name(value: str) -> str:
     if not SKILL_NAME_RE.fullmatch(value):
-        raise validation_error("name", f"must be {SKILL_NAME_RULE}")
+        raise _invalid("name", f"must be {SKILL_NAME_RULE}")
     return value
 
 
@@ -99,12 +88,12 @@ def path_uuid(value: str, field: str = "id") -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise validation_error(field, "must be a UUID") from None
+        raise _invalid(field, "must be a UUID") from None
 
 
 def idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None
     if not IDEMPOTENCY_KEY_RE.fullmatch(value):
-        raise validation_error("Idempotency-Key", "must be 1-255 printable ASCII characters")
+        raise _invalid("Idempotency-Key", "must be 1-255 printable ASCII characters")
     return value

@@ -80,6 +80,49 @@ async def test_metrics_count_requests_charges_credits_and_cache(client, keys) ->
     assert f"/v1/users/{user}" not in after
 
 
+async def test_charges_total_counts_every_refusal(client, keys) -> None:
+    """Also the refusals that never reach the charge handler: 400 body, 401, 413, 415."""
+    api = Api(client, keys)
+    skill = await api.create_skill(cost=1, is_active=False)
+    user = await api.new_user(10)
+    before = (await client.get("/metrics")).text
+    service = keys.auth("service")
+    refusals = [
+        ({"json": {"user_id": user, "skill": "lower case"}, "headers": service}, 400),
+        (
+            {"json": {"user_id": user, "skill": skill["name"], "units": "2"}, "headers": service},
+            400,
+        ),
+        ({"json": {"user_id": user, "skill": skill["name"]}}, 401),
+        ({"json": {"user_id": user, "skill": skill["name"]}, "headers": keys.auth("revoked")}, 401),
+        ({"content": b"x" * 70_000, "headers": service}, 413),
+        ({"content": b"{}", "headers": {**service, "Content-Type": "text/plain"}}, 415),
+        ({"json": {"user_id": user, "skill": skill["name"]}, "headers": service}, 403),
+    ]
+    for kwargs, status in refusals:
+        assert (await client.post("/v1/charges", **kwargs)).status_code == status
+    after = (await client.get("/metrics")).text
+
+    def delta(**labels: str) -> float:
+        name = "skill_credits_charges_total"
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    unknown = "(unknown)"
+    assert delta(skill=unknown, outcome="validation_error") == 2
+    assert delta(skill=unknown, outcome="unauthorized") == 2
+    assert delta(skill=unknown, outcome="payload_too_large") == 1
+    assert delta(skill=unknown, outcome="unsupported_media_type") == 1
+    assert delta(skill=skill["name"], outcome="skill_disabled") == 1
+    assert delta() == len(refusals)
+    # a request in progress has no status yet, and the gauge says none
+    gauge = [
+        line
+        for line in after.splitlines()
+        if line.startswith("skill_credits_http_requests_in_progress{")
+    ]
+    assert gauge and not [line for line in gauge if "status_code" in line], gauge
+
+
 async def test_request_id_is_echoed_or_made(client) -> None:
     r = await client.get("/healthz", headers={"X-Request-ID": "trace-abc.123"})
     assert r.headers["x-request-id"] == "trace-abc.123"

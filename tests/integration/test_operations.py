@@ -7,11 +7,9 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import asyncpg
 import httpx
-import pytest
 from litestar.testing import AsyncTestClient
 
 from skill_credits.app import create_app
@@ -89,22 +87,6 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture
-def fresh_database(pg_base: str, run_id: str):
-    """A second throwaway database that the CLI itself must create."""
-    name = f"sc_test_{run_id}_cli_{uuid.uuid4().hex[:6]}"
-    yield name, f"{pg_base}/{name}"
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(f"{pg_base}/postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    run_in_thread(asyncio.run, drop())
-
-
 def test_cli_migrate_keys_serve_and_reconcile(fresh_database, redis_url, redis_prefix) -> None:
     name, url = fresh_database
     env = {"DATABASE_URL": url, "REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
@@ -118,6 +100,7 @@ def test_cli_migrate_keys_serve_and_reconcile(fresh_database, redis_url, redis_p
     try:
         printed = server.output()
         assert "No admin key existed" in printed
+        assert f"serving on {server.url} (2 workers)" in printed
         bootstrap = printed.split("It is shown once:")[1].split()[0]
         with httpx.Client(base_url=server.url, timeout=10) as http:
             admin = {"Authorization": f"Bearer {bootstrap}"}
@@ -244,3 +227,45 @@ def test_migrations_go_down_and_up_again(fresh_database) -> None:
     }
     run_in_thread(command.upgrade, alembic_config(settings), "head")
     assert run_in_thread(asyncio.run, unique_indexes()) == partial
+
+
+async def _create_empty_database(pg_base: str, name: str) -> None:
+    conn = await asyncpg.connect(f"{pg_base}/postgres")
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def test_cli_answers_expected_failures_in_one_line(
+    fresh_database, pg_base, database_url, run_id
+) -> None:
+    """No traceback for what a newcomer will meet: one line on stderr, exit 1."""
+    name, missing = fresh_database
+    nobody = f"postgresql://127.0.0.1:{free_port()}/skill_credits"
+    taken = f"taken-{run_id}"
+    create = ["keys", "create", "--role", "service", "--name"]
+    assert run_cli({"DATABASE_URL": database_url}, *create, taken).returncode == 0
+    cases = [
+        (missing, [*create, "a"], f"database {name!r} does not exist: run `skill-credits migrate`"),
+        (missing, ["reconcile"], "run `skill-credits migrate`"),
+        (missing, ["serve", "--port", str(free_port())], "run `skill-credits migrate`"),
+        (nobody, ["migrate"], "PostgreSQL at 127.0.0.1:"),
+        (nobody, [*create, "a"], "is not answering"),
+        (nobody, ["serve", "--port", str(free_port())], "is not answering"),
+        (database_url, [*create, taken], f"a live key named {taken!r} exists"),
+        (database_url, [*create, "x" * 101], "1-100 characters"),
+    ]
+    for url, args, expected in cases:
+        done = run_cli({"DATABASE_URL": url}, *args)
+        said = done.stderr.strip()
+        assert (done.returncode, "\n" in said) == (1, False), (args, done.stderr)
+        assert said.startswith("skill-credits: ") and expected in said, (args, said)
+
+    # a database that exists but was never migrated
+    run_in_thread(asyncio.run, _create_empty_database(pg_base, name))
+    done = run_cli({"DATABASE_URL": missing}, "keys", "revoke", "a")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"skill-credits: database {name!r} has no schema yet: run `skill-credits migrate`"
+    )

@@ -10,12 +10,10 @@ from skill_credits.db import Database
 from skill_credits.errors import ApiError, validation_error
 from skill_credits.events import repository as repo
 from skill_credits.events.schemas import EVENT_TYPES, EventPage, Threshold, ThresholdIn
-from skill_credits.openapi import BODY, documented
+from skill_credits.openapi import BODY, PathUserId, documented, optional_string
 from skill_credits.validation import (
     USER_ID_RE,
-    PathUserId,
     anchored,
-    optional_string,
     path_user_id,
 )
 

@@ -24,15 +24,19 @@ from skill_credits.ledger.schemas import (
     TransactionPage,
     User,
 )
-from skill_credits.observability import CHARGES, CREDITS_CONSUMED
-from skill_credits.openapi import BODY, REPLAYED, documented
-from skill_credits.validation import (
-    IDEMPOTENCY_KEY_RE,
+from skill_credits.observability import CHARGE_SKILL, CHARGES, CREDITS_CONSUMED
+from skill_credits.openapi import (
+    BODY,
     IDEMPOTENCY_KEY_SCHEMA,
+    REPLAYED,
     PathUserId,
     PathUuid,
-    idempotency_key,
+    documented,
     optional_string,
+)
+from skill_credits.validation import (
+    IDEMPOTENCY_KEY_RE,
+    idempotency_key,
     path_user_id,
     path_uuid,
 )
@@ -65,7 +69,7 @@ class LedgerController(Controller):
     @post(
         "/charges",
         summary="Charge a skill at its current cost",
-        opt={"deferred_auth": True},
+        opt={"deferred_auth": True, "counts_charges": True},
         **documented("createCharge", *BODY, 402, 403, 404, 422, headers=(REPLAYED,)),
     )
     async def charge(
@@ -92,10 +96,8 @@ class LedgerController(Controller):
                 api_key_id=principal_of(request).key_id,
                 check_caller=lambda: confirm(request),
             )
-        except ApiError as exc:
-            # unknown names stay out of the labels: a client must not grow the metrics
-            unknown = exc.code in ("skill_not_found", "unauthorized")
-            CHARGES.labels("(unknown)" if unknown else data.skill, exc.code).inc()
+        except Exception:
+            request.scope[CHARGE_SKILL] = data.skill  # observability.count_refused_charge
             raise
         CHARGES.labels(data.skill, "replayed" if written.replayed else "charged").inc()
         if not written.replayed:

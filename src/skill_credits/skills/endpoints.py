@@ -9,7 +9,7 @@ from litestar.params import HeaderParameter, JSONBody
 from skill_credits.auth import require_admin
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
-from skill_credits.openapi import BODY, ETAG, documented
+from skill_credits.openapi import BODY, ETAG, PathSkillName, documented, optional_string
 from skill_credits.skills import repository as repo
 from skill_credits.skills import service
 from skill_credits.skills.schemas import (
@@ -21,7 +21,7 @@ from skill_credits.skills.schemas import (
     SkillPatch,
     catalogue_item,
 )
-from skill_credits.validation import PathSkillName, optional_string, path_skill_name
+from skill_credits.validation import path_skill_name
 
 
 class CatalogueController(Controller):
