@@ -232,11 +232,10 @@ async def test_worker_killed_mid_delivery_loses_nothing(api, db, endpoint, serve
     await make_events(api, 2)
     worker = start_worker(server_env)
     try:
-        for _ in range(100):  # the first request is in flight at the receiver
-            if slow.ids():
-                break
+        deadline = time.monotonic() + 30  # a loaded machine takes seconds to start a worker
+        while not slow.ids() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        assert slow.ids()
+        assert slow.ids(), "the worker made no delivery within 30 s"  # the first is in flight
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         assert all(r.status == "pending" for r in await deliveries(db, slow.url))
