@@ -71,7 +71,6 @@ def idempotency_key(value: str | None) -> str | None:
     return value
 
 
-
 def plain_text(field: str, encoded: bytes) -> None:
     """Percent-encoded text must be UTF-8 without NUL (PostgreSQL text cannot hold NUL).
 

@@ -371,8 +371,24 @@ CASES = [
         400,
         "type",
     ),
-    ("POST", "/v1/transactions/{tx}/refund", "service", b'{"description":"\xfe"}', {}, 400, "description"),
-    ("PATCH", "/v1/admin/skills/{skill}", "admin", b'{"display_name":"\x80"}', {}, 400, "display_name"),
+    (
+        "POST",
+        "/v1/transactions/{tx}/refund",
+        "service",
+        b'{"description":"\xfe"}',
+        {},
+        400,
+        "description",
+    ),
+    (
+        "PATCH",
+        "/v1/admin/skills/{skill}",
+        "admin",
+        b'{"display_name":"\x80"}',
+        {},
+        400,
+        "display_name",
+    ),
     ("POST", "/v1/admin/skills", "admin", b'{"\xff": 1}', {}, 400, "body"),
     *[
         ("GET", f"{route}?cursor={cursor}", "service", None, {}, 400, "cursor")
