@@ -1,0 +1,88 @@
+"""The admin pages without a browser: hostile form input, sessions and the login limit."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from skill_credits.app import create_app
+from tests.integration.helpers import Api, snapshot
+from tests.integration.test_inputs import BAD_CURSORS
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture(scope="module")
+async def ui(settings):
+    """An app of the module's own whose login limit does not get in the way."""
+    app = create_app(replace(settings, login_attempts_per_minute=10_000))
+    async with AsyncTestClient(app=app, timeout=30) as c:
+        yield c
+
+
+async def log_in(c: AsyncTestClient, token: str) -> dict[str, str]:
+    """Logs ``c`` in; returns the CSRF header its forms then need."""
+    await c.get("/admin/login")
+    csrf = {"x-csrftoken": c.cookies.get("sc_csrf", path="/admin")}
+    r = await c.post("/admin/login", data={"api_key": token}, headers=csrf, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return csrf
+
+
+@pytest.fixture(scope="module")
+async def world(client, keys, ui):
+    api = Api(client, keys)
+    skill = (await api.create_skill(cost=2))["name"]
+    user = await api.new_user(50)
+    tx = (await api.charge(user, skill)).json()["id"]
+    return {"skill": skill, "user": user, "tx": tx, "csrf": await log_in(ui, keys.admin)}
+
+
+# (path, url-encoded form, field named by the 400)
+HOSTILE_FORMS = [
+    ("/admin/skills/A%00B/cost", "cost=5&version=1", "name"),
+    ("/admin/skills/A%00B/active", "is_active=false&version=1", "name"),
+    ("/admin/skills/{skill}/cost", "cost=5&version=1%00", "version"),
+    ("/admin/skills/A%FFB/cost", "cost=5&version=1", "path"),
+    ("/admin/skills", "name=NEW_ONE&display_name=x%00&cost=1", "display_name"),
+    ("/admin/skills", "name=NEW_ONE&display_name=x&cost=1&description=%C3", "description"),
+    ("/admin/users/{user}/credits", "amount=5&type=GRANT&idem=%00", "idem"),
+    ("/admin/users/{user}/credits", "amount=5&type=GRANT&idem=%FF", "idem"),
+    ("/admin/users/{user}/credits", "amount=5&type=GRANT&description=a%00b", "description"),
+    ("/admin/users/{user}/credits", "amount=5&type=GRANT&desc%FFription=x", "desc\ufffdription"),
+    ("/admin/transactions/{tx}/refund", "user_id={user}&idem=%00", "idem"),
+    ("/admin/transactions/{tx}/refund", "user_id={user}&description=a%00b", "description"),
+    ("/admin/transactions/{tx}/refund", "user_id={user}&description=%ED%A0%80", "description"),
+    ("/admin/login", "api_key=sck_%00", "api_key"),
+]
+
+
+@pytest.mark.parametrize(("path", "form", "field"), HOSTILE_FORMS)
+async def test_hostile_form_fields_are_a_400_that_changes_nothing(
+    ui, world, db, path, form, field
+) -> None:
+    before = await snapshot(db)
+    r = await ui.post(
+        path.format(**world),
+        content=form.format(**world).encode(),
+        headers=FORM | world["csrf"],
+        follow_redirects=False,
+    )
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert (r.json()["code"], r.json()["field"]) == ("validation_error", field)
+    assert await snapshot(db) == before
+
+
+@pytest.mark.parametrize("query", ["user_id=a%00b", "user_id=%FF", "cursor=%00"])
+async def test_hostile_query_is_a_400(ui, world, query) -> None:
+    r = await ui.get(f"/admin/users?{query}")
+    assert (r.status_code, r.json()["code"]) == (400, "validation_error"), r.text
+
+
+@pytest.mark.parametrize("cursor", BAD_CURSORS)
+async def test_a_page_link_past_the_log_is_a_400_page(ui, world, cursor) -> None:
+    r = await ui.get("/admin/users", params={"user_id": world["user"], "cursor": cursor})
+    assert r.status_code == 400 and "That page link is not valid." in r.text
