@@ -44,12 +44,16 @@ async def keyset_page(
     before: int | None,
     limit: int,
 ) -> tuple[list[Row], str | None]:
-    """Up to ``limit`` rows where every ``equal`` column (skipped when None) matches.
+    """Up to ``limit`` rows where every ``equal`` column (skipped when None) matches:
+    its value, or any of a tuple of values.
 
     ``table``, ``columns`` and the keys of ``equal`` come from code, never from a client.
     """
     filters = {column: value for column, value in equal.items() if value is not None}
-    where = [f"{column} = :{column}" for column in filters] or ["true"]
+    where = [
+        f"{column} = ANY(:{column})" if isinstance(value, tuple) else f"{column} = :{column}"
+        for column, value in filters.items()
+    ] or ["true"]
     if before is not None:
         where.append("seq < :before")
     rows = (
