@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import redis as redis_sync
 from litestar.testing import AsyncTestClient
 
+from skill_credits.admin_ui.session import SESSION_COOKIE
 from skill_credits.app import create_app
 from tests.integration.helpers import Api, snapshot
 from tests.integration.test_inputs import BAD_CURSORS
@@ -86,3 +88,44 @@ async def test_hostile_query_is_a_400(ui, world, query) -> None:
 async def test_a_page_link_past_the_log_is_a_400_page(ui, world, cursor) -> None:
     r = await ui.get("/admin/users", params={"user_id": world["user"], "cursor": cursor})
     assert r.status_code == 400 and "That page link is not valid." in r.text
+
+
+def session_keys(settings) -> set[bytes]:
+    r = redis_sync.Redis.from_url(settings.redis_url)
+    return set(r.scan_iter(match=f"{settings.redis_prefix}sessions*", count=1000))
+
+
+def session_cookies(r) -> list[str]:
+    return [c for c in r.headers.get_list("set-cookie") if c.startswith(SESSION_COOKIE)]
+
+
+async def test_only_a_login_stores_a_session(settings, keys) -> None:
+    before = session_keys(settings)
+    async with AsyncTestClient(app=create_app(settings), timeout=30) as c:
+        for path in ("/admin/login", "/admin/skills", "/admin/users", "/admin/login"):
+            r = await c.get(path, follow_redirects=False)
+            assert r.status_code in (200, 303) and session_cookies(r) == [], r.headers
+        made_up = {"Cookie": f"{SESSION_COOKIE}=made-up"}
+        r = await c.get("/admin/login", headers=made_up)
+        assert session_cookies(r) == [
+            f"{SESSION_COOKIE}=null; HttpOnly; Max-Age=0; Path=/admin; SameSite=strict"
+        ]
+        assert session_keys(settings) == before
+        await log_in(c, keys.admin)
+        assert len(session_keys(settings) - before) == 1
+        await c.post("/admin/logout", headers={"x-csrftoken": c.cookies.get("sc_csrf")})
+        assert session_keys(settings) == before
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+async def test_the_session_cookie_is_secure_over_https(settings, keys, scheme) -> None:
+    app = create_app(settings)
+    async with AsyncTestClient(app=app, base_url=f"{scheme}://testserver.local") as c:
+        await c.get("/admin/login")
+        csrf = {"x-csrftoken": c.cookies.get("sc_csrf", path="/admin")}
+        r = await c.post("/admin/login", data={"api_key": keys.admin}, headers=csrf)
+        (cookie,) = session_cookies(r.history[0])
+        assert ("; Secure" in cookie) == (scheme == "https"), cookie
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+        # the session works over that scheme (a Secure cookie comes back on HTTPS)
+        assert r.status_code == 200 and str(r.url).endswith("/admin/skills")
