@@ -17,9 +17,17 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 @pytest.fixture(scope="module")
-async def ui(settings):
-    """An app of the module's own whose login limit does not get in the way."""
-    app = create_app(replace(settings, login_attempts_per_minute=10_000))
+def own(settings):
+    """Settings of the module's own: Redis keys apart (other tests count the login limit
+    of the same client address), and a login limit that does not get in the way."""
+    return replace(
+        settings, redis_prefix=f"{settings.redis_prefix}pages:", login_attempts_per_minute=10_000
+    )
+
+
+@pytest.fixture(scope="module")
+async def ui(own):
+    app = create_app(own)
     async with AsyncTestClient(app=app, timeout=30) as c:
         yield c
 
@@ -99,9 +107,9 @@ def session_cookies(r) -> list[str]:
     return [c for c in r.headers.get_list("set-cookie") if c.startswith(SESSION_COOKIE)]
 
 
-async def test_only_a_login_stores_a_session(settings, keys) -> None:
-    before = session_keys(settings)
-    async with AsyncTestClient(app=create_app(settings), timeout=30) as c:
+async def test_only_a_login_stores_a_session(own, keys) -> None:
+    before = session_keys(own)
+    async with AsyncTestClient(app=create_app(own), timeout=30) as c:
         for path in ("/admin/login", "/admin/skills", "/admin/users", "/admin/login"):
             r = await c.get(path, follow_redirects=False)
             assert r.status_code in (200, 303) and session_cookies(r) == [], r.headers
@@ -110,16 +118,16 @@ async def test_only_a_login_stores_a_session(settings, keys) -> None:
         assert session_cookies(r) == [
             f"{SESSION_COOKIE}=null; HttpOnly; Max-Age=0; Path=/admin; SameSite=strict"
         ]
-        assert session_keys(settings) == before
+        assert session_keys(own) == before
         await log_in(c, keys.admin)
-        assert len(session_keys(settings) - before) == 1
+        assert len(session_keys(own) - before) == 1
         await c.post("/admin/logout", headers={"x-csrftoken": c.cookies.get("sc_csrf")})
-        assert session_keys(settings) == before
+        assert session_keys(own) == before
 
 
 @pytest.mark.parametrize("scheme", ["https", "http"])
-async def test_the_session_cookie_is_secure_over_https(settings, keys, scheme) -> None:
-    app = create_app(settings)
+async def test_the_session_cookie_is_secure_over_https(own, keys, scheme) -> None:
+    app = create_app(own)
     async with AsyncTestClient(app=app, base_url=f"{scheme}://testserver.local") as c:
         await c.get("/admin/login")
         csrf = {"x-csrftoken": c.cookies.get("sc_csrf", path="/admin")}
