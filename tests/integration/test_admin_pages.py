@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import httpx
 import pytest
 import redis as redis_sync
 from litestar.testing import AsyncTestClient
@@ -12,6 +13,7 @@ from skill_credits.admin_ui.session import SESSION_COOKIE
 from skill_credits.app import create_app
 from tests.integration.helpers import Api, snapshot
 from tests.integration.test_inputs import BAD_CURSORS
+from tests.support import AppServer
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -137,3 +139,39 @@ async def test_the_session_cookie_is_secure_over_https(own, keys, scheme) -> Non
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie
         # the session works over that scheme (a Secure cookie comes back on HTTPS)
         assert r.status_code == 200 and str(r.url).endswith("/admin/skills")
+
+
+@pytest.mark.parametrize("proxies", ["", "127.0.0.1"])
+def test_forwarded_headers_count_only_from_named_proxies(
+    server_env, settings, keys, monkeypatch, proxies
+):
+    """By default (FORWARDED_ALLOW_IPS unset) X-Forwarded-For cannot pick the address the
+    login limit counts, nor X-Forwarded-Proto the scheme; the setting names the proxies
+    that may."""
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    env = server_env | {
+        "REDIS_PREFIX": f"{settings.redis_prefix}fwd{len(proxies)}:",
+        "LOGIN_ATTEMPTS_PER_MINUTE": "2",
+    }
+    server = AppServer(env | ({"FORWARDED_ALLOW_IPS": proxies} if proxies else {}))
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=20) as c:
+            c.get("/admin/login", headers={"X-Forwarded-Proto": "https"})
+            csrf = {"x-csrftoken": c.cookies["sc_csrf"]}
+            codes = []
+            for i in range(3):
+                r = c.post(
+                    "/admin/login",
+                    data={"api_key": keys.admin},
+                    headers=csrf
+                    | {"X-Forwarded-For": f"198.51.100.{i}", "X-Forwarded-Proto": "https"},
+                )
+                codes.append(r.status_code)
+        if proxies:  # each forwarded address has its own count; the proxy said HTTPS
+            assert codes == [303, 303, 303], codes
+            assert "; Secure" in session_cookies(r)[0]
+        else:  # one count for the one real peer, whatever the header says
+            assert codes == [303, 303, 429], codes
+    finally:
+        server.stop()
