@@ -7,7 +7,6 @@ problem+json 4xx; nothing the fuzzer sends may break the ledger (reconcile stays
 
 from __future__ import annotations
 
-import base64
 import json
 from urllib.parse import quote_from_bytes
 
@@ -21,7 +20,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from skill_credits.ledger.repository import reconcile
 from tests.conftest import unique
-from tests.integration.test_inputs import BAD_CURSORS, UUID0
+from tests.integration.test_inputs import BAD_CURSORS, UUID0, cursor_of
 from tests.support import AppServer, record
 
 
@@ -238,10 +237,6 @@ def test_generated_bytes_inside_strings_are_a_400(fuzz_http, keys, case) -> None
     assert r.status_code == 400, (r.status_code, r.text[:300], body)
     assert r.json()["code"] == "validation_error" and field in r.json()["detail"], r.text
     assert state(fuzz_http, keys, user, skill) == before
-
-
-def cursor_of(raw: str) -> str:
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 OUT_OF_RANGE_CURSORS = st.one_of(
