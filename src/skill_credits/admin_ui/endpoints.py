@@ -49,8 +49,8 @@ async def plain_inputs(request: Request) -> None:
     for name, value in request.path_params.items():
         if isinstance(value, str) and "\x00" in value:
             raise validation_error(name, "must not contain NUL")
-    plain_text("path", request.scope.get("raw_path", b"").split(b"?", 1)[0])
-    check_urlencoded(request.scope.get("query_string", b""))
+    plain_text("path", (request.scope.get("raw_path") or b"").split(b"?", 1)[0])
+    check_urlencoded(request.scope.get("query_string") or b"")
     if request.method == "POST":  # every admin form is url-encoded
         check_urlencoded(await request.body())
 
