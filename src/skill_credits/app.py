@@ -22,7 +22,7 @@ from litestar.static_files import create_static_files_router
 from litestar.stores.redis import RedisStore
 from litestar.template.config import TemplateConfig
 
-from skill_credits.admin_ui.endpoints import AdminPagesController, LoginController
+from skill_credits.admin_ui.endpoints import AdminPagesController, LoginController, plain_inputs
 from skill_credits.admin_ui.session import LoginRequired, login_rate_limit, session_config
 from skill_credits.auth import KeyCache
 from skill_credits.bodies import api_request
@@ -137,6 +137,7 @@ def create_app(settings: Settings) -> Litestar:
     admin_ui = Router(
         path="/",
         route_handlers=[LoginController, AdminPagesController],
+        before_request=plain_inputs,
         middleware=[
             session_config().middleware,
             login_rate_limit(settings.login_attempts_per_minute).middleware,

@@ -42,6 +42,37 @@ def _field_and_message(exc: msgspec.ValidationError) -> tuple[str, str]:
     return path or "body", message
 
 
+def _invalid_utf8_field(raw: bytes) -> str:
+    """The key whose string value holds the first byte that is not UTF-8, else "body".
+
+    One linear pass over the valid prefix: strings (with their escapes) and the
+    ``:`` that makes the last one a key.
+    """
+    try:
+        raw.decode("utf-8")
+        return "body"
+    except UnicodeDecodeError as exc:
+        prefix = raw[: exc.start].decode("utf-8")
+    key = last = None
+    in_string = escaped = False
+    start = 0
+    for i, ch in enumerate(prefix):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string, last = False, prefix[start:i]
+        elif ch == '"':
+            in_string, start = True, i + 1
+        elif ch == ":":
+            key = last
+        elif ch in ",{[":
+            key = None
+    return key if in_string and key else "body"
+
+
 async def api_request(request: Request) -> None:
     """``before_request`` of every /v1 route: the key (401), then the body (413, 415, 400)."""
     await authenticate(request)
@@ -78,3 +109,5 @@ async def _check_body(request: Request) -> None:
         raise validation_error(field, message) from None
     except msgspec.DecodeError as exc:
         raise validation_error("body", f"malformed JSON ({exc})") from None
+    except UnicodeDecodeError:  # bytes inside a string that are not UTF-8
+        raise validation_error(_invalid_utf8_field(raw), "must be valid UTF-8") from None

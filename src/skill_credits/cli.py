@@ -123,6 +123,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log_level=os.environ.get("LOG_LEVEL", "warning"),
         log_config=None,  # each worker logs JSON lines (observability.configure_logging)
         access_log=False,
+        # uvicorn would believe X-Forwarded-* from 127.0.0.1 by default: only from the
+        # proxies the operator names (FORWARDED_ALLOW_IPS), and from none without it
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )
     return 0
 

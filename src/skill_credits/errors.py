@@ -44,6 +44,7 @@ TITLES = {
     "payload_too_large": "Payload too large",
     "unsupported_media_type": "Unsupported media type",
     "idempotency_key_reused": "Idempotency key reused",
+    "rate_limited": "Too many requests",
     "service_unavailable": "Service unavailable",
     "internal_error": "Internal error",
 }
@@ -56,6 +57,7 @@ _CODE_BY_STATUS = {
     405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    429: "rate_limited",
     503: "service_unavailable",
 }
 
@@ -120,6 +122,7 @@ def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
     status = exc.status_code
     code = _http_code(status)
     extra: dict[str, Any] = {"code": code}
+    headers = exc.headers
     detail = str(exc.detail)
     if isinstance(exc, ValidationException):
         detail, field = _validation_detail(exc)
@@ -129,12 +132,16 @@ def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
         detail = f"body: {detail}" if "JSON" in detail or "decode" in detail.lower() else detail
     elif status == 413:
         detail = "the request body is larger than 64 KiB"
+    elif status == 429:  # the login limit (litestar's rate limit middleware)
+        retry = max(1, int((headers or {}).get("RateLimit-Reset", "60")))
+        headers = {**(headers or {}), "Retry-After": str(retry)}
+        detail = f"too many attempts from this address; retry in {retry} s"
     return ProblemDetailsException(
         detail=detail,
         status_code=status,
         title=TITLES.get(code, exc.__class__.__name__),
         extra=extra,
-        headers=exc.headers,
+        headers=headers,
     )
 
 

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from skill_credits.validation import MAX_INT64
+
+# ASCII digits only (str.isdigit also takes "²", which int() refuses), at most 19 of them.
+_CURSOR = re.compile(r"s([0-9]{1,19})")
 
 
 def encode_cursor(seq: int) -> str:
@@ -24,9 +30,10 @@ def decode_cursor(cursor: str) -> int | None:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
-    if not raw.startswith("s") or not raw[1:].isdigit() or len(raw) > 20:
+    match = _CURSOR.fullmatch(raw)
+    if match is None or int(match[1]) > MAX_INT64:  # seq is a bigint: 2^63 would reach SQL
         return None
-    return int(raw[1:])
+    return int(match[1])
 
 
 async def keyset_page(
@@ -37,12 +44,16 @@ async def keyset_page(
     before: int | None,
     limit: int,
 ) -> tuple[list[Row], str | None]:
-    """Up to ``limit`` rows where every ``equal`` column (skipped when None) matches.
+    """Up to ``limit`` rows where every ``equal`` column (skipped when None) matches:
+    its value, or any of a tuple of values.
 
     ``table``, ``columns`` and the keys of ``equal`` come from code, never from a client.
     """
     filters = {column: value for column, value in equal.items() if value is not None}
-    where = [f"{column} = :{column}" for column in filters] or ["true"]
+    where = [
+        f"{column} = ANY(:{column})" if isinstance(value, tuple) else f"{column} = :{column}"
+        for column, value in filters.items()
+    ] or ["true"]
     if before is not None:
         where.append("seq < :before")
     rows = (

@@ -41,6 +41,10 @@ class Settings:
     secret_key: str = ""
     # Brute-force guard of /admin/login: attempts per client address per minute.
     login_attempts_per_minute: int = 10
+    # Comma-separated addresses (or "*") of the reverse proxies whose X-Forwarded-For
+    # and X-Forwarded-Proto `serve` believes. Empty: nobody's, so no one who can reach
+    # the port can pick the client address the login limit counts.
+    forwarded_allow_ips: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +59,7 @@ class Settings:
             db_fast_pool_size=int(env.get("DB_FAST_POOL_SIZE", "10")),
             secret_key=env.get("SECRET_KEY", ""),
             login_attempts_per_minute=int(env.get("LOGIN_ATTEMPTS_PER_MINUTE", "10")),
+            forwarded_allow_ips=env.get("FORWARDED_ALLOW_IPS", "").strip(),
         )
 
     @property

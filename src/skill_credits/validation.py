@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import uuid
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from msgspec import Meta
 
@@ -97,3 +98,25 @@ def idempotency_key(value: str | None) -> str | None:
     if not IDEMPOTENCY_KEY_RE.fullmatch(value):
         raise _invalid("Idempotency-Key", "must be 1-255 printable ASCII characters")
     return value
+
+
+def plain_text(field: str, encoded: bytes) -> None:
+    """Percent-encoded text must be UTF-8 without NUL (PostgreSQL text cannot hold NUL).
+
+    Parsers replace bytes that are not UTF-8 silently, so this looks at the raw bytes.
+    """
+    try:
+        decoded = unquote_to_bytes(encoded).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid(field, "must be valid UTF-8") from None
+    if "\x00" in decoded:
+        raise _invalid(field, "must not contain NUL")
+
+
+def check_urlencoded(raw: bytes) -> None:
+    """Every name and value of ``name=value&...`` (a form or a query string)."""
+    for pair in raw.replace(b"+", b" ").split(b"&"):
+        name, _, value = pair.partition(b"=")
+        field = unquote_to_bytes(name).decode("utf-8", "replace").replace("\x00", "") or "body"
+        plain_text(field, name)
+        plain_text(field, value)

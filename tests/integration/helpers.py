@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import text
+
 from tests.conftest import Keys, unique
 
 
@@ -58,3 +60,17 @@ class Api:
         r = await self.c.get(f"/v1/users/{user}", headers=self.keys.auth("service"))
         assert r.status_code == 200, r.text
         return r.json()["credits"]
+
+
+async def snapshot(db) -> tuple:
+    """What a refused request must leave unchanged: rows, balances, skills and versions."""
+    async with db.autocommit.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM transactions), (SELECT sum(credits) FROM users),"
+                    " (SELECT count(*) FROM skills), (SELECT sum(version) FROM skills)"
+                )
+            )
+        ).one()
+        return tuple(row)

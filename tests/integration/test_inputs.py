@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from skill_credits.ledger.repository import reconcile
-from tests.integration.helpers import Api
+from tests.integration.helpers import Api, snapshot
 
 BIG = 2**63
 UUID0 = "7b0c5d7e-0000-4000-8000-000000000000"
+
+
+def cursor_of(raw: str) -> str:
+    """A cursor in the API's own form around ``raw`` (its payload is "s<seq>")."""
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+# well-formed cursors whose number no bigint holds, or whose digits are not ASCII
+BAD_CURSORS = [
+    "czk5OTk5OTk5OTk5OTk5OTk5OTk",
+    cursor_of(f"s{2**63}"),
+    cursor_of("s\u00b2"),
+    cursor_of("s\u0661\u0662"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -334,6 +350,51 @@ CASES = [
     ("PATCH", "/v1/admin/skills/bad-name", "admin", {"cost": 1}, {}, 400, "name"),
     ("GET", "/v1/admin/skills/bad-name", "admin", None, {}, 400, "name"),
     ("GET", "/v1/admin/skills/bad-name/history", "admin", None, {}, 400, "name"),
+    # bytes that are not UTF-8 inside a string: 400 naming the field
+    ("POST", "/v1/charges", "service", b'{"user_id":"\xff","skill":"X"}', {}, 400, "user_id"),
+    (
+        "POST",
+        "/v1/charges",
+        "service",
+        b'{"user_id": "u1", "skill": "X", "description": "a \\"q\\" \xc3"}',
+        {},
+        400,
+        "description",
+    ),
+    ("POST", "/v1/holds", "service", b'{"user_id":"u1","skill":"\xed\xa0\x80"}', {}, 400, "skill"),
+    (
+        "POST",
+        "/v1/users/{user}/credits",
+        "admin",
+        b'{"amount": 5, "type": "GR\xffANT"}',
+        {},
+        400,
+        "type",
+    ),
+    (
+        "POST",
+        "/v1/transactions/{tx}/refund",
+        "service",
+        b'{"description":"\xfe"}',
+        {},
+        400,
+        "description",
+    ),
+    (
+        "PATCH",
+        "/v1/admin/skills/{skill}",
+        "admin",
+        b'{"display_name":"\x80"}',
+        {},
+        400,
+        "display_name",
+    ),
+    ("POST", "/v1/admin/skills", "admin", b'{"\xff": 1}', {}, 400, "body"),
+    *[
+        ("GET", f"{route}?cursor={cursor}", "service", None, {}, 400, "cursor")
+        for cursor in BAD_CURSORS
+        for route in ("/v1/users/{user}/transactions", "/v1/events")
+    ],
     # precedence: 401 before 413 and 400; 413 before 400; 400 before 403
     ("POST", "/v1/charges", None, b"{" + b" " * 70_000, {}, 401, None),
     ("POST", "/v1/charges", "revoked", b"{", {}, 401, None),
@@ -357,21 +418,6 @@ def fill(value, world):
     if isinstance(value, dict):
         return {k: fill(v, world) for k, v in value.items()}
     return value
-
-
-async def snapshot(db) -> tuple:
-    async with db.autocommit.connect() as conn:
-        from sqlalchemy import text
-
-        row = (
-            await conn.execute(
-                text(
-                    "SELECT (SELECT count(*) FROM transactions), (SELECT sum(credits) FROM users),"
-                    " (SELECT count(*) FROM skills), (SELECT sum(version) FROM skills)"
-                )
-            )
-        ).one()
-        return tuple(row)
 
 
 @pytest.mark.parametrize(("method", "path", "role", "body", "headers", "status", "field"), CASES)

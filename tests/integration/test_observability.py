@@ -188,3 +188,11 @@ async def test_login_is_rate_limited_per_client(client) -> None:
         codes.append(r.status_code)
     # CSRF refuses these tokenless posts (403) until the limit answers 429 first
     assert 429 in codes and codes.index(429) >= 10, codes
+    assert r.status_code == 429 and r.headers["content-type"].startswith("application/problem+json")
+    problem = r.json()
+    assert (problem["status"], problem["code"], problem["title"]) == (
+        429,
+        "rate_limited",
+        "Too many requests",
+    )
+    assert 1 <= int(r.headers["Retry-After"]) <= 60, r.headers

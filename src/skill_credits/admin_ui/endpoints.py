@@ -18,19 +18,41 @@ from skill_credits.auth import principal_of, verify_token
 from skill_credits.bodies import _field_and_message
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
-from skill_credits.errors import ApiError
+from skill_credits.errors import ApiError, validation_error
 from skill_credits.ledger import repository as ledger_repo
 from skill_credits.ledger import service as ledger_service
 from skill_credits.ledger.schemas import CreditIn, RefundIn
 from skill_credits.skills import repository as skills_repo
 from skill_credits.skills import service as skills_service
 from skill_credits.skills.schemas import SkillCreate, SkillPatch
-from skill_credits.validation import SKILL_NAME_RE, SKILL_NAME_RULE, USER_ID_RE, USER_ID_RULE
+from skill_credits.validation import (
+    SKILL_NAME_RE,
+    SKILL_NAME_RULE,
+    USER_ID_RE,
+    USER_ID_RULE,
+    check_urlencoded,
+    plain_text,
+)
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 Db = NamedDependency[Database]
 Cache = NamedDependency[SkillCache]
 INTEGER = re.compile(r"-?\d{1,19}")
+
+
+async def plain_inputs(request: Request) -> None:
+    """``before_request`` of every admin page: one guard for what the forms pass on.
+
+    A NUL or bytes that are not UTF-8 in the path, the query or a form field are a 400
+    naming it, before any handler hands them to PostgreSQL (which refuses NUL in text).
+    """
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise validation_error(name, "must not contain NUL")
+    plain_text("path", (request.scope.get("raw_path") or b"").split(b"?", 1)[0])
+    check_urlencoded(request.scope.get("query_string") or b"")
+    if request.method == "POST":  # every admin form is url-encoded
+        check_urlencoded(await request.body())
 
 
 def _int_field(form: dict[str, str], field: str, errors: dict[str, str], rule: str) -> int | None:
@@ -261,12 +283,15 @@ class AdminPagesController(Controller):
             "flash": _pop_flash(request),
             "idem": uuid.uuid4().hex,
         }
+        status = 200
         if user_id:
             before = ledger_repo.decode_cursor(cursor) if cursor else None
             if not USER_ID_RE.fullmatch(user_id):
                 context["error"] = f"A user id is {USER_ID_RULE}."
+                status = 400
             elif cursor and before is None:
                 context["error"] = "That page link is not valid."
+                status = 400
             else:
                 async with db.autocommit.connect() as conn:
                     user = await ledger_repo.get_user(conn, user_id)
@@ -279,7 +304,7 @@ class AdminPagesController(Controller):
                         context.update(
                             user=user, items=items, next_cursor=next_cursor, refunded=refunded
                         )
-        return Template("users.html", context=context)
+        return Template("users.html", context=context, status_code=status)
 
     @post("/users/{user_id:str}/credits")
     async def credit(

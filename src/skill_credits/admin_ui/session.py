@@ -2,7 +2,9 @@
 
 The session holds the key's id, never the key. Every page re-reads that key's row, so
 a revoked key logs its sessions out on their next request. Logging in always starts a
-new session id (no session fixation).
+new session id (no session fixation). Only a login stores a session: an anonymous
+visitor costs Redis nothing. The cookie is ``Secure`` whenever the page was served
+over HTTPS (directly, or through a proxy named in FORWARDED_ALLOW_IPS).
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from litestar.connection import ASGIConnection
+from litestar.datastructures import Cookie, MutableScopeHeaders
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.middleware.session.server_side import (
     ServerSideSessionBackend,
     ServerSideSessionConfig,
 )
+from litestar.types import Empty, Message, ScopeSession
 from sqlalchemy import text
 
 from skill_credits.auth import Principal
@@ -36,6 +40,33 @@ class RotatingSessionBackend(ServerSideSessionBackend):
                 state["sc_new_session_id"] = self.generate_session_id()
             return state["sc_new_session_id"]
         return super().get_session_id(connection)
+
+    async def store_in_message(
+        self, scope_session: ScopeSession, message: Message, connection: ASGIConnection
+    ) -> None:
+        """Litestar's, but an empty session is never stored (it forgets the one the
+        cookie named, if any), and the cookie is Secure on HTTPS."""
+        had_cookie = bool(connection.cookies.get(self.config.key))
+        empty = scope_session is Empty or not scope_session
+        if empty and not had_cookie:
+            return
+        store = self.config.get_store_from_app(connection.scope["app"])
+        session_id = self.get_session_id(connection)
+        cookie = Cookie(
+            key=self.config.key,
+            value="null" if empty else session_id,
+            path=self.config.path,
+            max_age=0 if empty else self.config.max_age,
+            secure=self.config.secure or connection.scope.get("scheme") == "https",
+            httponly=self.config.httponly,
+            samesite=self.config.samesite,
+            domain=self.config.domain,
+        )
+        if empty:
+            await self.delete(session_id, store=store)
+        else:
+            await self.set(session_id, self.serialize_data(scope_session, connection.scope), store)
+        MutableScopeHeaders.from_message(message).add("Set-Cookie", cookie.to_header(header=""))
 
 
 class AdminSessionConfig(ServerSideSessionConfig):

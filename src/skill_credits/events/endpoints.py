@@ -2,20 +2,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, get, put
+from litestar import Controller, Request, get, put
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
+from skill_credits.auth import principal_of
 from skill_credits.db import Database
 from skill_credits.errors import ApiError, validation_error
 from skill_credits.events import repository as repo
-from skill_credits.events.schemas import EVENT_TYPES, EventPage, Threshold, ThresholdIn
-from skill_credits.openapi import BODY, PathUserId, documented, optional_string
-from skill_credits.validation import (
-    USER_ID_RE,
-    anchored,
-    path_user_id,
+from skill_credits.events.schemas import (
+    ADMIN_EVENT_TYPES,
+    EVENT_TYPES,
+    EventPage,
+    Threshold,
+    ThresholdIn,
 )
+from skill_credits.openapi import BODY, PathUserId, documented, optional_string
+from skill_credits.validation import USER_ID_RE, anchored, path_user_id
 
 Db = NamedDependency[Database]
 
@@ -24,9 +27,10 @@ class EventController(Controller):
     path = "/v1"
     tags = ["events"]
 
-    @get("/events", summary="The events outbox, newest first", **documented("listEvents", 400))
+    @get("/events", summary="The events outbox, newest first", **documented("listEvents", 400, 403))
     async def list_events(
         self,
+        request: Request,
         db: Db,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         cursor: Annotated[
@@ -50,8 +54,14 @@ class EventController(Controller):
             raise validation_error("type", f"must be one of {', '.join(EVENT_TYPES)}")
         if user_id is not None and not USER_ID_RE.fullmatch(user_id):
             raise validation_error("user_id", "is not a user id")
+        # skill.changed names admin keys and inactive skills, which only admin routes show
+        types: str | tuple[str, ...] | None = event_type
+        if not principal_of(request).is_admin:
+            if event_type in ADMIN_EVENT_TYPES:
+                raise ApiError(403, "forbidden", f"{event_type} events need an admin key")
+            types = event_type or tuple(t for t in EVENT_TYPES if t not in ADMIN_EVENT_TYPES)
         async with db.autocommit.connect() as conn:
-            items, next_cursor = await repo.page(conn, limit, before, event_type, user_id)
+            items, next_cursor = await repo.page(conn, limit, before, types, user_id)
         return EventPage(items, next_cursor)
 
     @put(

@@ -30,9 +30,10 @@ async def page(
     conn: AsyncConnection,
     limit: int,
     before: int | None,
-    event_type: str | None,
+    event_type: str | tuple[str, ...] | None,
     user_id: str | None,
 ) -> tuple[list[Event], str | None]:
+    """``event_type``: one type, any of several, or None for every type."""
     rows, next_cursor = await keyset_page(
         conn, "events", EVENT_COLUMNS, {"type": event_type, "user_id": user_id}, before, limit
     )

@@ -9,6 +9,8 @@ from skill_credits.validation import MAX_INT64, UUID_FORMAT, schema_only
 
 EventType = Literal["balance.low", "balance.depleted", "balance.recovered", "skill.changed"]
 EVENT_TYPES = ("balance.low", "balance.depleted", "balance.recovered", "skill.changed")
+# What an admin route shows: a service key's /v1/events leaves these out.
+ADMIN_EVENT_TYPES = ("skill.changed",)
 
 
 class Event(Struct, kw_only=True):
