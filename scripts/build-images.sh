@@ -72,8 +72,10 @@ for name in "${missing[@]}"; do
   fi
   tar -C "$root" -c . | docker import - "$PREFIX/$name-rootfs:${TAGS[$name]}" >/dev/null
   rm -rf --one-file-system "$root"
+  # the classic builder (the client may lack buildx); these steps only COPY and set metadata
   DOCKER_BUILDKIT=0 docker build -q -t "$tag" --build-arg "ROOTFS=$PREFIX/$name-rootfs:${TAGS[$name]}" \
-    -f "images/$name.Dockerfile" images >/dev/null
+    -f "images/$name.Dockerfile" images >"$work/$name.build.log" 2>&1 \
+    || { cat "$work/$name.build.log" >&2; exit 1; }
   docker image rm "$PREFIX/$name-rootfs:${TAGS[$name]}" >/dev/null
 done
 docker image ls "$PREFIX/*"
