@@ -37,6 +37,10 @@ def run_in_thread(fn, *args):
         return pool.submit(fn, *args).result()
 
 
+def pytest_configure(config) -> None:
+    servers.mode()  # an unknown TEST_SERVERS stops the run before it starts
+
+
 def pytest_report_header(config) -> str:
     return f"servers: TEST_SERVERS={servers.mode()} (tests/servers.py)"
 
