@@ -7,10 +7,18 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
+# The images scripts/build-images.sh builds from Debian packages, with no registry.
+LOCAL_IMAGES := skill-credits-local
+# testcontainers on those images: no Ryuk (the reaper's image is a registry's; the fixtures
+# remove their containers themselves) and the published ports reached on this machine's loopback
+# (a /.dockerenv file would otherwise make it guess it runs inside a container).
+CONTAINERS_ENV := TEST_SERVERS=containers \
+	TEST_POSTGRES_IMAGE=$(LOCAL_IMAGES)/postgres:15 TEST_REDIS_IMAGE=$(LOCAL_IMAGES)/redis:7 \
+	TESTCONTAINERS_RYUK_DISABLED=true TESTCONTAINERS_CONNECTION_MODE=docker_host TC_HOST=127.0.0.1
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: uv
 uv:
@@ -34,8 +42,21 @@ run: migrate ## Install what running needs, migrate, serve on http://127.0.0.1:8
 	$(UV) run --no-sync skill-credits serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 .PHONY: test
-test: install ## Run the whole test suite against real PostgreSQL and Redis
+test: install ## Run the whole test suite against real PostgreSQL and Redis (TEST_SERVERS=containers: in containers)
 	$(UV) run pytest
+
+.PHONY: images
+images: ## Build PostgreSQL, Redis and Python images from Debian packages (root; reuses built ones)
+	scripts/build-images.sh
+
+.PHONY: test-containers
+test-containers: install images ## The whole suite with PostgreSQL and Redis in containers of those images
+	$(CONTAINERS_ENV) $(UV) run pytest
+
+.PHONY: compose-smoke
+compose-smoke: images ## compose.yaml on those images: build, up, /readyz, credit, charge, down
+	POSTGRES_IMAGE=$(LOCAL_IMAGES)/postgres:15 REDIS_IMAGE=$(LOCAL_IMAGES)/redis:7 \
+	PYTHON_IMAGE=$(LOCAL_IMAGES)/python:3.11 scripts/compose-smoke.sh
 
 .PHONY: bench
 bench: install ## Benchmarks (wrk, ~40 min): writes BENCHMARKS.md and docs/bench-throughput.png

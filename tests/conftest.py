@@ -1,17 +1,15 @@
 """Test resources: a throwaway database and Redis key prefix per run, real servers only.
 
-PostgreSQL and Redis are taken from TEST_DATABASE_URL / TEST_REDIS_URL, else the local
-defaults (127.0.0.1:5432 as the current user, 127.0.0.1:6379), else — where Docker
-exists — testcontainers. The run creates its own database and drops it at the end, and
-writes Redis keys only under its own prefix, which it deletes at the end.
+Which PostgreSQL and Redis: tests/servers.py (TEST_SERVERS=local, the default, takes the
+machine's own or TEST_DATABASE_URL / TEST_REDIS_URL; TEST_SERVERS=containers starts them with
+testcontainers). The run creates its own database and drops it at the end, and writes Redis
+keys only under its own prefix, which it deletes at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,8 +24,7 @@ from skill_credits.auth import create_key, revoke_key
 from skill_credits.db import Database
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
-
-LOCAL_PG = "postgresql://127.0.0.1:5432"
+from tests import servers
 
 
 def run_in_thread(fn, *args):
@@ -40,56 +37,46 @@ def run_in_thread(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+def pytest_configure(config) -> None:
+    servers.mode()  # an unknown TEST_SERVERS stops the run before it starts
 
 
-def _pg_answers(base: str) -> bool:
-    async def probe() -> bool:
-        try:
-            conn = await asyncpg.connect(f"{base}/postgres", timeout=2)
-        except Exception:  # noqa: BLE001
-            return False
-        await conn.close()
-        return True
-
-    return run_in_thread(asyncio.run, probe())
+def pytest_report_header(config) -> str:
+    return f"servers: TEST_SERVERS={servers.mode()} (tests/servers.py)"
 
 
-def _redis_answers(url: str) -> bool:
-    try:
-        return redis_sync.Redis.from_url(url, socket_timeout=1).ping()
-    except Exception:  # noqa: BLE001
-        return False
+SERVERS: list[servers.Server] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say which servers the run used: in containers mode, the containers' ids and ports."""
+    for server in SERVERS:
+        terminalreporter.write_line(f"servers: {server.describe()}")
 
 
 @pytest.fixture(scope="session")
-def pg_base() -> Iterator[str]:
+def postgres_server() -> Iterator[servers.Server]:
+    with servers.postgres(run_in_thread) as server:
+        SERVERS.append(server)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[servers.Server]:
+    with servers.redis() as server:
+        SERVERS.append(server)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_base(postgres_server: servers.Server) -> str:
     """A server URL without a database name."""
-    base = os.environ.get("TEST_DATABASE_URL", LOCAL_PG).rstrip("/")
-    if _pg_answers(base):
-        yield base
-        return
-    if shutil.which("docker") is None:
-        pytest.exit(f"no PostgreSQL at {base} and no Docker for testcontainers", returncode=2)
-    from testcontainers.postgres import PostgresContainer
-
-    with PostgresContainer("postgres:15-alpine", driver=None) as pg:
-        url = pg.get_connection_url()
-        yield url.rsplit("/", 1)[0]
+    return postgres_server.url
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("TEST_REDIS_URL", LOCAL_REDIS)
-    if _redis_answers(url):
-        yield url
-        return
-    if shutil.which("docker") is None:
-        pytest.exit(f"no Redis at {url} and no Docker for testcontainers", returncode=2)
-    from testcontainers.redis import RedisContainer
-
-    with RedisContainer("redis:7-alpine") as r:
-        yield f"redis://{r.get_container_host_ip()}:{r.get_exposed_port(6379)}/0"
+def redis_url(redis_server: servers.Server) -> str:
+    return redis_server.url
 
 
 @pytest.fixture(scope="session")

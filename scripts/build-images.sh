@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Build the container images the tests and compose.yaml use, from Debian packages, without a
+# container registry (CI reaches Debian's packages but no registry of images).
+#
+#   skill-credits-local/postgres:15   postgresql-15; honours POSTGRES_USER/PASSWORD/DB
+#   skill-credits-local/redis:7       redis-server as its default command
+#   skill-credits-local/python:3.11   python3 (3.11), venv and pip: a base for the Dockerfile;
+#                                     it carries this machine's CA bundle, so builds from it reach
+#                                     PyPI wherever the machine itself does
+#
+# Each is a `debootstrap --variant=minbase` root of the same Debian release, with its packages
+# installed by chroot from the mirror this machine's apt uses (scripts/debian-mirror.sh), imported
+# with `docker import`, then given its entrypoint and metadata by scripts/images/*.Dockerfile (no
+# network needed for that step). An image whose tag exists is reused: `--rebuild` builds anew.
+# Needs root, debootstrap and a Docker engine that answers.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+SUITE=bookworm
+PREFIX=skill-credits-local
+rebuild=0
+[ "${1:-}" = "--rebuild" ] && rebuild=1
+
+declare -A PACKAGES=(
+  [postgres]="postgresql-15"
+  [redis]="redis-server"
+  [python]="python3 python3-venv python3-pip python-is-python3 ca-certificates"
+)
+declare -A TAGS=([postgres]=15 [redis]=7 [python]=3.11)
+
+missing=()
+for name in postgres redis python; do
+  tag="$PREFIX/$name:${TAGS[$name]}"
+  if [ $rebuild = 0 ] && docker image inspect "$tag" >/dev/null 2>&1; then
+    echo "reusing $tag"
+  else
+    missing+=("$name")
+  fi
+done
+[ ${#missing[@]} -gt 0 ] || exit 0
+
+command -v debootstrap >/dev/null || { echo "debootstrap is needed (apt-get install debootstrap)" >&2; exit 1; }
+mirror="$(./debian-mirror.sh "$SUITE")"
+work="$(mktemp -d /var/tmp/skill-credits-images.XXXXXX)"
+trap 'rm -rf --one-file-system "$work"' EXIT
+
+echo "debootstrap $SUITE (minbase) from the machine's Debian mirror"
+debootstrap --variant=minbase "$SUITE" "$work/base" "$mirror" >"$work/debootstrap.log" 2>&1 \
+  || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+# No service starts inside the chroot; no cluster is made at install time (the entrypoint makes one).
+printf '#!/bin/sh\nexit 101\n' >"$work/base/usr/sbin/policy-rc.d"
+chmod +x "$work/base/usr/sbin/policy-rc.d"
+mkdir -p "$work/base/etc/postgresql-common"
+echo "create_main_cluster = false" >"$work/base/etc/postgresql-common/createcluster.conf"
+
+for name in "${missing[@]}"; do
+  tag="$PREFIX/$name:${TAGS[$name]}"
+  root="$work/$name"
+  echo "building $tag (${PACKAGES[$name]})"
+  docker image rm "$tag" >/dev/null 2>&1 || true  # --rebuild: leave no untagged copy behind
+  cp -a "$work/base" "$root"
+  chroot "$root" apt-get install -y -qq --no-install-recommends ${PACKAGES[$name]} \
+    >"$work/$name.log" 2>&1 || { tail -20 "$work/$name.log" >&2; exit 1; }
+  chroot "$root" apt-get clean
+  rm -rf "$root"/var/lib/apt/lists/* "$root/usr/sbin/policy-rc.d"
+  if [ "$name" = python ]; then
+    # Like the official python image: pip may install into the image's own Python.
+    rm -f "$root"/usr/lib/python3*/EXTERNALLY-MANAGED
+    # Builds FROM this image download from PyPI: they trust what this machine trusts (its CA
+    # bundle holds any certificate authority of a TLS-inspecting proxy it goes through).
+    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+  fi
+  tar -C "$root" -c . | docker import - "$PREFIX/$name-rootfs:${TAGS[$name]}" >/dev/null
+  rm -rf --one-file-system "$root"
+  # the classic builder (the client may lack buildx); these steps only COPY and set metadata
+  DOCKER_BUILDKIT=0 docker build -q -t "$tag" --build-arg "ROOTFS=$PREFIX/$name-rootfs:${TAGS[$name]}" \
+    -f "images/$name.Dockerfile" images >"$work/$name.build.log" 2>&1 \
+    || { cat "$work/$name.build.log" >&2; exit 1; }
+  docker image rm "$PREFIX/$name-rootfs:${TAGS[$name]}" >/dev/null
+done
+docker image ls "$PREFIX/*"
