@@ -1,0 +1,519 @@
+"""The ledger's database functions (ledger_v1.sql), called as the service calls them.
+
+Each test makes its own users and skills on the run's database, so the functions are
+checked against a real PostgreSQL under real concurrency: spending order, expiry written
+off exactly once, no grant overdrawn, holds that reserve only in grants that outlive them,
+refunds of credits that lapsed meanwhile, and the reconcile checks of every grant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from tests.conftest import unique
+
+CHARGE = "SELECT * FROM sc_charge($1, $2, $3, $4, $5, $6, $7, $8)"
+CREDIT = "SELECT * FROM sc_credit($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+HOLD = "SELECT * FROM sc_hold($1, $2, $3, $4, $5, $6, $7, $8)"
+
+
+@pytest.fixture(scope="module")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    p = await asyncpg.create_pool(dsn, min_size=2, max_size=24)
+    yield p
+    await p.close()
+
+
+async def new_skill(pool: asyncpg.Pool, cost: int, active: bool = True) -> str:
+    name = unique("SQ")
+    await pool.execute(
+        "INSERT INTO skills (name, display_name, cost, is_active) VALUES ($1, $1, $2, $3)",
+        name,
+        cost,
+        active,
+    )
+    return name
+
+
+def new_user() -> str:
+    return unique("g").lower()
+
+
+async def credit(
+    pool,
+    user: str,
+    amount: int,
+    *,
+    type_: str = "PURCHASE",
+    expires_at: datetime | None = None,
+    priority: int | None = None,
+    category: str | None = None,
+    key: str | None = None,
+    hash_: bytes | None = None,
+):
+    return await pool.fetchrow(
+        CREDIT, user, type_, amount, None, key, hash_, expires_at, priority, category
+    )
+
+
+async def charge(pool, user: str, skill: str, units: int = 1, *, key=None, hash_=None,
+                 version=None, api_key_id=None):
+    return await pool.fetchrow(CHARGE, user, skill, version, units, None, key, hash_, api_key_id)
+
+
+async def hold(pool, user: str, skill: str, units: int = 1, ttl: int = 60, key=None):
+    return await pool.fetchrow(HOLD, user, skill, None, units, ttl, None, key, None)
+
+
+def sources(row) -> list[tuple[str, int]]:
+    return [(s["grant_id"], s["amount"]) for s in json.loads(row["sources"])]
+
+
+async def grants(pool, user: str) -> list[asyncpg.Record]:
+    """The user's grants in spending order (active ones first in that order)."""
+    return await pool.fetch(
+        "SELECT id::text AS id, category, priority, amount, remaining, reserved, expires_at,"
+        " status FROM grants WHERE user_id = $1"
+        " ORDER BY priority, expires_at, created_at, id",
+        user,
+    )
+
+
+async def assert_consistent(pool, user: str) -> None:
+    """credits == sum(amount) == sum(remaining of grants not written off); no problems."""
+    row = await pool.fetchrow(
+        "SELECT u.credits, u.reserved,"
+        " (SELECT coalesce(sum(amount), 0) FROM transactions t WHERE t.user_id = u.user_id)"
+        "   AS logged,"
+        " (SELECT coalesce(sum(remaining), 0) FROM grants g"
+        "   WHERE g.user_id = u.user_id AND g.status <> 'expired') AS remaining"
+        " FROM users u WHERE u.user_id = $1",
+        user,
+    )
+    assert row["credits"] == row["logged"] == row["remaining"], dict(row)
+    problems = await pool.fetch("SELECT * FROM sc_grant_problems() WHERE user_id = $1", user)
+    assert [dict(p) for p in problems] == []
+
+
+async def at(instant: datetime) -> None:
+    await asyncio.sleep(max(0.0, (instant - datetime.now(UTC)).total_seconds()))
+
+
+# --- spending order -------------------------------------------------------------------
+
+
+async def test_debits_draw_in_spending_order_and_say_so(pool) -> None:
+    skill = await new_skill(pool, 10)
+    user = new_user()
+    soon = datetime.now(UTC) + timedelta(days=1)
+    later = datetime.now(UTC) + timedelta(days=30)
+    never_paid = await credit(pool, user, 8)  # priority 50, never
+    month = await credit(pool, user, 6, expires_at=later)  # priority 50, later
+    gift = await credit(pool, user, 5, type_="GRANT", expires_at=soon, priority=10)
+    day = await credit(pool, user, 4, expires_at=soon)  # priority 50, soon
+    assert [g["id"] for g in await grants(pool, user)] == [
+        gift["grant_id"], day["grant_id"], month["grant_id"], never_paid["grant_id"]
+    ]
+    assert [g["category"] for g in await grants(pool, user)] == [
+        "promotional", "paid", "paid", "paid"
+    ]
+    first = await charge(pool, user, skill)
+    assert first["outcome"] == "written"
+    assert (first["amount"], first["balance_after"]) == (-10, 13)
+    assert sources(first) == [(gift["grant_id"], 5), (day["grant_id"], 4), (month["grant_id"], 1)]
+    # a negative ADJUSTMENT draws in the same order
+    adj = await credit(pool, user, -7, type_="ADJUSTMENT")
+    assert adj["outcome"] == "written" and adj["balance_after"] == 6
+    assert sources(adj) == [(month["grant_id"], 5), (never_paid["grant_id"], 2)]
+    states = {g["id"]: (g["remaining"], g["status"]) for g in await grants(pool, user)}
+    assert states == {
+        gift["grant_id"]: (0, "depleted"),
+        day["grant_id"]: (0, "depleted"),
+        month["grant_id"]: (0, "depleted"),
+        never_paid["grant_id"]: (6, "active"),
+    }
+    view = await pool.fetchrow("SELECT * FROM sc_user($1)", user)
+    assert (view["credits"], view["paid"], view["promotional"]) == (6, 6, 0)
+    await assert_consistent(pool, user)
+
+
+async def test_refusals_come_in_the_contracts_order(pool) -> None:
+    skill = await new_skill(pool, 10)
+    off = await new_skill(pool, 10, active=False)
+    user = new_user()
+    await credit(pool, user, 15)
+    key_id = await pool.fetchval(
+        "INSERT INTO api_keys (id, name, role, key_hash, revoked_at)"
+        " VALUES ($1, $1, 'service', '\\x00', now()) RETURNING id",
+        uuid.uuid4().hex,
+    )
+    done = await charge(pool, user, skill, key="k1", hash_=b"h1")
+    assert done["outcome"] == "written"
+    # a revoked key beats everything, even a replay
+    assert (await charge(pool, user, skill, key="k1", api_key_id=key_id))["outcome"] == (
+        "key_revoked"
+    )
+    replay = await charge(pool, user, "NOPE", key="k1")
+    assert (replay["outcome"], replay["id"], bytes(replay["request_hash"])) == (
+        "replay", done["id"], b"h1"
+    )
+    assert (await charge(pool, user, "NOPE"))["outcome"] == "skill_not_found"
+    stale = await charge(pool, "nobody", skill, version=99)
+    assert (stale["outcome"], stale["s_version"], stale["s_cost"]) == ("version", 1, 10)
+    assert (await charge(pool, "nobody", off))["outcome"] == "skill_disabled"
+    assert (await charge(pool, "nobody", skill))["outcome"] == "user_not_found"
+    short = await charge(pool, user, skill)
+    assert (short["outcome"], short["credits"], short["available"], short["required"]) == (
+        "insufficient", 5, 5, 10
+    )
+    assert (await credit(pool, "nobody_" + user, -1, type_="ADJUSTMENT"))["outcome"] == (
+        "user_not_found"
+    )
+    assert (await credit(pool, user, -6, type_="ADJUSTMENT"))["required"] == 6
+    await assert_consistent(pool, user)
+
+
+# --- expiry ---------------------------------------------------------------------------
+
+
+async def test_an_expired_grant_never_pays_and_is_written_off_once(pool) -> None:
+    skill = await new_skill(pool, 3)
+    user = new_user()
+    instant = datetime.now(UTC) + timedelta(seconds=1.5)
+    await credit(pool, user, 10)
+    lapsing = await credit(pool, user, 20, expires_at=instant, priority=0)
+    await pool.execute("UPDATE users SET low_balance_threshold = 15 WHERE user_id = $1", user)
+    assert sources(await charge(pool, user, skill)) == [(lapsing["grant_id"], 3)]
+    await at(instant + timedelta(milliseconds=20))
+    # many requests race at the instant: reads, charges, holds, touches, the worker's list
+    calls = []
+    for i in range(24):
+        kind = i % 4
+        if kind == 0:
+            calls.append(pool.fetchval("SELECT sc_touch($1)", user))
+        elif kind == 1:
+            calls.append(charge(pool, user, skill))
+        elif kind == 2:
+            calls.append(pool.fetchrow("SELECT * FROM sc_user($1)", user))
+        else:
+            calls.append(hold(pool, user, skill))
+    await asyncio.gather(*calls)
+    expiries = await pool.fetch(
+        "SELECT amount, sources FROM transactions WHERE user_id = $1 AND type = 'EXPIRY'", user
+    )
+    assert [(e["amount"], sources(e)) for e in expiries] == [(-17, [(lapsing["grant_id"], 17)])]
+    g = {r["id"]: r for r in await grants(pool, user)}[lapsing["grant_id"]]
+    assert (g["status"], g["remaining"]) == ("expired", 0)
+    # nothing ever drew from it after the instant
+    drawn_after = await pool.fetch(
+        "SELECT t.id FROM transactions t, jsonb_array_elements(t.sources) e"
+        " WHERE t.user_id = $1 AND t.type = 'CONSUMPTION' AND t.created_at >= $2"
+        " AND e ->> 'grant_id' = $3",
+        user,
+        instant,
+        lapsing["grant_id"],
+    )
+    assert drawn_after == []
+    # the drop below the threshold was an event like any other
+    low = await pool.fetch(
+        "SELECT data FROM events WHERE user_id = $1 AND type = 'balance.low'", user
+    )
+    assert len(low) == 1 and json.loads(low[0]["data"])["previous_credits"] == 27
+    await assert_consistent(pool, user)
+
+
+async def test_a_grant_used_up_before_it_expires_writes_no_expiry(pool) -> None:
+    skill = await new_skill(pool, 5)
+    user = new_user()
+    instant = datetime.now(UTC) + timedelta(seconds=0.6)
+    await credit(pool, user, 5, expires_at=instant)
+    await credit(pool, user, 5)
+    assert (await charge(pool, user, skill))["outcome"] == "written"
+    await at(instant + timedelta(milliseconds=20))
+    assert await pool.fetchval("SELECT sc_touch($1)", user) is True
+    assert await pool.fetchval(
+        "SELECT count(*) FROM transactions WHERE user_id = $1 AND type = 'EXPIRY'", user
+    ) == 0
+    assert await pool.fetchval("SELECT next_due FROM users WHERE user_id = $1", user) is None
+    await assert_consistent(pool, user)
+
+
+async def test_the_worker_finds_every_user_with_something_due(pool) -> None:
+    users = [new_user() for _ in range(3)]
+    instant = datetime.now(UTC) + timedelta(seconds=0.5)
+    for u in users:
+        await credit(pool, u, 4, expires_at=instant)
+    await at(instant + timedelta(milliseconds=20))
+    due = set(await pool.fetch("SELECT sc_due_users(100000)"))
+    assert {u for u in users} <= {r[0] for r in due}
+    for u in users:
+        await pool.fetchval("SELECT sc_touch($1)", u)
+        await assert_consistent(pool, u)
+    left = {r[0] for r in await pool.fetch("SELECT sc_due_users(100000)")}
+    assert not left & set(users)
+
+
+# --- concurrency ----------------------------------------------------------------------
+
+
+async def test_exactly_floor_total_over_cost_charges_succeed_across_grants(pool) -> None:
+    skill = await new_skill(pool, 3)
+    user = new_user()
+    later = datetime.now(UTC) + timedelta(days=2)
+    await credit(pool, user, 7, priority=10)
+    await credit(pool, user, 11, expires_at=later)
+    await credit(pool, user, 13, type_="GRANT")
+    results = await asyncio.gather(*(charge(pool, user, skill) for _ in range(30)))
+    outcomes = [r["outcome"] for r in results]
+    assert outcomes.count("written") == 31 // 3
+    assert set(outcomes) == {"written", "insufficient"}
+    assert all(g["remaining"] >= 0 for g in await grants(pool, user))
+    assert sum(g["remaining"] for g in await grants(pool, user)) == 31 - 30
+    await assert_consistent(pool, user)
+
+
+async def test_no_grant_is_overdrawn_by_charges_holds_and_debits_racing(pool) -> None:
+    skill = await new_skill(pool, 4)
+    user = new_user()
+    later = datetime.now(UTC) + timedelta(hours=1)
+    for amount, prio in ((9, 20), (9, 50), (9, 80)):
+        await credit(pool, user, amount, priority=prio, expires_at=later)
+    kinds = (
+        lambda: charge(pool, user, skill),
+        lambda: hold(pool, user, skill, ttl=30),
+        lambda: credit(pool, user, -2, type_="ADJUSTMENT"),
+    )
+    results = await asyncio.gather(*(kinds[i % 3]() for i in range(24)))
+    assert {r["outcome"] for r in results} == {"written", "insufficient"}
+    for g in await grants(pool, user):
+        assert 0 <= g["reserved"] <= g["remaining"] <= g["amount"]
+    await assert_consistent(pool, user)
+
+
+async def test_concurrent_repeats_of_one_key_write_once(pool) -> None:
+    skill = await new_skill(pool, 1)
+    user = new_user()
+    await credit(pool, user, 100)
+    results = await asyncio.gather(
+        *(charge(pool, user, skill, key="same", hash_=b"x") for _ in range(12))
+    )
+    assert sorted(r["outcome"] for r in results) == ["replay"] * 11 + ["written"]
+    assert len({r["id"] for r in results}) == 1
+    await assert_consistent(pool, user)
+
+
+# --- holds and grants -----------------------------------------------------------------
+
+
+async def test_holds_reserve_only_in_grants_that_outlive_them(pool) -> None:
+    skill = await new_skill(pool, 10)
+    user = new_user()
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    short = await credit(pool, user, 50, expires_at=soon, priority=0)
+    long = await credit(pool, user, 15)
+    # a 60 s hold may use only the grant that never expires
+    refused = await hold(pool, user, skill, units=2, ttl=60)
+    assert (refused["outcome"], refused["credits"], refused["available"], refused["required"]) == (
+        "insufficient", 65, 15, 20
+    )
+    h = await hold(pool, user, skill, units=1, ttl=60)
+    assert h["outcome"] == "written" and sources(h) == [(long["grant_id"], 10)]
+    # a 10 s hold goes to the first grant in spending order
+    h2 = await hold(pool, user, skill, units=2, ttl=10)
+    assert sources(h2) == [(short["grant_id"], 20)]
+    by_id = {g["id"]: g for g in await grants(pool, user)}
+    assert (by_id[long["grant_id"]]["reserved"], by_id[short["grant_id"]]["reserved"]) == (10, 20)
+    # a charge draws at most remaining - reserved from each grant
+    c = await charge(pool, user, skill, units=3)
+    assert sources(c) == [(short["grant_id"], 30)]
+    c = await charge(pool, user, skill, units=1)
+    assert (c["outcome"], c["available"]) == ("insufficient", 5)
+    # capture draws from the hold's grant, frees the rest
+    cap = await pool.fetchrow(
+        "SELECT * FROM sc_capture($1, $2::uuid, 1, NULL, NULL, NULL)", user, h2["id"]
+    )
+    assert cap["outcome"] == "written" and sources(cap) == [(short["grant_id"], 10)]
+    again = await pool.fetchrow(
+        "SELECT * FROM sc_capture($1, $2::uuid, 1, NULL, NULL, NULL)", user, h2["id"]
+    )
+    assert (again["outcome"], again["hold_status"]) == ("hold_not_active", "captured")
+    rel = await pool.fetchrow("SELECT * FROM sc_release($1, $2::uuid)", user, h["id"])
+    assert (rel["outcome"], rel["status"]) == ("written", "released")
+    by_id = {g["id"]: g for g in await grants(pool, user)}
+    assert (by_id[long["grant_id"]]["reserved"], by_id[short["grant_id"]]["reserved"]) == (0, 0)
+    assert (by_id[long["grant_id"]]["remaining"], by_id[short["grant_id"]]["remaining"]) == (
+        15, 10
+    )
+    assert (await pool.fetchrow("SELECT * FROM sc_release($1, $2::uuid)", "x", h["id"]))[
+        "outcome"
+    ] == "hold_not_found"
+    await assert_consistent(pool, user)
+
+
+async def test_an_expired_hold_gives_its_reservation_back(pool) -> None:
+    skill = await new_skill(pool, 10)
+    user = new_user()
+    await credit(pool, user, 10)
+    h = await hold(pool, user, skill, ttl=1)
+    assert (await charge(pool, user, skill))["outcome"] == "insufficient"
+    await asyncio.sleep(1.1)
+    assert (await charge(pool, user, skill))["outcome"] == "written"
+    status = await pool.fetchval("SELECT status FROM holds WHERE id = $1::uuid", h["id"])
+    assert status == "expired"
+    cap = await pool.fetchrow(
+        "SELECT * FROM sc_capture($1, $2::uuid, 1, NULL, NULL, NULL)", user, h["id"]
+    )
+    assert (cap["outcome"], cap["hold_status"]) == ("hold_not_active", "expired")
+    await assert_consistent(pool, user)
+
+
+# --- refunds --------------------------------------------------------------------------
+
+
+async def test_a_refund_gives_back_and_writes_off_what_lapsed_meanwhile(pool) -> None:
+    skill = await new_skill(pool, 10)
+    user = new_user()
+    instant = datetime.now(UTC) + timedelta(seconds=0.8)
+    lapsing = await credit(pool, user, 6, expires_at=instant, priority=0)
+    lasting = await credit(pool, user, 10)
+    c = await charge(pool, user, skill)
+    assert sources(c) == [(lapsing["grant_id"], 6), (lasting["grant_id"], 4)]
+    await at(instant + timedelta(milliseconds=20))
+    r = await pool.fetchrow(
+        "SELECT * FROM sc_refund($1, $2::uuid, NULL, NULL, NULL)", user, c["id"]
+    )
+    assert (r["outcome"], r["type"], r["amount"]) == ("written", "REFUND", 10)
+    assert sources(r) == sources(c)
+    log = await pool.fetch(
+        "SELECT type, amount, balance_after, sources FROM transactions WHERE user_id = $1"
+        " ORDER BY seq",
+        user,
+    )
+    assert [(t["type"], t["amount"], t["balance_after"]) for t in log] == [
+        ("PURCHASE", 6, 6), ("PURCHASE", 10, 16), ("CONSUMPTION", -10, 6),
+        ("REFUND", 10, 16), ("EXPIRY", -6, 10),
+    ]
+    assert sources(log[-1]) == [(lapsing["grant_id"], 6)]
+    by_id = {g["id"]: g for g in await grants(pool, user)}
+    assert (by_id[lapsing["grant_id"]]["status"], by_id[lapsing["grant_id"]]["remaining"]) == (
+        "expired", 0
+    )
+    assert by_id[lasting["grant_id"]]["remaining"] == 10
+    twice = await pool.fetchrow(
+        "SELECT * FROM sc_refund($1, $2::uuid, NULL, NULL, NULL)", user, c["id"]
+    )
+    assert twice["outcome"] == "already_refunded"
+    purchase = await pool.fetchrow(
+        "SELECT * FROM sc_refund($1, $2::uuid, NULL, NULL, NULL)", user, lasting["id"]
+    )
+    assert (purchase["outcome"], purchase["type"]) == ("not_refundable", "PURCHASE")
+    await assert_consistent(pool, user)
+
+
+# --- reconcile ------------------------------------------------------------------------
+
+
+async def test_reconcile_finds_a_grant_out_of_step(pool) -> None:
+    skill = await new_skill(pool, 2)
+    user = new_user()
+    g = await credit(pool, user, 10)
+    await charge(pool, user, skill)
+    await assert_consistent(pool, user)
+    async with pool.acquire() as conn:
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            await conn.execute(
+                "UPDATE grants SET remaining = remaining + 1 WHERE id = $1::uuid", g["grant_id"]
+            )
+            problems = await conn.fetch(
+                "SELECT * FROM sc_grant_problems() WHERE user_id = $1", user
+            )
+        finally:
+            await tr.rollback()
+    assert [p["grant_id"] for p in problems] == [g["grant_id"], None]
+    assert "remaining 9 but amount 10 and the log's sources give 8" in problems[0]["problem"]
+
+
+# --- the upgrade ----------------------------------------------------------------------
+
+LEGACY = [
+    "INSERT INTO skills (name, display_name, cost) VALUES ('OLD', 'Old', 5)",
+    "INSERT INTO users (user_id, credits) VALUES ('rich', 40), ('broke', 0)",
+    "INSERT INTO transactions (user_id, type, amount, balance_after)"
+    " VALUES ('rich', 'PURCHASE', 50, 50), ('broke', 'GRANT', 5, 5)",
+    "INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill, units,"
+    " unit_cost) SELECT u, 'CONSUMPTION', a, b, id, name, n, 5 FROM skills,"
+    " (VALUES ('rich', -10, 40, 2), ('broke', -5, 0, 1)) v(u, a, b, n) WHERE name = 'OLD'",
+    "INSERT INTO holds (user_id, skill_id, skill, skill_version, units, unit_cost, amount,"
+    " expires_at) SELECT 'rich', id, name, 1, u, 5, 5 * u, now() + make_interval(secs => s)"
+    " FROM skills, (VALUES (3, 600), (1, -5)) v(u, s) WHERE name = 'OLD'",
+]
+
+
+def test_the_upgrade_turns_each_balance_into_one_grant(fresh_database) -> None:
+    """Down to 0005, a ledger as it was (a live hold, an expired one), up again: every
+    balance and reservation is one paid grant that never expires, and a refund of a charge
+    from before goes back to it."""
+    from alembic import command
+
+    from skill_credits.migrate import alembic_config, migrate
+    from skill_credits.settings import Settings
+    from tests.conftest import run_in_thread
+
+    _, url = fresh_database
+    settings = Settings(database_url=url)
+    run_in_thread(migrate, settings)
+    run_in_thread(command.downgrade, alembic_config(settings), "0005")
+
+    async def before() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            for statement in LEGACY:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    async def after() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch(
+                "SELECT user_id, category, priority, amount, remaining, reserved, expires_at,"
+                " status FROM grants ORDER BY user_id"
+            )
+            assert [tuple(r) for r in rows] == [
+                ("broke", "paid", 50, 0, 0, 0, None, "depleted"),
+                ("rich", "paid", 50, 40, 40, 15, None, "active"),
+            ]
+            users = await conn.fetch(
+                "SELECT user_id, credits, reserved, next_due IS NOT NULL AS due FROM users"
+                " ORDER BY user_id"
+            )
+            assert [tuple(u) for u in users] == [("broke", 0, 0, False), ("rich", 40, 15, True)]
+            assert await conn.fetch("SELECT * FROM sc_grant_problems()") == []
+            statuses = await conn.fetch("SELECT status FROM holds ORDER BY amount")
+            assert [s["status"] for s in statuses] == ["expired", "held"]
+            old = await conn.fetchval(
+                "SELECT id FROM transactions WHERE user_id = 'broke' AND type = 'CONSUMPTION'"
+            )
+            r = await conn.fetchrow(
+                "SELECT * FROM sc_refund('broke', $1, NULL, NULL, NULL)", old
+            )
+            assert (r["outcome"], r["balance_after"]) == ("written", 5)
+            assert await conn.fetch("SELECT * FROM sc_grant_problems()") == []
+            view = await conn.fetchrow("SELECT * FROM sc_user('broke')")
+            assert (view["credits"], view["paid"], view["promotional"]) == (5, 5, 0)
+        finally:
+            await conn.close()
+
+    run_in_thread(asyncio.run, before())
+    run_in_thread(command.upgrade, alembic_config(settings), "head")
+    run_in_thread(asyncio.run, after())
