@@ -64,8 +64,17 @@ async def credit(
     )
 
 
-async def charge(pool, user: str, skill: str, units: int = 1, *, key=None, hash_=None,
-                 version=None, api_key_id=None):
+async def charge(
+    pool,
+    user: str,
+    skill: str,
+    units: int = 1,
+    *,
+    key=None,
+    hash_=None,
+    version=None,
+    api_key_id=None,
+):
     return await pool.fetchrow(CHARGE, user, skill, version, units, None, key, hash_, api_key_id)
 
 
@@ -120,10 +129,16 @@ async def test_debits_draw_in_spending_order_and_say_so(pool) -> None:
     gift = await credit(pool, user, 5, type_="GRANT", expires_at=soon, priority=10)
     day = await credit(pool, user, 4, expires_at=soon)  # priority 50, soon
     assert [g["id"] for g in await grants(pool, user)] == [
-        gift["grant_id"], day["grant_id"], month["grant_id"], never_paid["grant_id"]
+        gift["grant_id"],
+        day["grant_id"],
+        month["grant_id"],
+        never_paid["grant_id"],
     ]
     assert [g["category"] for g in await grants(pool, user)] == [
-        "promotional", "paid", "paid", "paid"
+        "promotional",
+        "paid",
+        "paid",
+        "paid",
     ]
     first = await charge(pool, user, skill)
     assert first["outcome"] == "written"
@@ -163,7 +178,9 @@ async def test_refusals_come_in_the_contracts_order(pool) -> None:
     )
     replay = await charge(pool, user, "NOPE", key="k1")
     assert (replay["outcome"], replay["id"], bytes(replay["request_hash"])) == (
-        "replay", done["id"], b"h1"
+        "replay",
+        done["id"],
+        b"h1",
     )
     assert (await charge(pool, user, "NOPE"))["outcome"] == "skill_not_found"
     stale = await charge(pool, "nobody", skill, version=99)
@@ -172,7 +189,10 @@ async def test_refusals_come_in_the_contracts_order(pool) -> None:
     assert (await charge(pool, "nobody", skill))["outcome"] == "user_not_found"
     short = await charge(pool, user, skill)
     assert (short["outcome"], short["credits"], short["available"], short["required"]) == (
-        "insufficient", 5, 5, 10
+        "insufficient",
+        5,
+        5,
+        10,
     )
     assert (await credit(pool, "nobody_" + user, -1, type_="ADJUSTMENT"))["outcome"] == (
         "user_not_found"
@@ -239,9 +259,12 @@ async def test_a_grant_used_up_before_it_expires_writes_no_expiry(pool) -> None:
     assert (await charge(pool, user, skill))["outcome"] == "written"
     await at(instant + timedelta(milliseconds=20))
     assert await pool.fetchval("SELECT sc_touch($1)", user) is True
-    assert await pool.fetchval(
-        "SELECT count(*) FROM transactions WHERE user_id = $1 AND type = 'EXPIRY'", user
-    ) == 0
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM transactions WHERE user_id = $1 AND type = 'EXPIRY'", user
+        )
+        == 0
+    )
     assert await pool.fetchval("SELECT next_due FROM users WHERE user_id = $1", user) is None
     await assert_consistent(pool, user)
 
@@ -322,7 +345,10 @@ async def test_holds_reserve_only_in_grants_that_outlive_them(pool) -> None:
     # a 60 s hold may use only the grant that never expires
     refused = await hold(pool, user, skill, units=2, ttl=60)
     assert (refused["outcome"], refused["credits"], refused["available"], refused["required"]) == (
-        "insufficient", 65, 15, 20
+        "insufficient",
+        65,
+        15,
+        20,
     )
     h = await hold(pool, user, skill, units=1, ttl=60)
     assert h["outcome"] == "written" and sources(h) == [(long["grant_id"], 10)]
@@ -349,9 +375,7 @@ async def test_holds_reserve_only_in_grants_that_outlive_them(pool) -> None:
     assert (rel["outcome"], rel["status"]) == ("written", "released")
     by_id = {g["id"]: g for g in await grants(pool, user)}
     assert (by_id[long["grant_id"]]["reserved"], by_id[short["grant_id"]]["reserved"]) == (0, 0)
-    assert (by_id[long["grant_id"]]["remaining"], by_id[short["grant_id"]]["remaining"]) == (
-        15, 10
-    )
+    assert (by_id[long["grant_id"]]["remaining"], by_id[short["grant_id"]]["remaining"]) == (15, 10)
     assert (await pool.fetchrow("SELECT * FROM sc_release($1, $2::uuid)", "x", h["id"]))[
         "outcome"
     ] == "hold_not_found"
@@ -398,13 +422,17 @@ async def test_a_refund_gives_back_and_writes_off_what_lapsed_meanwhile(pool) ->
         user,
     )
     assert [(t["type"], t["amount"], t["balance_after"]) for t in log] == [
-        ("PURCHASE", 6, 6), ("PURCHASE", 10, 16), ("CONSUMPTION", -10, 6),
-        ("REFUND", 10, 16), ("EXPIRY", -6, 10),
+        ("PURCHASE", 6, 6),
+        ("PURCHASE", 10, 16),
+        ("CONSUMPTION", -10, 6),
+        ("REFUND", 10, 16),
+        ("EXPIRY", -6, 10),
     ]
     assert sources(log[-1]) == [(lapsing["grant_id"], 6)]
     by_id = {g["id"]: g for g in await grants(pool, user)}
     assert (by_id[lapsing["grant_id"]]["status"], by_id[lapsing["grant_id"]]["remaining"]) == (
-        "expired", 0
+        "expired",
+        0,
     )
     assert by_id[lasting["grant_id"]]["remaining"] == 10
     twice = await pool.fetchrow(
@@ -504,9 +532,7 @@ def test_the_upgrade_turns_each_balance_into_one_grant(fresh_database) -> None:
             old = await conn.fetchval(
                 "SELECT id FROM transactions WHERE user_id = 'broke' AND type = 'CONSUMPTION'"
             )
-            r = await conn.fetchrow(
-                "SELECT * FROM sc_refund('broke', $1, NULL, NULL, NULL)", old
-            )
+            r = await conn.fetchrow("SELECT * FROM sc_refund('broke', $1, NULL, NULL, NULL)", old)
             assert (r["outcome"], r["balance_after"]) == ("written", 5)
             assert await conn.fetch("SELECT * FROM sc_grant_problems()") == []
             view = await conn.fetchrow("SELECT * FROM sc_user('broke')")
