@@ -19,7 +19,10 @@ import pytest
 
 from tests.conftest import unique
 
-CHARGE = "SELECT * FROM sc_charge($1, $2, $3, $4, $5, $6, $7, $8)"
+CHARGE = (
+    "SELECT o.*, (o.sk).version AS s_version, (o.sk).cost AS s_cost"
+    " FROM sc_charge($1, $2, $3, $4, $5, $6, $7, $8) o"
+)
 CREDIT = "SELECT * FROM sc_credit($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 HOLD = "SELECT * FROM sc_hold($1, $2, $3, $4, $5, $6, $7, $8)"
 

@@ -41,15 +41,7 @@ CREATE TYPE sc_tx_outcome AS (
     sources         jsonb,
     created_at      timestamptz,
     request_hash    bytea,
-    s_id            text,
-    s_name          text,
-    s_display_name  text,
-    s_description   text,
-    s_cost          bigint,
-    s_is_active     boolean,
-    s_version       integer,
-    s_created_at    timestamptz,
-    s_updated_at    timestamptz,
+    sk              skills, -- the skill, when the answer names it
     credits         bigint,
     available       bigint,
     required        bigint,
@@ -71,15 +63,7 @@ CREATE TYPE sc_hold_outcome AS (
     created_at      timestamptz,
     sources         jsonb,
     request_hash    bytea,
-    s_id            text,
-    s_name          text,
-    s_display_name  text,
-    s_description   text,
-    s_cost          bigint,
-    s_is_active     boolean,
-    s_version       integer,
-    s_created_at    timestamptz,
-    s_updated_at    timestamptz,
+    sk              skills, -- the skill, when the answer names it
     credits         bigint,
     available       bigint,
     required        bigint
@@ -132,34 +116,19 @@ BEGIN
     RETURN r;
 END $$;
 
--- A skill's columns, for the outcomes that name it (the caller refreshes its cache).
+-- The skill, for the outcomes that name it (the caller refreshes its cache); callers read
+-- its columns as (o.sk).name etc., so a new skill column needs no change here.
 CREATE FUNCTION sc_skill_out(r sc_tx_outcome, s skills) RETURNS sc_tx_outcome
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    r.s_id := s.id::text;
-    r.s_name := s.name;
-    r.s_display_name := s.display_name;
-    r.s_description := s.description;
-    r.s_cost := s.cost;
-    r.s_is_active := s.is_active;
-    r.s_version := s.version;
-    r.s_created_at := s.created_at;
-    r.s_updated_at := s.updated_at;
+    r.sk := s;
     RETURN r;
 END $$;
 
 CREATE FUNCTION sc_skill_out(r sc_hold_outcome, s skills) RETURNS sc_hold_outcome
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    r.s_id := s.id::text;
-    r.s_name := s.name;
-    r.s_display_name := s.display_name;
-    r.s_description := s.description;
-    r.s_cost := s.cost;
-    r.s_is_active := s.is_active;
-    r.s_version := s.version;
-    r.s_created_at := s.created_at;
-    r.s_updated_at := s.updated_at;
+    r.sk := s;
     RETURN r;
 END $$;
 
