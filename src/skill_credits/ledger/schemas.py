@@ -9,7 +9,8 @@ from skill_credits.validation import MAX_INT64, check_skill_name, check_text, ch
 
 UserId = Annotated[str, Meta(min_length=1, max_length=128, examples=["user_42"])]
 SkillRef = Annotated[str, Meta(min_length=1, max_length=64, examples=["GEO_WRITER_FULL"])]
-TxDescription = Annotated[str, Meta(max_length=500)]
+TX_DESCRIPTION_MAX_LENGTH = 500
+TxDescription = Annotated[str, Meta(max_length=TX_DESCRIPTION_MAX_LENGTH)]
 Units = Annotated[int, Meta(ge=1, le=1_000_000)]
 Amount = Annotated[int, Meta(ge=-MAX_INT64, le=MAX_INT64)]
 TransactionType = Literal["CONSUMPTION", "PURCHASE", "GRANT", "REFUND", "ADJUSTMENT"]

@@ -8,9 +8,13 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from skill_credits.validation import check_skill_name, check_text
 
-DisplayName = Annotated[str, Meta(min_length=1, max_length=120)]
-Description = Annotated[str, Meta(max_length=2000)]
-Cost = Annotated[int, Meta(ge=0, le=1_000_000_000)]
+DISPLAY_NAME_MAX_LENGTH = 120
+DESCRIPTION_MAX_LENGTH = 2000
+COST_MAX = 1_000_000_000
+
+DisplayName = Annotated[str, Meta(min_length=1, max_length=DISPLAY_NAME_MAX_LENGTH)]
+Description = Annotated[str, Meta(max_length=DESCRIPTION_MAX_LENGTH)]
+Cost = Annotated[int, Meta(ge=0, le=COST_MAX)]
 SkillName = Annotated[str, Meta(min_length=1, max_length=64, examples=["GEO_WRITER_FULL"])]
 
 
