@@ -171,47 +171,55 @@ def test_user_page_grant_and_refund(page, keys, http, screenshot_dir) -> None:
     expect(page.locator(".flash.ok")).to_contain_text("GRANT of +100")
     expect(page.locator("#credits")).to_have_text("100")
 
-    # the charge, then 24 more entries: it is the last row of the first page
-    tx = charge(http, keys, user, skill["name"]).json()
+    first, second = (charge(http, keys, user, skill["name"]).json()["id"] for _ in range(2))
+    page.reload()
+    expect(page.locator("#credits")).to_have_text("40")
+
+    # a refund asks first; Cancel changes nothing
+    page.locator(f"#tx-{first}").get_by_role("link", name="Refund").click()
+    expect(page.locator("h1")).to_have_text(f"Refund 30 credits to {user}?")
+    expect(page.locator("main")).to_contain_text(f"{skill['name']} ×1 @ 30")
+    page.get_by_role("link", name="Cancel").click()
+    expect(page.locator("#credits")).to_have_text("40")
+    page.locator(f"#tx-{first}").get_by_role("link", name="Refund").click()
+    page.get_by_role("button", name="Yes, refund 30 credits").click()
+    expect(page.locator(".flash.ok")).to_contain_text("Refunded 30")
+    expect(page.locator("#credits")).to_have_text("70")
+    api_user = http.get(f"/v1/users/{user}", headers=keys.auth("service")).json()
+    assert api_user["credits"] == 70
+
+    # the REFUND row names the skill and links to the charge it refunds, on this page
+    refund = page.locator("tr[data-type=REFUND]")
+    expect(refund).to_contain_text(skill["name"])
+    refund.get_by_role("link", name="See the refunded charge").click()
+    expect(page).to_have_url(re.compile(rf"/admin/users\?user_id={user}#tx-{first}$"))
+    expect(page.locator(f"#tx-{first}:target")).to_contain_text("refunded")
+
+    page.click("summary:has-text('Grant or adjust')")
+    page.select_option("#type", "ADJUSTMENT")
+    page.fill("#amount", "-500")
+    page.click("form.grid button:has-text('Save')")
+    expect(page.locator(".flash.error")).to_contain_text("below the 500 required")
+    expect(page.locator("#credits")).to_have_text("70")
+    page.screenshot(path=str(screenshot_dir / "admin-users.png"), full_page=True)
+
+    # ... or on the page that starts with it, when newer entries pushed it off this one
     for _ in range(24):
         http.post(
             f"/v1/users/{user}/credits",
             json={"amount": 1, "type": "GRANT"},
             headers=keys.auth("admin"),
         )
-    page.reload()
-    expect(page.locator("#credits")).to_have_text("94")
-
-    # a refund asks first; Cancel changes nothing
-    consumption = page.locator(f"#tx-{tx['id']}")
-    consumption.get_by_role("link", name="Refund").click()
-    expect(page.locator("h1")).to_have_text(f"Refund 30 credits to {user}?")
-    expect(page.locator("main")).to_contain_text(f"{skill['name']} ×1 @ 30")
-    page.get_by_role("link", name="Cancel").click()
-    expect(page.locator("#credits")).to_have_text("94")
-    consumption.get_by_role("link", name="Refund").click()
+    page.goto(f"/admin/transactions/{second}/refund")
     page.get_by_role("button", name="Yes, refund 30 credits").click()
-    expect(page.locator(".flash.ok")).to_contain_text("Refunded 30")
     expect(page.locator("#credits")).to_have_text("124")
-    api_user = http.get(f"/v1/users/{user}", headers=keys.auth("service")).json()
-    assert api_user["credits"] == 124
+    expect(page.locator(f"#tx-{second}")).to_have_count(0)
+    page.locator("tr[data-type=REFUND]").first.get_by_role(
+        "link", name="See the refunded charge"
+    ).click()
+    expect(page).to_have_url(re.compile(rf"cursor=.*#tx-{second}$"))
+    expect(page.locator(f"#tx-{second}:target")).to_contain_text("refunded")
 
-    # the REFUND row names the skill and links to the charge, now on the second page
-    refund = page.locator("tr[data-type=REFUND]")
-    expect(refund).to_contain_text(skill["name"])
-    expect(page.locator(f"#tx-{tx['id']}")).to_have_count(0)
-    refund.get_by_role("link", name="See the refunded charge").click()
-    expect(page).to_have_url(re.compile(rf"cursor=.*#tx-{tx['id']}$"))
-    expect(page.locator(f"#tx-{tx['id']}:target")).to_contain_text("refunded")
-
-    page.goto(f"/admin/users?user_id={user}")
-    page.click("summary:has-text('Grant or adjust')")
-    page.select_option("#type", "ADJUSTMENT")
-    page.fill("#amount", "-500")
-    page.click("form.grid button:has-text('Save')")
-    expect(page.locator(".flash.error")).to_contain_text("below the 500 required")
-    expect(page.locator("#credits")).to_have_text("124")
-    page.screenshot(path=str(screenshot_dir / "admin-users.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto("/admin/skills")
     page.screenshot(path=str(screenshot_dir / "admin-skills-phone.png"), full_page=False)
