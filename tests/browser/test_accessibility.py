@@ -14,6 +14,7 @@ import os
 import re
 
 from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import expect
 
 from tests.browser.conftest import charge, login
 from tests.conftest import unique
@@ -70,18 +71,23 @@ def test_every_admin_page_at_desktop_and_phone_width(page, keys, http) -> None:
         page.set_viewport_size({"width": width, "height": 860})
         page.context.clear_cookies()
         login(page, "not a key")
+        expect(page.locator("#login-error")).to_be_visible()
         found += _problems(page, f"login-with-an-error@{width}")
         login(page, keys.admin)
+        expect(page).to_have_url(re.compile(r"/admin/skills$"))
         for label, path in pages.items():
             response = page.goto(path)
             assert response is not None and response.status == 200, (label, response.status)
+            assert response.url.endswith(path), (label, response.url)
             found += _problems(page, f"{label}@{width}")
         page.goto("/admin/skills")
         page.get_by_text("+ Add New Skill").click()
         page.get_by_role("button", name="Create").click()
+        expect(page.locator("#name-error")).to_be_visible()
         found += _problems(page, f"skills-with-field-errors@{width}")
         page.goto(f"/admin/users?user_id={user}")
         page.get_by_text("Grant or adjust credits").click()
         page.get_by_role("button", name="Save").click()
+        expect(page.locator("#amount-error")).to_be_visible()
         found += _problems(page, f"credit-form-with-field-errors@{width}")
     assert not found, "\n".join(found)

@@ -369,11 +369,9 @@ def _charge_links(user_id: str, items: list[Any], charges: dict[str, Any]) -> di
     here = {t.id for t in items}
     links = {}
     for charge_id, c in charges.items():
-        page = (
-            ""
-            if charge_id in here
-            else (f"/admin/users?user_id={user_id}&cursor={encode_cursor(c.seq + 1)}")
-        )
+        page = ""
+        if charge_id not in here:
+            page = f"/admin/users?user_id={user_id}&cursor={encode_cursor(c.seq + 1)}"
         links[charge_id] = {
             "skill": c.skill,
             "units": c.units,
