@@ -74,7 +74,8 @@ def screenshot_dir(tmp_path_factory) -> Path:
 
 
 def login(page, token: str) -> None:
-    page.goto("/admin/login")
+    response = page.goto("/admin/login")
+    assert response is not None and response.ok, response and (response.status, response.text())
     page.fill("#api_key", token)
     page.click("button[type=submit]")
 
