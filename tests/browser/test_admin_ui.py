@@ -86,6 +86,11 @@ def test_add_edit_disable_enable_and_history(page, keys, http, screenshot_dir) -
     expect(page.locator(".flash.ok")).to_have_text(f"{name} saved (version 2): Cost 10 → 17.")
     expect(page.locator(f"#skill-{name} .cost")).to_have_text("17")
     assert charge(http, keys, user, name).json()["unit_cost"] == 17
+    row.locator("summary:has-text('Edit Cost')").click()
+    row.locator("button:has-text('Save')").click()  # the same cost again: no new version
+    expect(page.locator(".flash.ok")).to_have_text(
+        f"{name}: nothing to save, it was like that already."
+    )
 
     # disable, with a confirmation step; the API refuses; enable again
     page.locator(f"#skill-{name}").get_by_role("link", name="Disable").click()

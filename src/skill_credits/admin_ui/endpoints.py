@@ -157,8 +157,8 @@ class AdminPagesController(Controller):
             else:
                 _flash(request, "error", forms.sentence(exc.detail))
             return see_other("/admin/skills")
+        await skills_service.publish(db, cache, skill)
         if changes:
-            await skills_service.publish(db, cache, skill)
             saved = present.changes_text(changes)
             _flash(request, "ok", f"{name} saved (version {skill.version}): {saved}.")
         else:
