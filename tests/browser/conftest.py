@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, AppServer
+from tests.support import ROOT
+from tests.support.processes import AppServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -35,10 +36,8 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def ui_server(server_env):
     # every test logs in, all from 127.0.0.1: lift the brute-force guard for them
-    server = AppServer(server_env | {"LOGIN_ATTEMPTS_PER_MINUTE": "10000"}, workers=1)
-    server.start()
-    yield server
-    server.stop()
+    with AppServer(server_env | {"LOGIN_ATTEMPTS_PER_MINUTE": "10000"}, workers=1) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from litestar.testing import AsyncTestClient
 
 from skill_credits.app import create_app
 from skill_credits.settings import Settings
-from tests.conftest import run_in_thread
-from tests.support import AppServer, free_port
+from tests.support.processes import AppServer, free_port
+from tests.support.run import run_in_thread
 
 
 async def test_healthz_readyz(client) -> None:

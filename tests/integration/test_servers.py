@@ -13,7 +13,7 @@ import asyncpg
 import redis as redis_sync
 
 from skill_credits.settings import Settings
-from tests import servers
+from tests.support import servers
 
 
 async def test_the_database_is_the_servers_own(postgres_server, settings: Settings) -> None:

@@ -10,7 +10,7 @@ TEST_SERVERS picks them:
   default; CI passes the ones scripts/build-images.sh builds without a registry). A Docker engine
   that does not answer is an error here, never a quiet fallback to the local servers.
 
-Tests that stop or restart servers start processes of their own (tests/support.py) either way.
+Tests that stop or restart servers start processes of their own (processes.py) either way.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 import redis as redis_sync
+
+from tests.support.run import run_in_thread
 
 LOCAL_PG = "postgresql://127.0.0.1:5432"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -79,7 +81,7 @@ def published_port(container_id: str, port: int) -> int:
     return int(attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]["HostPort"])
 
 
-def _pg_answers(base: str, run_in_thread) -> bool:
+def _pg_answers(base: str) -> bool:
     async def probe() -> bool:
         try:
             conn = await asyncpg.connect(f"{base}/postgres", timeout=2)
@@ -117,10 +119,10 @@ def _need_docker(why: str) -> None:
 
 
 @contextmanager
-def postgres(run_in_thread) -> Iterator[Server]:
+def postgres() -> Iterator[Server]:
     if mode() == "local":
         base = os.environ.get("TEST_DATABASE_URL", LOCAL_PG).rstrip("/")
-        if _pg_answers(base, run_in_thread):
+        if _pg_answers(base):
             yield Server("PostgreSQL", base)
             return
         _need_docker(f"no PostgreSQL at {base}")
