@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -118,16 +118,24 @@ def _need_docker(why: str) -> None:
         pytest.exit(f"{why}, and no Docker engine answers for testcontainers", returncode=2)
 
 
-@contextmanager
-def postgres() -> Iterator[Server]:
+def _local(kind: str, url: str, answers: Callable[[str], bool]) -> bool:
+    """Whether the run uses the machine's own server at ``url``; if not, a container stands
+    in for it, and the run stops here when no Docker engine answers."""
     if mode() == "local":
-        base = os.environ.get("TEST_DATABASE_URL", LOCAL_PG).rstrip("/")
-        if _pg_answers(base):
-            yield Server("PostgreSQL", base)
-            return
-        _need_docker(f"no PostgreSQL at {base}")
+        if answers(url):
+            return True
+        _need_docker(f"no {kind} at {url}")
     else:
         _need_docker("TEST_SERVERS=containers")
+    return False
+
+
+@contextmanager
+def postgres() -> Iterator[Server]:
+    base = os.environ.get("TEST_DATABASE_URL", LOCAL_PG).rstrip("/")
+    if _local("PostgreSQL", base, _pg_answers):
+        yield Server("PostgreSQL", base)
+        return
     from testcontainers.community.postgres import PostgresContainer
 
     image = postgres_image()
@@ -138,14 +146,10 @@ def postgres() -> Iterator[Server]:
 
 @contextmanager
 def redis() -> Iterator[Server]:
-    if mode() == "local":
-        url = os.environ.get("TEST_REDIS_URL", LOCAL_REDIS)
-        if _redis_answers(url):
-            yield Server("Redis", url)
-            return
-        _need_docker(f"no Redis at {url}")
-    else:
-        _need_docker("TEST_SERVERS=containers")
+    url = os.environ.get("TEST_REDIS_URL", LOCAL_REDIS)
+    if _local("Redis", url, _redis_answers):
+        yield Server("Redis", url)
+        return
     from testcontainers.community.redis import RedisContainer
 
     image = redis_image()
