@@ -102,7 +102,7 @@ class AdminSkillController(Controller):
         path_skill_name(name)
         principal = require_admin(request)
         async with db.engine.begin() as conn:
-            skill = await service.update(conn, name, data, principal.name, if_match)
+            skill, _ = await service.update(conn, name, data, principal.name, if_match)
         await service.publish(db, cache, skill)
         return Response(skill, headers={"ETag": f'"{skill.version}"'})
 

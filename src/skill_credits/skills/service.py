@@ -39,8 +39,11 @@ def parse_if_match(header: str | None) -> str | None:
 
 async def update(
     conn: AsyncConnection, name: str, data: SkillPatch, actor: str, if_match: str | None
-) -> Skill:
-    """Apply ``data`` under a row lock; values equal to the current ones change nothing."""
+) -> tuple[Skill, dict[str, list[Any]]]:
+    """Apply ``data`` under a row lock; values equal to the current ones change nothing.
+
+    Returns the skill and what changed (``{field: [old, new]}``, as its history holds it).
+    """
     skill = await repo.get(conn, name, for_update=True)
     if skill is None:
         raise skill_not_found(name)
@@ -59,10 +62,10 @@ async def update(
         if old != new:
             changes[field] = [old, new]
     if not changes:
-        return skill
+        return skill, changes
     updated = await repo.update(conn, skill.id, {f: new for f, (_, new) in changes.items()})
     await repo.insert_history(conn, updated, actor, changes)
-    return updated
+    return updated, changes
 
 
 async def publish(db: Database, cache: SkillCache, skill: Skill) -> None:
