@@ -16,7 +16,7 @@ import re
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
-from tests.browser.conftest import charge, login
+from tests.support.browser import charge, login
 from tests.support.run import unique
 
 WIDTHS = (1280, 390)

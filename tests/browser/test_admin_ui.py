@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from skill_credits.auth import create_key, revoke_key
 from skill_credits.db import Database
-from tests.browser.conftest import charge, login
+from tests.support.browser import charge, login
 from tests.support.run import run_in_thread, unique
 
 

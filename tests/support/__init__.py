@@ -6,6 +6,7 @@
 - databases.py: PostgreSQL from outside the app: connections, throwaway databases, keys,
   the ledger's checks.
 - api.py: the run's API keys and a thin client of the HTTP API.
+- browser.py: the browser tests' steps (log in, charge beside the page).
 - run.py: unique names, blocking code on a thread of its own, figures of the run.
 """
 

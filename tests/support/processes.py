@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 import httpx
 
@@ -147,7 +147,7 @@ class HttpServer:
                 self.proc.wait()
             self.proc = None
 
-    def __enter__(self) -> HttpServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
