@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from tests.conftest import unique
+from tests.support.run import unique
 
 CHARGE = (
     "SELECT o.*, (o.sk).version AS s_version, (o.sk).cost AS s_cost"
@@ -498,7 +498,7 @@ def test_the_upgrade_turns_each_balance_into_one_grant(fresh_database) -> None:
 
     from skill_credits.migrate import alembic_config, migrate
     from skill_credits.settings import Settings
-    from tests.conftest import run_in_thread
+    from tests.support.run import run_in_thread
 
     _, url = fresh_database
     settings = Settings(database_url=url)
