@@ -9,7 +9,7 @@ from litestar.openapi import ResponseSpec
 from msgspec import Struct
 from sqlalchemy import text
 
-from skill_credits.cache import SkillCache
+from skill_credits.skills.cache import SkillCache
 from skill_credits.db import Database
 
 

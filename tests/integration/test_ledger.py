@@ -285,7 +285,7 @@ async def test_a_refused_charge_costs_one_extra_round_trip(api: Api, db, setting
     and one query that explains it (no auth re-check, no separate skill and user reads)."""
     from sqlalchemy import event
 
-    from skill_credits.cache import SkillCache, create_redis
+    from skill_credits.skills.cache import SkillCache, create_redis
     from skill_credits.ledger import service
     from skill_credits.ledger.schemas import ChargeIn
 

@@ -16,7 +16,7 @@ from litestar.response import Redirect, Template
 from skill_credits.admin_ui.session import admin_session, start_session
 from skill_credits.auth import principal_of, verify_token
 from skill_credits.bodies import _field_and_message
-from skill_credits.cache import SkillCache
+from skill_credits.skills.cache import SkillCache
 from skill_credits.db import Database
 from skill_credits.errors import ApiError, validation_error
 from skill_credits.ledger import repository as ledger_repo

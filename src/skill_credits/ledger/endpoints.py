@@ -7,7 +7,7 @@ from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
 
 from skill_credits.auth import confirm, principal_of
-from skill_credits.cache import SkillCache
+from skill_credits.skills.cache import SkillCache
 from skill_credits.db import Database
 from skill_credits.errors import ApiError, validation_error
 from skill_credits.ledger import repository as repo

@@ -17,7 +17,7 @@ import msgspec
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from skill_credits.cache import SkillCache
+from skill_credits.skills.cache import SkillCache
 from skill_credits.db import Connect, Executes, constraint_name, sqlstate
 from skill_credits.errors import ApiError, validation_error
 from skill_credits.ledger import repository as repo

@@ -7,7 +7,7 @@ from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
 
 from skill_credits.auth import require_admin
-from skill_credits.cache import SkillCache
+from skill_credits.skills.cache import SkillCache
 from skill_credits.db import Database
 from skill_credits.openapi import BODY, ETAG, PathSkillName, documented, optional_string
 from skill_credits.skills import repository as repo

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from skill_credits.cache import SkillCache
+from skill_credits.skills.cache import SkillCache
 from skill_credits.db import Database
 from skill_credits.errors import ApiError
 from skill_credits.skills import repository as repo
