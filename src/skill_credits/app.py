@@ -26,7 +26,6 @@ from skill_credits.admin_ui.endpoints import AdminPagesController, LoginControll
 from skill_credits.admin_ui.session import LoginRequired, login_rate_limit, session_config
 from skill_credits.auth import KeyCache
 from skill_credits.bodies import api_request
-from skill_credits.skills.cache import SkillCache, create_redis
 from skill_credits.db import Database
 from skill_credits.errors import internal_error_handler, problem_details_plugin
 from skill_credits.events.endpoints import EventController
@@ -40,6 +39,7 @@ from skill_credits.observability import (
 )
 from skill_credits.settings import Settings
 from skill_credits.skills import service as skills_service
+from skill_credits.skills.cache import SkillCache, create_redis
 from skill_credits.skills.endpoints import AdminSkillController, CatalogueController
 
 log = logging.getLogger(__name__)

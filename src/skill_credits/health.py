@@ -9,8 +9,8 @@ from litestar.openapi import ResponseSpec
 from msgspec import Struct
 from sqlalchemy import text
 
-from skill_credits.skills.cache import SkillCache
 from skill_credits.db import Database
+from skill_credits.skills.cache import SkillCache
 
 
 class Readiness(Struct):

@@ -11,10 +11,10 @@ from litestar.testing import AsyncTestClient
 
 from skill_credits.app import create_app
 from skill_credits.auth import create_key
-from skill_credits.skills.cache import SkillCache, create_redis
 from skill_credits.db import Database
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
+from skill_credits.skills.cache import SkillCache, create_redis
 from skill_credits.skills.schemas import Skill, encode
 from tests.conftest import run_in_thread, unique
 from tests.support import OwnRedis

@@ -16,7 +16,6 @@ from litestar.response import Redirect, Template
 from skill_credits.admin_ui.session import admin_session, start_session
 from skill_credits.auth import principal_of, verify_token
 from skill_credits.bodies import _field_and_message
-from skill_credits.skills.cache import SkillCache
 from skill_credits.db import Database
 from skill_credits.errors import ApiError, validation_error
 from skill_credits.ledger import repository as ledger_repo
@@ -24,6 +23,7 @@ from skill_credits.ledger import service as ledger_service
 from skill_credits.ledger.schemas import CreditIn, RefundIn
 from skill_credits.skills import repository as skills_repo
 from skill_credits.skills import service as skills_service
+from skill_credits.skills.cache import SkillCache
 from skill_credits.skills.schemas import SkillCreate, SkillPatch
 from skill_credits.validation import (
     SKILL_NAME_RE,
@@ -184,8 +184,7 @@ class AdminPagesController(Controller):
         if errors or skill_in is None:
             return await self._skills_page(request, db, form=data, errors=errors, status=400)
         try:
-            async with db.engine.begin() as conn:
-                skill = await skills_service.create(conn, skill_in, principal_of(request).name)
+            skill = await skills_service.create(db, skill_in, principal_of(request).name)
         except ApiError as exc:
             return await self._skills_page(
                 request, db, form=data, errors={"name": exc.detail}, status=exc.status_code
@@ -205,10 +204,9 @@ class AdminPagesController(Controller):
     ) -> Redirect:
         try:
             patch = msgspec.convert(changes, SkillPatch)
-            async with db.engine.begin() as conn:
-                skill = await skills_service.update(
-                    conn, name, patch, principal_of(request).name, f'"{version}"'
-                )
+            skill = await skills_service.update(
+                db, name, patch, principal_of(request).name, f'"{version}"'
+            )
         except msgspec.ValidationError as exc:
             _flash(request, "error", f"{name}: {_field_and_message(exc)[1]}")
             return see_other("/admin/skills")

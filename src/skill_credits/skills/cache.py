@@ -61,6 +61,7 @@ def _readable(decode: Callable[[bytes], D], raw: bytes | None) -> D | None:
     except msgspec.ValidationError:
         return None
 
+
 # KEYS[1] = entry; ARGV = version, payload, ttl seconds. Writes only a newer version.
 _CAS = """
 local current = redis.call('HGET', KEYS[1], 'v')
