@@ -1,10 +1,15 @@
-"""Strict JSON bodies.
+"""Strict JSON bodies, decoded once.
 
 Litestar converts request bodies with msgspec in lax mode, which would turn
 ``"units": "2"`` into 2. The contract wants wrong types refused, so this
 ``before_request`` hook decodes the raw body strictly against the handler's own
-``data`` annotation first. It runs after the API key check and reads the body through
+``data`` annotation. It runs after the API key check and reads the body through
 Litestar (so the 64 KiB limit answers 413), keeping the order 401, 413, 400.
+
+The decoded Struct is kept on the request as its parsed JSON (Litestar's
+``ScopeState.json``, where ``Request.json()`` looks first), so the handler's
+``data`` is that very Struct: msgspec passes an instance of the wanted type through
+unchanged, and the body is parsed once.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import msgspec
 from litestar import Request
 from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
+from litestar.utils.scope.state import ScopeState
 
 from skill_credits.auth import authenticate, confirm
 from skill_credits.errors import ApiError, validation_error
@@ -103,7 +109,7 @@ async def _check_body(request: Request) -> None:
             415, "unsupported_media_type", f"the body must be application/json, not {media_type}"
         )
     try:
-        msgspec.json.decode(raw, type=body_type)
+        decoded = msgspec.json.decode(raw, type=body_type)
     except msgspec.ValidationError as exc:
         field, message = _field_and_message(exc)
         raise validation_error(field, message) from None
@@ -111,3 +117,4 @@ async def _check_body(request: Request) -> None:
         raise validation_error("body", f"malformed JSON ({exc})") from None
     except UnicodeDecodeError:  # bytes inside a string that are not UTF-8
         raise validation_error(_invalid_utf8_field(raw), "must be valid UTF-8") from None
+    ScopeState.from_scope(request.scope).json = decoded  # what the handler's data is
