@@ -33,6 +33,7 @@ from skill_credits.ledger.schemas import (
     HoldIn,
     RefundIn,
     Transaction,
+    User,
 )
 from skill_credits.skills.cache import SkillCache
 from skill_credits.skills.repository import skill_from_row
@@ -145,6 +146,30 @@ def explain_refusal(facts: Any, data: ChargeIn | HoldIn, version: int | None) ->
     return None
 
 
+class _Price:
+    """The skill version a priced write runs at: the cache's, then PostgreSQL's if the
+    statement found the cache behind. ``publish`` tells the cache of the newer one (call
+    it once the connection is back)."""
+
+    __slots__ = ("skill", "newer")
+
+    def __init__(self, cached: Skill | None) -> None:
+        self.skill = cached
+        self.newer: Skill | None = None
+
+    @property
+    def version(self) -> int | None:
+        return self.skill.version if self.skill is not None else None
+
+    def moved(self, current: Skill | None) -> None:
+        if current is not None:
+            self.skill = self.newer = current
+
+    async def publish(self, cache: SkillCache) -> None:
+        if self.newer is not None:
+            await cache.put(self.newer)
+
+
 async def charge(
     db: Database,
     cache: SkillCache,
@@ -187,30 +212,6 @@ async def charge(
     if price.version != row.s_version:
         await cache.put(skill_from_row(row, "s_"))
     return Written(repo.transaction_from_row(row))
-
-
-class _Price:
-    """The skill version a priced write runs at: the cache's, then PostgreSQL's if the
-    statement found the cache behind. ``publish`` tells the cache of the newer one (call
-    it once the connection is back)."""
-
-    __slots__ = ("skill", "newer")
-
-    def __init__(self, cached: Skill | None) -> None:
-        self.skill = cached
-        self.newer: Skill | None = None
-
-    @property
-    def version(self) -> int | None:
-        return self.skill.version if self.skill is not None else None
-
-    def moved(self, current: Skill | None) -> None:
-        if current is not None:
-            self.skill = self.newer = current
-
-    async def publish(self, cache: SkillCache) -> None:
-        if self.newer is not None:
-            await cache.put(self.newer)
 
 
 async def add_credits(
@@ -272,7 +273,7 @@ def transaction_not_found(tx_id: str) -> ApiError:
     return ApiError(404, "transaction_not_found", f"no transaction {tx_id}")
 
 
-async def get_user(db: Database, user_id: str):
+async def get_user(db: Database, user_id: str) -> User:
     """The user's balance; 404 if there is none."""
     async with db.connect() as conn:
         user = await repo.get_user(conn, user_id)
