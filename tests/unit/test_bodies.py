@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Litestar, post
+from litestar.params import JSONBody
 from litestar.testing import TestClient
 from msgspec import Struct
 
@@ -19,7 +20,7 @@ class Counted(Struct, forbid_unknown_fields=True):
 
 
 @post("/count", before_request=strict_body)
-async def count(data: Counted) -> dict[str, int]:
+async def count(data: JSONBody[Counted]) -> dict[str, int]:
     return {"units": data.units}
 
 
