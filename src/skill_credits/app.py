@@ -22,6 +22,7 @@ from litestar.static_files import create_static_files_router
 from litestar.stores.redis import RedisStore
 from litestar.template.config import TemplateConfig
 
+from skill_credits.admin_ui import present
 from skill_credits.admin_ui.endpoints import AdminPagesController, LoginController, plain_inputs
 from skill_credits.admin_ui.session import LoginRequired, login_rate_limit, session_config
 from skill_credits.auth import KeyCache
@@ -165,7 +166,9 @@ def create_app(settings: Settings) -> Litestar:
             "rate_limit": RedisStore(redis, namespace=f"{settings.redis_prefix}rate_limit"),
         },
         template_config=TemplateConfig(
-            directory=ADMIN_UI / "templates", engine=JinjaTemplateEngine
+            directory=ADMIN_UI / "templates",
+            engine=JinjaTemplateEngine,
+            engine_callback=present.configure,
         ),
         csrf_config=CSRFConfig(
             secret=settings.secret_key or secrets.token_hex(32),

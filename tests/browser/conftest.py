@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support import ROOT, AppServer
@@ -73,6 +74,20 @@ def screenshot_dir(tmp_path_factory) -> Path:
 
 
 def login(page, token: str) -> None:
-    page.goto("/admin/login")
+    response = page.goto("/admin/login")
+    assert response is not None and response.ok, response and (response.status, response.text())
     page.fill("#api_key", token)
     page.click("button[type=submit]")
+
+
+@pytest.fixture
+def http(ui_server, keys):
+    """The JSON API of the same server, to set pages up and to check what they did."""
+    with httpx.Client(base_url=ui_server.url, timeout=10) as c:
+        yield c
+
+
+def charge(http, keys, user: str, skill: str) -> httpx.Response:
+    return http.post(
+        "/v1/charges", json={"user_id": user, "skill": skill}, headers=keys.auth("service")
+    )

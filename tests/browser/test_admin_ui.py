@@ -5,26 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 
-import httpx
-import pytest
 from playwright.sync_api import expect
 
 from skill_credits.auth import create_key, revoke_key
 from skill_credits.db import Database
-from tests.browser.conftest import login
+from tests.browser.conftest import charge, login
 from tests.conftest import run_in_thread, unique
-
-
-@pytest.fixture
-def http(ui_server, keys):
-    with httpx.Client(base_url=ui_server.url, timeout=10) as c:
-        yield c
-
-
-def charge(http, keys, user: str, skill: str) -> httpx.Response:
-    return http.post(
-        "/v1/charges", json={"user_id": user, "skill": skill}, headers=keys.auth("service")
-    )
 
 
 def test_logged_out_pages_redirect_to_login(page) -> None:
@@ -46,18 +32,31 @@ def test_add_edit_disable_enable_and_history(page, keys, http, screenshot_dir) -
     expect(page).to_have_url(re.compile(r"/admin/skills$"))
     name = unique("MY_NEW_TOOL")
 
-    # a bad system name is refused beside the field, with the rule
-    page.click("text=+ Add New Skill >> nth=0")
-    page.fill("#name", "my tool")
-    page.fill("#display_name", "My Awesome Feature")
-    page.fill("#cost", "10")
+    # one control adds a skill
+    adders = page.locator("a, button, summary").filter(has_text=re.compile("new skill", re.I))
+    expect(adders).to_have_count(1)
+    adders.click()
+
+    # every wrong field is named at once, beside it, in plain words
     page.click("button:has-text('Create')")
-    expect(page.locator("#name-error")).to_contain_text("uppercase letters, digits and underscores")
+    expect(page.locator("#name-error")).to_have_text("System name is required.")
+    expect(page.locator("#display_name-error")).to_have_text("Display name is required.")
+    expect(page.locator("#cost-error")).to_have_text("Cost is required.")
+    expect(page.locator("#display_name")).to_have_attribute("aria-invalid", "true")
+    page.fill("#name", "my tool")
     page.fill("#cost", "-3")
     page.click("button:has-text('Create')")
-    expect(page.locator("#cost-error")).to_contain_text("non-negative integer")
+    expect(page.locator("#name-error")).to_contain_text(
+        "System name must be uppercase letters, digits and underscores"
+    )
+    expect(page.locator("#display_name-error")).to_have_text("Display name is required.")
+    expect(page.locator("#cost-error")).to_have_text(
+        "Cost must be a whole number from 0 to 1 000 000 000."
+    )
+    expect(page.locator("main")).not_to_contain_text("Expected")
 
     page.fill("#name", name)
+    page.fill("#display_name", "My Awesome Feature")
     page.fill("#description", "Writes the whole article")
     page.fill("#cost", "10")
     page.click("button:has-text('Create')")
@@ -73,22 +72,36 @@ def test_add_edit_disable_enable_and_history(page, keys, http, screenshot_dir) -
     )
     assert charge(http, keys, user, name).json()["unit_cost"] == 10
 
-    # Edit Cost: the very next API call uses it
+    # Edit Cost: a wrong cost is named beside the row's field and nothing is saved
     row.locator("summary:has-text('Edit Cost')").click()
+    row.locator("input[name=cost]").fill("ten")
+    row.locator("button:has-text('Save')").click()
+    expect(page.locator(f"#cost-{name}-error")).to_have_text(
+        "Cost must be a whole number from 0 to 1 000 000 000."
+    )
+    expect(page.locator(f"#cost-{name}")).to_have_attribute("aria-invalid", "true")
+    # then the very next API call uses the new cost, and the message says what changed
     row.locator("input[name=cost]").fill("17")
     row.locator("button:has-text('Save')").click()
-    expect(page.locator(".flash.ok")).to_contain_text(f"{name} saved")
+    expect(page.locator(".flash.ok")).to_have_text(f"{name} saved (version 2): Cost 10 → 17.")
     expect(page.locator(f"#skill-{name} .cost")).to_have_text("17")
     assert charge(http, keys, user, name).json()["unit_cost"] == 17
+    row.locator("summary:has-text('Edit Cost')").click()
+    row.locator("button:has-text('Save')").click()  # the same cost again: no new version
+    expect(page.locator(".flash.ok")).to_have_text(
+        f"{name}: nothing to save, it was like that already."
+    )
 
     # disable, with a confirmation step; the API refuses; enable again
     page.locator(f"#skill-{name}").get_by_role("link", name="Disable").click()
     expect(page.locator("h1")).to_contain_text(f"Disable {name}?")
     page.click(f"button:has-text('Yes, disable {name}')")
+    expect(page.locator(".flash.ok")).to_have_text(f"{name} saved (version 3): Disabled.")
     expect(page.locator(f"#skill-{name}")).to_contain_text("Disabled")
     r = charge(http, keys, user, name)
     assert (r.status_code, r.json()["code"]) == (403, "skill_disabled")
     page.locator(f"#skill-{name}").get_by_role("button", name="Enable").click()
+    expect(page.locator(".flash.ok")).to_have_text(f"{name} saved (version 4): Enabled.")
     expect(page.locator(f"#skill-{name}")).to_contain_text("Active")
     assert charge(http, keys, user, name).status_code == 201
 
@@ -98,9 +111,11 @@ def test_add_edit_disable_enable_and_history(page, keys, http, screenshot_dir) -
     expect(page.locator("h1")).to_contain_text(name)
     rows = page.locator("tbody tr")
     expect(rows).to_have_count(4)  # created, cost, disabled, enabled
-    expect(rows.nth(0)).to_contain_text("is_active")
-    expect(rows.nth(2)).to_contain_text("10 → 17")
-    expect(rows.nth(3)).to_contain_text("created as")
+    expect(rows.nth(0)).to_contain_text("Enabled")
+    expect(rows.nth(1)).to_contain_text("Disabled")
+    expect(rows.nth(2)).to_contain_text("Cost 10 → 17")
+    expect(rows.nth(3)).to_contain_text("Created")
+    expect(rows.nth(3)).to_contain_text("Cost: 10")
     expect(rows.nth(0)).to_contain_text(keys.admin_name)
     api_history = http.get(f"/v1/admin/skills/{name}/history", headers=keys.auth("admin")).json()
     assert [h["version"] for h in api_history["items"]] == [4, 3, 2, 1]
@@ -141,31 +156,75 @@ def test_user_page_grant_and_refund(page, keys, http, screenshot_dir) -> None:
     login(page, keys.admin)
     page.goto(f"/admin/users?user_id={user}")
     expect(page.locator(".flash.error")).to_contain_text("No user")
+
+    # the credit form names its wrong fields beside them, in plain words
+    save = page.locator("form.grid button:has-text('Save')")
+    save.click()
+    expect(page.locator("#amount-error")).to_have_text("Amount is required.")
+    page.fill("#amount", "lots")
+    save.click()
+    expect(page.locator("#amount-error")).to_have_text("Amount must be a whole number.")
+    page.fill("#amount", "-5")
+    save.click()
+    expect(page.locator("#amount-error")).to_have_text("Amount must be > 0 for GRANT.")
+    expect(page.locator("#amount")).to_have_value("-5")
+
     page.select_option("#type", "GRANT")
     page.fill("#amount", "100")
     page.fill("#credit-description", "welcome bonus")
-    page.click("form.grid button:has-text('Save')")
+    save.click()
     expect(page.locator(".flash.ok")).to_contain_text("GRANT of +100")
     expect(page.locator("#credits")).to_have_text("100")
 
-    tx = charge(http, keys, user, skill["name"]).json()
+    first, second = (charge(http, keys, user, skill["name"]).json()["id"] for _ in range(2))
     page.reload()
-    expect(page.locator("#credits")).to_have_text("70")
-    consumption = page.locator(f"tr[data-id='{tx['id']}']")
-    consumption.get_by_role("button", name="Refund").click()
+    expect(page.locator("#credits")).to_have_text("40")
+
+    # a refund asks first; Cancel changes nothing
+    page.locator(f"#tx-{first}").get_by_role("link", name="Refund").click()
+    expect(page.locator("h1")).to_have_text(f"Refund 30 credits to {user}?")
+    expect(page.locator("main")).to_contain_text(f"{skill['name']} ×1 @ 30")
+    page.get_by_role("link", name="Cancel").click()
+    expect(page.locator("#credits")).to_have_text("40")
+    page.locator(f"#tx-{first}").get_by_role("link", name="Refund").click()
+    page.get_by_role("button", name="Yes, refund 30 credits").click()
     expect(page.locator(".flash.ok")).to_contain_text("Refunded 30")
-    expect(page.locator("#credits")).to_have_text("100")
-    expect(page.locator(f"tr[data-id='{tx['id']}']")).to_contain_text("refunded")
+    expect(page.locator("#credits")).to_have_text("70")
     api_user = http.get(f"/v1/users/{user}", headers=keys.auth("service")).json()
-    assert api_user["credits"] == 100
+    assert api_user["credits"] == 70
+
+    # the REFUND row names the skill and links to the charge it refunds, on this page
+    refund = page.locator("tr[data-type=REFUND]")
+    expect(refund).to_contain_text(skill["name"])
+    refund.get_by_role("link", name="See the refunded charge").click()
+    expect(page).to_have_url(re.compile(rf"/admin/users\?user_id={user}#tx-{first}$"))
+    expect(page.locator(f"#tx-{first}:target")).to_contain_text("refunded")
 
     page.click("summary:has-text('Grant or adjust')")
     page.select_option("#type", "ADJUSTMENT")
     page.fill("#amount", "-500")
     page.click("form.grid button:has-text('Save')")
     expect(page.locator(".flash.error")).to_contain_text("below the 500 required")
-    expect(page.locator("#credits")).to_have_text("100")
+    expect(page.locator("#credits")).to_have_text("70")
     page.screenshot(path=str(screenshot_dir / "admin-users.png"), full_page=True)
+
+    # ... or on the page that starts with it, when newer entries pushed it off this one
+    for _ in range(24):
+        http.post(
+            f"/v1/users/{user}/credits",
+            json={"amount": 1, "type": "GRANT"},
+            headers=keys.auth("admin"),
+        )
+    page.goto(f"/admin/transactions/{second}/refund")
+    page.get_by_role("button", name="Yes, refund 30 credits").click()
+    expect(page.locator("#credits")).to_have_text("124")
+    expect(page.locator(f"#tx-{second}")).to_have_count(0)
+    page.locator("tr[data-type=REFUND]").first.get_by_role(
+        "link", name="See the refunded charge"
+    ).click()
+    expect(page).to_have_url(re.compile(rf"cursor=.*#tx-{second}$"))
+    expect(page.locator(f"#tx-{second}:target")).to_contain_text("refunded")
+
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto("/admin/skills")
     page.screenshot(path=str(screenshot_dir / "admin-skills-phone.png"), full_page=False)

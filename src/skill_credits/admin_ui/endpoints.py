@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
+from skill_credits.admin_ui import forms, present
 from skill_credits.admin_ui.session import admin_session, start_session
 from skill_credits.auth import principal_of, verify_token
-from skill_credits.bodies import _field_and_message
 from skill_credits.db import Database
 from skill_credits.errors import ApiError, validation_error
 from skill_credits.ledger import repository as ledger_repo
 from skill_credits.ledger import service as ledger_service
-from skill_credits.ledger.schemas import CreditIn, RefundIn
+from skill_credits.ledger.schemas import RefundIn
+from skill_credits.pagination import encode_cursor
 from skill_credits.skills import repository as skills_repo
 from skill_credits.skills import service as skills_service
 from skill_credits.skills.cache import SkillCache
-from skill_credits.skills.schemas import SkillCreate, SkillPatch
+from skill_credits.skills.schemas import SkillPatch
 from skill_credits.validation import (
     SKILL_NAME_RE,
-    SKILL_NAME_RULE,
     USER_ID_RE,
     USER_ID_RULE,
     check_urlencoded,
@@ -37,7 +35,6 @@ from skill_credits.validation import (
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 Db = NamedDependency[Database]
 Cache = NamedDependency[SkillCache]
-INTEGER = re.compile(r"-?\d{1,19}")
 
 
 async def plain_inputs(request: Request) -> None:
@@ -53,21 +50,6 @@ async def plain_inputs(request: Request) -> None:
     check_urlencoded(request.scope.get("query_string") or b"")
     if request.method == "POST":  # every admin form is url-encoded
         check_urlencoded(await request.body())
-
-
-def _int_field(form: dict[str, str], field: str, errors: dict[str, str], rule: str) -> int | None:
-    raw = form.get(field, "").strip()
-    if not INTEGER.fullmatch(raw):
-        errors[field] = rule
-        return None
-    return int(raw)
-
-
-def _struct_errors(exc: msgspec.ValidationError) -> dict[str, str]:
-    field, message = _field_and_message(exc)
-    if field == "name":
-        message = f"System name must be {SKILL_NAME_RULE}."
-    return {field: message}
 
 
 def see_other(url: str) -> Redirect:
@@ -133,8 +115,8 @@ class AdminPagesController(Controller):
         *,
         form: dict | None = None,
         errors: dict | None = None,
+        cost_errors: dict | None = None,
         status: int = 200,
-        open_form: bool = False,
     ) -> Template:
         async with db.autocommit.connect() as conn:
             skills = await skills_repo.list_all(conn)
@@ -144,50 +126,27 @@ class AdminPagesController(Controller):
                 "skills": skills,
                 "form": form or {},
                 "errors": errors or {},
-                "open_form": open_form or bool(errors),
+                "cost_errors": cost_errors or {},
                 "flash": _pop_flash(request),
-                "admin": principal_of(request).name,
-                "name_rule": SKILL_NAME_RULE,
             },
             status_code=status,
         )
 
     @get("/skills")
-    async def skills(
-        self, request: Request, db: Db, new: Annotated[str | None, QueryParameter()] = None
-    ) -> Template:
-        return await self._skills_page(request, db, open_form=new is not None)
+    async def skills(self, request: Request, db: Db) -> Template:
+        return await self._skills_page(request, db)
 
     @post("/skills")
     async def create_skill(self, request: Request, data: Form, db: Db, cache: Cache) -> Response:
-        errors: dict[str, str] = {}
-        cost = _int_field(data, "cost", errors, "Cost must be a non-negative integer.")
-        if cost is not None and not 0 <= cost <= 1_000_000_000:
-            errors["cost"] = "Cost must be a non-negative integer up to 1 000 000 000."
-        name = data.get("name", "").strip()
-        if not SKILL_NAME_RE.fullmatch(name):
-            errors["name"] = f"System name must be {SKILL_NAME_RULE}."
-        skill_in = None
-        if not errors:
-            try:
-                skill_in = msgspec.convert(
-                    {
-                        "name": name,
-                        "display_name": data.get("display_name", "").strip(),
-                        "description": data.get("description", "").strip() or None,
-                        "cost": cost,
-                    },
-                    SkillCreate,
-                )
-            except msgspec.ValidationError as exc:
-                errors = _struct_errors(exc)
-        if errors or skill_in is None:
+        skill_in, errors = forms.skill(data)
+        if skill_in is None:
             return await self._skills_page(request, db, form=data, errors=errors, status=400)
         try:
             skill = await skills_service.create(db, skill_in, principal_of(request).name)
         except ApiError as exc:
+            errors = {"name": forms.sentence(exc.detail)}
             return await self._skills_page(
-                request, db, form=data, errors={"name": exc.detail}, status=exc.status_code
+                request, db, form=data, errors=errors, status=exc.status_code
             )
         await skills_service.publish(db, cache, skill)
         _flash(request, "ok", f"{skill.name} is live at {skill.cost} credits.")
@@ -200,16 +159,12 @@ class AdminPagesController(Controller):
         cache: SkillCache,
         name: str,
         version: str,
-        changes: dict[str, Any],
+        patch: SkillPatch,
     ) -> Redirect:
         try:
-            patch = msgspec.convert(changes, SkillPatch)
-            skill = await skills_service.update(
+            skill, changes = await skills_service.update(
                 db, name, patch, principal_of(request).name, f'"{version}"'
             )
-        except msgspec.ValidationError as exc:
-            _flash(request, "error", f"{name}: {_field_and_message(exc)[1]}")
-            return see_other("/admin/skills")
         except ApiError as exc:
             if exc.code == "version_conflict":
                 _flash(
@@ -219,58 +174,74 @@ class AdminPagesController(Controller):
                     " Check the current values below and try again.",
                 )
             else:
-                _flash(request, "error", exc.detail)
+                _flash(request, "error", forms.sentence(exc.detail))
             return see_other("/admin/skills")
         await skills_service.publish(db, cache, skill)
-        _flash(request, "ok", f"{name} saved (version {skill.version}).")
+        if changes:
+            saved = present.changes_text(changes)
+            _flash(request, "ok", f"{name} saved (version {skill.version}): {saved}.")
+        else:
+            _flash(request, "ok", f"{name}: nothing to save, it was like that already.")
         return see_other("/admin/skills")
 
     @post("/skills/{name:str}/cost")
     async def edit_cost(
         self, request: Request, name: FromPath[str], data: Form, db: Db, cache: Cache
-    ) -> Redirect:
-        errors: dict[str, str] = {}
-        cost = _int_field(data, "cost", errors, "a non-negative integer")
-        if cost is None or cost < 0:
-            _flash(request, "error", f"{name}: cost must be a non-negative integer.")
-            return see_other("/admin/skills")
-        return await self._edit(request, db, cache, name, data.get("version", ""), {"cost": cost})
+    ) -> Response:
+        patch, errors = forms.cost(data)
+        if patch is None:
+            return await self._skills_page(
+                request, db, cost_errors={name: errors["cost"]}, status=400
+            )
+        return await self._edit(request, db, cache, name, data.get("version", ""), patch)
 
     @get("/skills/{name:str}/disable")
     async def confirm_disable(self, request: Request, name: FromPath[str], db: Db) -> Template:
         async with db.autocommit.connect() as conn:
             skill = await skills_repo.get(conn, name) if SKILL_NAME_RE.fullmatch(name) else None
         if skill is None:
-            raise ApiError(404, "skill_not_found", f"no skill named {name}")
-        return Template("confirm_disable.html", context={"skill": skill})
+            raise skills_service.skill_not_found(name)
+        return _confirm(
+            title=f"Disable {skill.name}?",
+            consequence=(
+                f"Every charge of {skill.display_name} will be refused with 403 skill_disabled"
+                " from the next request on, until it is enabled again."
+            ),
+            facts={"Display name": skill.display_name, "Cost": str(skill.cost)},
+            action=f"/admin/skills/{skill.name}/active",
+            fields={"version": str(skill.version), "is_active": "false"},
+            button=f"Yes, disable {skill.name}",
+            cancel="/admin/skills",
+        )
 
     @post("/skills/{name:str}/active")
     async def set_active(
         self, request: Request, name: FromPath[str], data: Form, db: Db, cache: Cache
     ) -> Redirect:
-        active = data.get("is_active") == "true"
-        return await self._edit(
-            request, db, cache, name, data.get("version", ""), {"is_active": active}
-        )
+        patch = SkillPatch(is_active=data.get("is_active") == "true")
+        return await self._edit(request, db, cache, name, data.get("version", ""), patch)
 
     @get("/skills/{name:str}/history")
     async def history(self, request: Request, name: FromPath[str], db: Db) -> Template:
         async with db.autocommit.connect() as conn:
             skill = await skills_repo.get(conn, name) if SKILL_NAME_RE.fullmatch(name) else None
             if skill is None:
-                raise ApiError(404, "skill_not_found", f"no skill named {name}")
+                raise skills_service.skill_not_found(name)
             edits = await skills_repo.history(conn, skill.id)
         return Template("history.html", context={"skill": skill, "edits": edits})
 
     # ---- users --------------------------------------------------------------------
 
-    @get("/users")
-    async def users(
+    async def _users_page(
         self,
         request: Request,
-        db: Db,
-        user_id: Annotated[str | None, QueryParameter(max_length=200)] = None,
-        cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        db: Database,
+        user_id: str | None,
+        cursor: str | None = None,
+        *,
+        form: dict | None = None,
+        errors: dict | None = None,
+        status: int = 200,
     ) -> Template:
         context: dict[str, Any] = {
             "query": user_id or "",
@@ -280,8 +251,9 @@ class AdminPagesController(Controller):
             "error": None,
             "flash": _pop_flash(request),
             "idem": uuid.uuid4().hex,
+            "form": form or {},
+            "errors": errors or {},
         }
-        status = 200
         if user_id:
             before = ledger_repo.decode_cursor(cursor) if cursor else None
             if not USER_ID_RE.fullmatch(user_id):
@@ -299,43 +271,45 @@ class AdminPagesController(Controller):
                     else:
                         items, next_cursor = await ledger_repo.page(conn, user_id, 25, before, None)
                         refunded = await ledger_repo.refunded_among(conn, [t.id for t in items])
+                        charges = await ledger_repo.charges_among(
+                            conn, [t.refund_of for t in items if t.refund_of]
+                        )
                         context.update(
-                            user=user, items=items, next_cursor=next_cursor, refunded=refunded
+                            user=user,
+                            items=items,
+                            next_cursor=next_cursor,
+                            refunded=refunded,
+                            charges=_charge_links(user_id, items, charges),
                         )
         return Template("users.html", context=context, status_code=status)
+
+    @get("/users")
+    async def users(
+        self,
+        request: Request,
+        db: Db,
+        user_id: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    ) -> Template:
+        return await self._users_page(request, db, user_id, cursor)
 
     @post("/users/{user_id:str}/credits")
     async def credit(
         self, request: Request, user_id: FromPath[str], data: Form, db: Db
-    ) -> Redirect:
+    ) -> Response:
         back = f"/admin/users?user_id={user_id}"
         if not USER_ID_RE.fullmatch(user_id):
             _flash(request, "error", f"A user id is {USER_ID_RULE}.")
             return see_other("/admin/users")
-        errors: dict[str, str] = {}
-        amount = _int_field(data, "amount", errors, "")
-        try:
-            if amount is None:
-                raise ValueError("amount must be a whole number")
-            body = msgspec.convert(
-                {
-                    "amount": amount,
-                    "type": data.get("type", "GRANT"),
-                    "description": data.get("description", "").strip() or None,
-                },
-                CreditIn,
+        body, errors = forms.credit(data)
+        if body is None:
+            return await self._users_page(
+                request, db, user_id, form=data, errors=errors, status=400
             )
-        except (msgspec.ValidationError, ValueError) as exc:
-            message = (
-                _field_and_message(exc)[1] if isinstance(exc, msgspec.ValidationError) else str(exc)
-            )
-            _flash(request, "error", f"Not saved: {message}.")
-            return see_other(back)
         key = (data.get("idem") or "")[:64] or None
         digest = ledger_service.request_hash("POST", f"/v1/users/{user_id}/credits", body, key)
         try:
-            async with db.autocommit.connect() as conn:
-                written = await ledger_service.add_credits(conn, user_id, body, key, digest)
+            written = await ledger_service.add_credits(db, user_id, body, key, digest)
         except ApiError as exc:
             _flash(request, "error", f"Not saved: {exc.detail}.")
             return see_other(back)
@@ -343,15 +317,48 @@ class AdminPagesController(Controller):
         _flash(request, "ok", f"{tx.type} of {tx.amount:+d} saved; balance {tx.balance_after}.")
         return see_other(back)
 
+    @get("/transactions/{tx_id:str}/refund")
+    async def confirm_refund(self, request: Request, tx_id: FromPath[str], db: Db) -> Response:
+        tx_uuid = _uuid(tx_id)
+        row = None
+        if tx_uuid is not None:
+            async with db.autocommit.connect() as conn:
+                row = await ledger_repo.get_transaction(conn, tx_uuid)
+        if row is None:
+            raise ApiError(404, "transaction_not_found", f"no transaction {tx_id}")
+        tx = ledger_repo.transaction_from_row(row)
+        back = f"/admin/users?user_id={tx.user_id}"
+        if tx.type != "CONSUMPTION" or row.refunded:
+            why = "it was refunded already" if row.refunded else f"it is a {tx.type}"
+            _flash(request, "error", f"That transaction cannot be refunded: {why}.")
+            return see_other(back)
+        credits = -tx.amount
+        return _confirm(
+            title=f"Refund {credits} credits to {tx.user_id}?",
+            consequence=(
+                f"The charge of {tx.skill} is given back in full: the balance of {tx.user_id}"
+                f" goes up by {credits}. A charge can be refunded once."
+            ),
+            facts={
+                "Skill": f"{tx.skill} ×{tx.units} @ {tx.unit_cost}",
+                "Amount charged": f"{tx.amount:+d}",
+                "Charged at": present.utc(tx.created_at),
+                "Description": tx.description or "(none)",
+            },
+            action=f"/admin/transactions/{tx.id}/refund",
+            fields={"user_id": tx.user_id, "idem": f"refund-{tx.id}"},
+            button=f"Yes, refund {credits} credits",
+            cancel=back,
+        )
+
     @post("/transactions/{tx_id:str}/refund")
     async def refund(self, request: Request, tx_id: FromPath[str], data: Form, db: Db) -> Redirect:
         user_id = data.get("user_id", "")
         back = (
             f"/admin/users?user_id={user_id}" if USER_ID_RE.fullmatch(user_id) else "/admin/users"
         )
-        try:
-            tx_uuid = str(uuid.UUID(tx_id))
-        except ValueError:
+        tx_uuid = _uuid(tx_id)
+        if tx_uuid is None:
             _flash(request, "error", "That is not a transaction id.")
             return see_other(back)
         body = RefundIn(description=(data.get("description") or "").strip()[:500] or None)
@@ -360,10 +367,60 @@ class AdminPagesController(Controller):
             "POST", f"/v1/transactions/{tx_uuid}/refund", body, key
         )
         try:
-            async with db.autocommit.connect() as conn:
-                written = await ledger_service.refund(conn, tx_uuid, body, key, digest)
+            written = await ledger_service.refund(db, tx_uuid, body, key, digest)
         except ApiError as exc:
             _flash(request, "error", f"Not refunded: {exc.detail}.")
             return see_other(back)
         _flash(request, "ok", f"Refunded {written.transaction.amount} credits.")
         return see_other(back)
+
+
+def _uuid(value: str) -> str | None:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def _charge_links(user_id: str, items: list[Any], charges: dict[str, Any]) -> dict[str, dict]:
+    """For each charge a refund on this page refunded: its skill, and a link to its row,
+    on this page or on the page that starts with it."""
+    here = {t.id for t in items}
+    links = {}
+    for charge_id, c in charges.items():
+        page = ""
+        if charge_id not in here:
+            page = f"/admin/users?user_id={user_id}&cursor={encode_cursor(c.seq + 1)}"
+        links[charge_id] = {
+            "skill": c.skill,
+            "units": c.units,
+            "unit_cost": c.unit_cost,
+            "href": f"{page}#tx-{charge_id}",
+        }
+    return links
+
+
+def _confirm(
+    *,
+    title: str,
+    consequence: str,
+    facts: dict[str, str],
+    action: str,
+    fields: dict[str, str],
+    button: str,
+    cancel: str,
+) -> Template:
+    """The one confirmation page (disable, refund): what will happen, the facts it acts
+    on, and a form that does it; Cancel goes back with nothing done."""
+    return Template(
+        "confirm.html",
+        context={
+            "title": title,
+            "consequence": consequence,
+            "facts": facts,
+            "action": action,
+            "fields": fields,
+            "button": button,
+            "cancel": cancel,
+        },
+    )

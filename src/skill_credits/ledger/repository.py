@@ -275,6 +275,21 @@ async def refunded_among(conn: Connection, tx_ids: list[str]) -> set[str]:
     return {r.id for r in rows}
 
 
+async def charges_among(conn: Connection, tx_ids: list[str]) -> dict[str, Row]:
+    """The ``CONSUMPTION`` rows among ``tx_ids`` (what refunds refunded), by id, with the
+    ``seq`` a cursor needs to open the page that starts at one."""
+    if not tx_ids:
+        return {}
+    rows = await conn.execute(
+        text(
+            "SELECT id::text AS id, skill, units, unit_cost, seq FROM transactions"
+            " WHERE id = ANY(CAST(:ids AS uuid[])) AND type = 'CONSUMPTION'"
+        ),
+        {"ids": tx_ids},
+    )
+    return {r.id: r for r in rows}
+
+
 HOLD_COLUMNS = (
     "id::text AS id, user_id, skill, skill_version, units, unit_cost, amount,"
     " CASE WHEN status = 'held' AND expires_at <= now() THEN 'expired' ELSE status END AS status,"

@@ -27,7 +27,8 @@ SkillRef = Annotated[
     Meta(min_length=1, max_length=64, examples=["GEO_WRITER_FULL"]),
     schema_only(pattern=anchored(SKILL_NAME_RE)),
 ]
-TxDescription = Annotated[str, Meta(max_length=500)]
+TX_DESCRIPTION_MAX_LENGTH = 500
+TxDescription = Annotated[str, Meta(max_length=TX_DESCRIPTION_MAX_LENGTH)]
 Units = Annotated[int, Meta(ge=1, le=1_000_000)]
 Amount = Annotated[
     int,

@@ -95,7 +95,7 @@ class AdminSkillController(Controller):
     ) -> Response[Skill]:
         path_skill_name(name)
         principal = require_admin(request)
-        skill = await service.update(db, name, data, principal.name, if_match)
+        skill, _ = await service.update(db, name, data, principal.name, if_match)
         await service.publish(db, cache, skill)
         return Response(skill, headers={"ETag": f'"{skill.version}"'})
 

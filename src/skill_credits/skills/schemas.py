@@ -15,10 +15,14 @@ from skill_credits.validation import (
     schema_only,
 )
 
-DisplayName = Annotated[str, Meta(min_length=1, max_length=120)]
-Description = Annotated[str, Meta(max_length=2000)]
+DISPLAY_NAME_MAX_LENGTH = 120
+DESCRIPTION_MAX_LENGTH = 2000
+COST_MAX = 1_000_000_000
+
+DisplayName = Annotated[str, Meta(min_length=1, max_length=DISPLAY_NAME_MAX_LENGTH)]
+Description = Annotated[str, Meta(max_length=DESCRIPTION_MAX_LENGTH)]
 # Litestar drops a 0 minimum on an optional field (SkillPatch.cost): state both bounds.
-Cost = Annotated[int, Meta(ge=0, le=1_000_000_000), schema_only(minimum=0, maximum=1_000_000_000)]
+Cost = Annotated[int, Meta(ge=0, le=COST_MAX), schema_only(minimum=0, maximum=COST_MAX)]
 SkillName = Annotated[
     str,
     Meta(min_length=1, max_length=64, examples=["GEO_WRITER_FULL"]),

@@ -60,16 +60,19 @@ def parse_if_match(header: str | None) -> str | None:
 
 async def update(
     db: Database, name: str, data: SkillPatch, actor: str, if_match: str | None
-) -> Skill:
+) -> tuple[Skill, dict[str, list[Any]]]:
     """Apply ``data`` under a row lock, in one transaction; values equal to the current
-    ones change nothing."""
+    ones change nothing.
+
+    Returns the skill and what changed (``{field: [old, new]}``, as its history holds it).
+    """
     async with db.transaction() as conn:
         return await _update(conn, name, data, actor, if_match)
 
 
 async def _update(
     conn: Connection, name: str, data: SkillPatch, actor: str, if_match: str | None
-) -> Skill:
+) -> tuple[Skill, dict[str, list[Any]]]:
     skill = await repo.get(conn, name, for_update=True)
     if skill is None:
         raise skill_not_found(name)
@@ -88,10 +91,10 @@ async def _update(
         if old != new:
             changes[field] = [old, new]
     if not changes:
-        return skill
+        return skill, changes
     updated = await repo.update(conn, skill.id, {f: new for f, (_, new) in changes.items()})
     await repo.insert_history(conn, updated, actor, changes)
-    return updated
+    return updated, changes
 
 
 async def publish(db: Database, cache: SkillCache, skill: Skill) -> None:
