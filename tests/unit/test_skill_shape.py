@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import types
+
+import msgspec
 
 from skill_credits.skills.repository import SKILL_COLUMNS, skill_columns, skill_from_row
 from skill_credits.skills.schemas import (
@@ -24,17 +25,11 @@ def test_the_skill_structs_agree() -> None:
 
 
 def test_every_skill_field_is_a_column_and_comes_back_with_its_prefix() -> None:
-    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    skill = Skill(
-        id="00000000-0000-4000-8000-000000000000",
-        name="S",
-        display_name="S",
-        description=None,
-        cost=3,
-        is_active=True,
-        version=2,
-        created_at=now,
-        updated_at=now,
+    skill = msgspec.json.decode(
+        b'{"id": "00000000-0000-4000-8000-000000000000", "name": "S", "display_name": "S",'
+        b' "description": null, "cost": 3, "is_active": true, "version": 2,'
+        b' "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}',
+        type=Skill,
     )
     for field in Skill.__struct_fields__:
         assert f" AS s_{field}" in skill_columns("s", "s_")
