@@ -23,7 +23,7 @@ from litestar.connection import ASGIConnection
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from skill_credits.errors import ApiError
+from skill_credits import errors
 
 ROLES = ("admin", "service")
 PREFIX = "sck"
@@ -163,17 +163,8 @@ async def authenticate(connection: ASGIConnection) -> None:
             async with connection.app.state.db.autocommit.connect() as conn:
                 principal = await verify_token(conn, token, keys)
     if principal is None:
-        raise _unauthorized()
+        raise errors.unauthorized()
     connection.scope["auth"] = principal
-
-
-def _unauthorized() -> ApiError:
-    return ApiError(
-        401,
-        "unauthorized",
-        "a valid API key is required (Authorization: Bearer <key>)",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
 
 
 async def confirm(connection: ASGIConnection) -> None:
@@ -185,7 +176,7 @@ async def confirm(connection: ASGIConnection) -> None:
     async with connection.app.state.db.autocommit.connect() as conn:
         live = await verify_token(conn, token, connection.app.state.key_cache)
     if live is None:
-        raise _unauthorized()
+        raise errors.unauthorized()
     connection.scope["auth"] = live
 
 
@@ -196,5 +187,5 @@ def principal_of(connection: ASGIConnection) -> Principal:
 def require_admin(connection: ASGIConnection) -> Principal:
     principal = principal_of(connection)
     if not principal.is_admin:
-        raise ApiError(403, "forbidden", "this needs an admin key")
+        raise errors.forbidden("this needs an admin key")
     return principal

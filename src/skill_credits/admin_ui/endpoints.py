@@ -11,12 +11,13 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
+from skill_credits import errors
 from skill_credits.admin_ui import forms, present
 from skill_credits.admin_ui.session import admin_session, start_session
 from skill_credits.auth import principal_of, verify_token
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
-from skill_credits.errors import ApiError, validation_error
+from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as ledger_repo
 from skill_credits.ledger import service as ledger_service
 from skill_credits.ledger.schemas import RefundIn
@@ -45,7 +46,7 @@ async def plain_inputs(request: Request) -> None:
     """
     for name, value in request.path_params.items():
         if isinstance(value, str) and "\x00" in value:
-            raise validation_error(name, "must not contain NUL")
+            raise errors.validation_error(name, "must not contain NUL")
     plain_text("path", (request.scope.get("raw_path") or b"").split(b"?", 1)[0])
     check_urlencoded(request.scope.get("query_string") or b"")
     if request.method == "POST":  # every admin form is url-encoded
@@ -202,7 +203,7 @@ class AdminPagesController(Controller):
         async with db.autocommit.connect() as conn:
             skill = await skills_repo.get(conn, name) if SKILL_NAME_RE.fullmatch(name) else None
         if skill is None:
-            raise skills_service.skill_not_found(name)
+            raise errors.skill_not_found(name)
         return _confirm(
             title=f"Disable {skill.name}?",
             consequence=(
@@ -228,7 +229,7 @@ class AdminPagesController(Controller):
         async with db.autocommit.connect() as conn:
             skill = await skills_repo.get(conn, name) if SKILL_NAME_RE.fullmatch(name) else None
             if skill is None:
-                raise skills_service.skill_not_found(name)
+                raise errors.skill_not_found(name)
             edits = await skills_repo.history(conn, skill.id)
         return Template("history.html", context={"skill": skill, "edits": edits})
 
@@ -328,7 +329,7 @@ class AdminPagesController(Controller):
             async with db.autocommit.connect() as conn:
                 row = await ledger_repo.get_transaction(conn, tx_uuid)
         if row is None:
-            raise ApiError(404, "transaction_not_found", f"no transaction {tx_id}")
+            raise errors.transaction_not_found(tx_id)
         tx = ledger_repo.transaction_from_row(row)
         back = f"/admin/users?user_id={tx.user_id}"
         if tx.type != "CONSUMPTION" or row.refunded:

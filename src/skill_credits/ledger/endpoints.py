@@ -6,10 +6,10 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
 
+from skill_credits import errors
 from skill_credits.auth import confirm, principal_of
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
-from skill_credits.errors import ApiError, validation_error
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger import service
 from skill_credits.ledger.schemas import (
@@ -56,10 +56,6 @@ Db = NamedDependency[Database]
 def created(written: service.Written) -> Response[Transaction]:
     headers = {"Idempotent-Replayed": "true"} if written.replayed else {}
     return Response(written.transaction, status_code=201, headers=headers)
-
-
-def user_not_found(user_id: str) -> ApiError:
-    return ApiError(404, "user_not_found", f"no user {user_id}")
 
 
 class LedgerController(Controller):
@@ -120,7 +116,7 @@ class LedgerController(Controller):
         path_user_id(user_id)
         idempotency_key(key)
         if data.type == "ADJUSTMENT" and not principal_of(request).is_admin:
-            raise ApiError(403, "forbidden", "ADJUSTMENT needs an admin key")
+            raise errors.forbidden("ADJUSTMENT needs an admin key")
         digest = service.request_hash("POST", f"/v1/users/{user_id}/credits", data, key)
         async with db.autocommit.connect() as conn:
             return created(await service.add_credits(conn, user_id, data, key, digest))
@@ -131,7 +127,7 @@ class LedgerController(Controller):
         async with db.autocommit.connect() as conn:
             user = await repo.get_user(conn, user_id)
         if user is None:
-            raise user_not_found(user_id)
+            raise errors.user_not_found(user_id)
         return user
 
     @get(
@@ -155,12 +151,12 @@ class LedgerController(Controller):
         path_user_id(user_id)
         before = None
         if cursor is not None and (before := repo.decode_cursor(cursor)) is None:
-            raise validation_error("cursor", "is not a cursor this API returned")
+            raise errors.validation_error("cursor", "is not a cursor this API returned")
         if tx_type is not None and tx_type not in TRANSACTION_TYPES:
-            raise validation_error("type", f"must be one of {', '.join(TRANSACTION_TYPES)}")
+            raise errors.validation_error("type", f"must be one of {', '.join(TRANSACTION_TYPES)}")
         async with db.autocommit.connect() as conn:
             if await repo.get_user(conn, user_id) is None:
-                raise user_not_found(user_id)
+                raise errors.user_not_found(user_id)
             items, next_cursor = await repo.page(conn, user_id, limit, before, tx_type)
         return TransactionPage(items, next_cursor)
 
@@ -174,7 +170,7 @@ class LedgerController(Controller):
         async with db.autocommit.connect() as conn:
             row = await repo.get_transaction(conn, tx_uuid)
         if row is None:
-            raise ApiError(404, "transaction_not_found", f"no transaction {tx_id}")
+            raise errors.transaction_not_found(tx_id)
         return repo.transaction_from_row(row)
 
     @post(
@@ -225,7 +221,7 @@ class HoldController(Controller):
         async with db.autocommit.connect() as conn:
             row = await repo.get_hold(conn, hold_uuid)
         if row is None:
-            raise service.hold_not_found(hold_id)
+            raise errors.hold_not_found(hold_id)
         return repo.hold_from_row(row)
 
     @post(

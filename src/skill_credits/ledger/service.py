@@ -17,9 +17,9 @@ import msgspec
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from skill_credits import errors
 from skill_credits.cache import SkillCache
 from skill_credits.db import Connect, Executes, constraint_name, sqlstate
-from skill_credits.errors import ApiError, validation_error
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger.schemas import (
     CaptureIn,
@@ -63,11 +63,7 @@ async def _replay(conn: Executes, user_id: str, key: str | None, digest: bytes |
     if row is None:
         return None
     if bytes(row.request_hash) != digest:
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used with a different request",
-        )
+        raise errors.idempotency_key_reused()
     return Written(repo.transaction_from_row(row), replayed=True)
 
 
@@ -77,15 +73,6 @@ def _is_unique_violation(exc: sa_exc.IntegrityError, names: set[str]) -> bool:
 
 def _overflow(exc: sa_exc.DBAPIError) -> bool:
     return sqlstate(exc) == "22003"
-
-
-def insufficient(credits: int, available: int, required: int) -> ApiError:
-    return ApiError(
-        402,
-        "insufficient_credits",
-        f"available credits {available} are below the {required} required",
-        extra={"credits": credits, "available": available, "required": required},
-    )
 
 
 def _skill_from_row(row: Any) -> Skill:
@@ -146,25 +133,25 @@ async def _priced_write(
                 if facts.key_used and (done := await replay(conn)) is not None:
                     return done, cached
                 if facts.s_id is None:
-                    raise ApiError(404, "skill_not_found", f"no skill named {skill_name}")
+                    raise errors.skill_not_found(skill_name)
                 if params["version"] is not None and facts.s_version != params["version"]:
                     # the cache was behind: price at the current version
                     newer = cached = _skill_from_row(facts)
                     params["version"] = newer.version
                     continue
                 if not facts.s_is_active:
-                    raise ApiError(403, "skill_disabled", f"{skill_name} is disabled")
+                    raise errors.skill_disabled(skill_name)
                 if facts.u_credits is None:
-                    raise ApiError(404, "user_not_found", f"no user {user_id}")
+                    raise errors.user_not_found(user_id)
                 required = facts.s_cost * units
                 available = facts.u_credits - facts.u_reserved
                 if available < required:
-                    raise insufficient(facts.u_credits, available, required)
+                    raise errors.insufficient_credits(facts.u_credits, available, required)
                 # A hold changed between the statement and this read: try again.
     finally:
         if newer is not None:
             await cache.put(newer)  # once the connection is back: none waits on Redis
-    raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
+    raise errors.contention()
 
 
 async def charge(
@@ -226,7 +213,7 @@ async def add_credits(
             row = None
         except sa_exc.DBAPIError as exc:
             if _overflow(exc):
-                raise validation_error(
+                raise errors.validation_error(
                     "amount", "the balance would pass the 64-bit range"
                 ) from None
             raise
@@ -238,10 +225,10 @@ async def add_credits(
             continue  # only a concurrent key could stop an upsert
         user = await repo.get_user(conn, user_id)
         if user is None:
-            raise ApiError(404, "user_not_found", f"no user {user_id}")
+            raise errors.user_not_found(user_id)
         if user.available < -data.amount:
-            raise insufficient(user.credits, user.available, -data.amount)
-    raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
+            raise errors.insufficient_credits(user.credits, user.available, -data.amount)
+    raise errors.contention()
 
 
 async def refund(
@@ -259,7 +246,7 @@ async def refund(
             row = None
         except sa_exc.DBAPIError as exc:
             if _overflow(exc):
-                raise validation_error(
+                raise errors.validation_error(
                     "amount", "the balance would pass the 64-bit range"
                 ) from None
             raise
@@ -267,30 +254,20 @@ async def refund(
             return Written(repo.transaction_from_row(row))
         original = await repo.get_transaction(conn, tx_id)
         if original is None:
-            raise ApiError(404, "transaction_not_found", f"no transaction {tx_id}")
+            raise errors.transaction_not_found(tx_id)
         if (done := await _replay(conn, original.user_id, key, digest)) is not None:
             return done
         if original.type != "CONSUMPTION":
-            raise ApiError(
-                409, "not_refundable", f"only CONSUMPTION can be refunded, not {original.type}"
-            )
+            raise errors.not_refundable(original.type)
         if original.refunded:
-            raise ApiError(409, "already_refunded", f"transaction {tx_id} was refunded already")
-    raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
+            raise errors.already_refunded(tx_id)
+    raise errors.contention()
 
 
 @dataclass(frozen=True, slots=True)
 class HoldWritten:
     hold: Hold
     replayed: bool = False
-
-
-def hold_not_found(hold_id: str) -> ApiError:
-    return ApiError(404, "hold_not_found", f"no hold {hold_id}")
-
-
-def hold_not_active(status: str) -> ApiError:
-    return ApiError(409, "hold_not_active", f"the hold is {status}, not held")
 
 
 async def _replay_hold(conn: AsyncConnection, user_id: str, key: str | None, digest: bytes | None):
@@ -300,9 +277,7 @@ async def _replay_hold(conn: AsyncConnection, user_id: str, key: str | None, dig
     if row is None:
         return None
     if bytes(row.request_hash) != digest:
-        raise ApiError(
-            422, "idempotency_key_reused", "this Idempotency-Key was used with a different request"
-        )
+        raise errors.idempotency_key_reused()
     return HoldWritten(repo.hold_from_row(row), replayed=True)
 
 
@@ -340,10 +315,10 @@ async def capture(
 ) -> Written:
     current = await repo.get_hold(conn, hold_id)
     if current is None:
-        raise hold_not_found(hold_id)
+        raise errors.hold_not_found(hold_id)
     units = data.units if data.units is not None else current.units
     if units > current.units:
-        raise validation_error("units", f"must be at most the {current.units} reserved")
+        raise errors.validation_error("units", f"must be at most the {current.units} reserved")
     params = {
         "id": hold_id,
         "tx_id": str(uuid.uuid4()),
@@ -363,7 +338,7 @@ async def capture(
     if (done := await _replay(conn, current.user_id, key, digest)) is not None:
         return done
     latest = await repo.get_hold(conn, hold_id)
-    raise hold_not_active(latest.status)
+    raise errors.hold_not_active(latest.status)
 
 
 async def release(conn: AsyncConnection, hold_id: str) -> Hold:
@@ -372,5 +347,5 @@ async def release(conn: AsyncConnection, hold_id: str) -> Hold:
         return repo.hold_from_row(row)
     current = await repo.get_hold(conn, hold_id)
     if current is None:
-        raise hold_not_found(hold_id)
-    raise hold_not_active(current.status)
+        raise errors.hold_not_found(hold_id)
+    raise errors.hold_not_active(current.status)

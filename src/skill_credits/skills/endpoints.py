@@ -6,6 +6,7 @@ from litestar import Controller, Request, Response, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
 
+from skill_credits import errors
 from skill_credits.auth import require_admin
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
@@ -75,7 +76,7 @@ class AdminSkillController(Controller):
         async with db.autocommit.connect() as conn:
             skill = await repo.get(conn, name)
         if skill is None:
-            raise service.skill_not_found(name)
+            raise errors.skill_not_found(name)
         return Response(skill, headers={"ETag": f'"{skill.version}"'})
 
     @patch(
@@ -119,5 +120,5 @@ class AdminSkillController(Controller):
         async with db.autocommit.connect() as conn:
             skill = await repo.get(conn, name)
             if skill is None:
-                raise service.skill_not_found(name)
+                raise errors.skill_not_found(name)
             return SkillHistory(await repo.history(conn, skill.id))

@@ -6,24 +6,20 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from skill_credits import errors
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
-from skill_credits.errors import ApiError
 from skill_credits.skills import repository as repo
 from skill_credits.skills.schemas import Skill, SkillCreate, SkillPatch
 
 FIELDS = ("display_name", "description", "cost", "is_active")
 
 
-def skill_not_found(name: str) -> ApiError:
-    return ApiError(404, "skill_not_found", f"no skill named {name}")
-
-
 async def create(conn: AsyncConnection, data: SkillCreate, actor: str) -> Skill:
     values = {"name": data.name, **{f: getattr(data, f) for f in FIELDS}}
     skill = await repo.insert(conn, values)
     if skill is None:
-        raise ApiError(409, "skill_exists", f"a skill named {data.name} exists already")
+        raise errors.skill_exists(data.name)
     await repo.insert_history(conn, skill, actor, {f: [None, values[f]] for f in FIELDS})
     return skill
 
@@ -46,16 +42,10 @@ async def update(
     """
     skill = await repo.get(conn, name, for_update=True)
     if skill is None:
-        raise skill_not_found(name)
+        raise errors.skill_not_found(name)
     expected = parse_if_match(if_match)
     if expected is not None and expected != "*" and expected != str(skill.version):
-        raise ApiError(
-            412,
-            "version_conflict",
-            f"{name} is at version {skill.version}, not {expected}: it changed meanwhile",
-            extra={"current_version": skill.version},
-            headers={"ETag": f'"{skill.version}"'},
-        )
+        raise errors.version_conflict(name, skill.version, expected)
     changes: dict[str, list[Any]] = {}
     for field, new in data.given().items():
         old = getattr(skill, field)
