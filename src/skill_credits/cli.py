@@ -105,9 +105,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     # Workers share one secret for the admin UI's CSRF tokens, and one directory for
-    # their Prometheus counters, so a scrape of any worker reports them all.
-    os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sc-metrics-"))
+    # their Prometheus counters, so a scrape of any worker reports them all. The worker
+    # processes uvicorn starts learn both only through their environment.
+    if not settings.secret_key:
+        os.environ["SECRET_KEY"] = secrets.token_hex(32)
+    if not settings.metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sc-metrics-")
     token = asyncio.run(_bootstrap_admin(settings))
     if token:
         print("No admin key existed, so one named 'admin' was created. It is shown once:")
@@ -120,7 +123,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        log_level=os.environ.get("LOG_LEVEL", "warning"),
+        log_level=settings.log_level,
         log_config=None,  # each worker logs JSON lines (observability.configure_logging)
         access_log=False,
         # uvicorn would believe X-Forwarded-* from 127.0.0.1 by default: only from the
@@ -135,11 +138,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from skill_credits.db import Database
     from skill_credits.events.worker import WorkerConfig, main
 
-    env = os.environ
     config = WorkerConfig(
-        max_attempts=int(env.get("WEBHOOK_MAX_ATTEMPTS", "8")),
-        backoff_base=float(env.get("WEBHOOK_BACKOFF_SECONDS", "1.0")),
-        poll_interval=float(env.get("WEBHOOK_POLL_SECONDS", "0.5")),
+        max_attempts=settings.webhook_max_attempts,
+        backoff_base=settings.webhook_backoff_seconds,
+        poll_interval=settings.webhook_poll_seconds,
     )
     asyncio.run(main(Database(settings), config))
     return 0
