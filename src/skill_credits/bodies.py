@@ -29,7 +29,7 @@ def _body_type(handler: HTTPRouteHandler) -> tuple[Any, bool] | None:
     return field.annotation, field.is_optional
 
 
-def _field_and_message(exc: msgspec.ValidationError) -> tuple[str, str]:
+def field_and_message(exc: msgspec.ValidationError) -> tuple[str, str]:
     message = str(exc)
     path = None
     if " - at `$" in message:
@@ -103,7 +103,7 @@ async def _check_body(request: Request) -> None:
     try:
         msgspec.json.decode(raw, type=body_type)
     except msgspec.ValidationError as exc:
-        field, message = _field_and_message(exc)
+        field, message = field_and_message(exc)
         raise errors.validation_error(field, message) from None
     except msgspec.DecodeError as exc:
         raise errors.validation_error("body", f"malformed JSON ({exc})") from None

@@ -18,11 +18,9 @@ from skill_credits.auth import principal_of, verify_token
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
 from skill_credits.errors import ApiError
-from skill_credits.ledger import repository as ledger_repo
 from skill_credits.ledger import service as ledger_service
 from skill_credits.ledger.schemas import RefundIn
-from skill_credits.pagination import encode_cursor
-from skill_credits.skills import repository as skills_repo
+from skill_credits.pagination import decode_cursor, encode_cursor
 from skill_credits.skills import service as skills_service
 from skill_credits.skills.schemas import SkillPatch
 from skill_credits.validation import (
@@ -78,18 +76,16 @@ class LoginController(Controller):
     async def login(self, request: Request, data: Form, db: Db) -> Response:
         token = (data.get("api_key") or "").strip()
         principal = None
-        key_id = None
         if token:
             async with db.autocommit.connect() as conn:
                 principal = await verify_token(conn, token)
-            key_id = token.split("_")[1] if principal else None
-        if principal is None or not principal.is_admin or key_id is None:
+        if principal is None or not principal.is_admin:
             return Template(
                 "login.html",
                 context={"error": "That is not a live admin key."},
                 status_code=401,
             )
-        start_session(request, key_id, principal.name)
+        start_session(request, principal.key_id, principal.name)
         return see_other("/admin/skills")
 
     @post("/logout", guards=[admin_session])
@@ -120,7 +116,7 @@ class AdminPagesController(Controller):
         status: int = 200,
     ) -> Template:
         async with db.autocommit.connect() as conn:
-            skills = await skills_repo.list_all(conn)
+            skills = await skills_service.list_all(conn)
         return Template(
             "skills.html",
             context={
@@ -201,9 +197,7 @@ class AdminPagesController(Controller):
     @get("/skills/{name:str}/disable")
     async def confirm_disable(self, request: Request, name: FromPath[str], db: Db) -> Template:
         async with db.autocommit.connect() as conn:
-            skill = await skills_repo.get(conn, name) if SKILL_NAME_RE.fullmatch(name) else None
-        if skill is None:
-            raise errors.skill_not_found(name)
+            skill = await skills_service.get(conn, _skill_name(name))
         return _confirm(
             title=f"Disable {skill.name}?",
             consequence=(
@@ -227,10 +221,7 @@ class AdminPagesController(Controller):
     @get("/skills/{name:str}/history")
     async def history(self, request: Request, name: FromPath[str], db: Db) -> Template:
         async with db.autocommit.connect() as conn:
-            skill = await skills_repo.get(conn, name) if SKILL_NAME_RE.fullmatch(name) else None
-            if skill is None:
-                raise errors.skill_not_found(name)
-            edits = await skills_repo.history(conn, skill.id)
+            skill, edits = await skills_service.history(conn, _skill_name(name))
         return Template("history.html", context={"skill": skill, "edits": edits})
 
     # ---- users --------------------------------------------------------------------
@@ -258,7 +249,7 @@ class AdminPagesController(Controller):
             "errors": errors or {},
         }
         if user_id:
-            before = ledger_repo.decode_cursor(cursor) if cursor else None
+            before = decode_cursor(cursor) if cursor else None
             if not USER_ID_RE.fullmatch(user_id):
                 context["error"] = f"A user id is {USER_ID_RULE}."
                 status = 400
@@ -266,24 +257,22 @@ class AdminPagesController(Controller):
                 context["error"] = "That page link is not valid."
                 status = 400
             else:
-                async with db.autocommit.connect() as conn:
-                    user = await ledger_repo.get_user(conn, user_id)
-                    if user is None:
-                        context["error"] = f"No user {user_id} (granting credits creates one)."
-                        context["new_user"] = user_id
-                    else:
-                        items, next_cursor = await ledger_repo.page(conn, user_id, 25, before, None)
-                        refunded = await ledger_repo.refunded_among(conn, [t.id for t in items])
-                        charges = await ledger_repo.charges_among(
-                            conn, [t.refund_of for t in items if t.refund_of]
-                        )
-                        context.update(
-                            user=user,
-                            items=items,
-                            next_cursor=next_cursor,
-                            refunded=refunded,
-                            charges=_charge_links(user_id, items, charges),
-                        )
+                try:
+                    async with db.autocommit.connect() as conn:
+                        log = await ledger_service.user_log(conn, user_id, 25, before)
+                except ApiError as exc:
+                    if exc.code != "user_not_found":
+                        raise
+                    context["error"] = f"No user {user_id} (granting credits creates one)."
+                    context["new_user"] = user_id
+                else:
+                    context.update(
+                        user=log.user,
+                        items=log.items,
+                        next_cursor=log.next_cursor,
+                        refunded=log.refunded,
+                        charges=_charge_links(user_id, log.items, log.charges),
+                    )
         return Template("users.html", context=context, status_code=status)
 
     @get("/users")
@@ -324,17 +313,13 @@ class AdminPagesController(Controller):
     @get("/transactions/{tx_id:str}/refund")
     async def confirm_refund(self, request: Request, tx_id: FromPath[str], db: Db) -> Response:
         tx_uuid = _uuid(tx_id)
-        row = None
-        if tx_uuid is not None:
-            async with db.autocommit.connect() as conn:
-                row = await ledger_repo.get_transaction(conn, tx_uuid)
-        if row is None:
+        if tx_uuid is None:
             raise errors.transaction_not_found(tx_id)
-        tx = ledger_repo.transaction_from_row(row)
+        async with db.autocommit.connect() as conn:
+            tx, refused = await ledger_service.refundable(conn, tx_uuid)
         back = f"/admin/users?user_id={tx.user_id}"
-        if tx.type != "CONSUMPTION" or row.refunded:
-            why = "it was refunded already" if row.refunded else f"it is a {tx.type}"
-            _flash(request, "error", f"That transaction cannot be refunded: {why}.")
+        if refused is not None:
+            _flash(request, "error", f"That transaction cannot be refunded: {refused.detail}.")
             return see_other(back)
         credits = -tx.amount
         return _confirm(
@@ -378,6 +363,13 @@ class AdminPagesController(Controller):
             return see_other(back)
         _flash(request, "ok", f"Refunded {written.transaction.amount} credits.")
         return see_other(back)
+
+
+def _skill_name(name: str) -> str:
+    """A skill name from the path: a name no skill can have is a 404 here, without a query."""
+    if not SKILL_NAME_RE.fullmatch(name):
+        raise errors.skill_not_found(name)
+    return name
 
 
 def _uuid(value: str) -> str | None:

@@ -10,6 +10,7 @@ from skill_credits import errors
 from skill_credits.auth import principal_of
 from skill_credits.db import Database
 from skill_credits.events import repository as repo
+from skill_credits.events import service
 from skill_credits.events.schemas import (
     ADMIN_EVENT_TYPES,
     EVENT_TYPES,
@@ -18,6 +19,7 @@ from skill_credits.events.schemas import (
     ThresholdIn,
 )
 from skill_credits.openapi import BODY, PathUserId, documented, optional_string
+from skill_credits.pagination import decode_cursor
 from skill_credits.validation import USER_ID_RE, anchored, path_user_id
 
 Db = NamedDependency[Database]
@@ -48,7 +50,7 @@ class EventController(Controller):
         ] = None,
     ) -> EventPage:
         before = None
-        if cursor is not None and (before := repo.decode_cursor(cursor)) is None:
+        if cursor is not None and (before := decode_cursor(cursor)) is None:
             raise errors.validation_error("cursor", "is not a cursor this API returned")
         if event_type is not None and event_type not in EVENT_TYPES:
             raise errors.validation_error("type", f"must be one of {', '.join(EVENT_TYPES)}")
@@ -74,6 +76,4 @@ class EventController(Controller):
     ) -> Threshold:
         path_user_id(user_id)
         async with db.autocommit.connect() as conn:
-            if not await repo.set_threshold(conn, user_id, data.low_balance_threshold):
-                raise errors.user_not_found(user_id)
-        return Threshold(user_id, data.low_balance_threshold)
+            return await service.set_threshold(conn, user_id, data.low_balance_threshold)

@@ -10,8 +10,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from skill_credits.db import keyset_page
 from skill_credits.events.schemas import Event
-from skill_credits.pagination import decode_cursor, keyset_page
+from skill_credits.pagination import decode_cursor
 
 EVENT_COLUMNS = "id::text AS id, type, user_id, data::text AS data, created_at"
 
@@ -41,14 +42,6 @@ async def page(
 
 
 __all__ = ["decode_cursor"]
-
-
-async def set_threshold(conn: AsyncConnection, user_id: str, threshold: int | None) -> bool:
-    result = await conn.execute(
-        text("UPDATE users SET low_balance_threshold = :t WHERE user_id = :user_id"),
-        {"t": threshold, "user_id": user_id},
-    )
-    return result.rowcount > 0
 
 
 async def add_endpoint(conn: AsyncConnection, url: str) -> tuple[str, str]:

@@ -10,7 +10,6 @@ from skill_credits import errors
 from skill_credits.auth import confirm, principal_of
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
-from skill_credits.ledger import repository as repo
 from skill_credits.ledger import service
 from skill_credits.ledger.schemas import (
     TRANSACTION_TYPES,
@@ -34,6 +33,7 @@ from skill_credits.openapi import (
     documented,
     optional_string,
 )
+from skill_credits.pagination import decode_cursor
 from skill_credits.validation import (
     IDEMPOTENCY_KEY_RE,
     idempotency_key,
@@ -125,10 +125,7 @@ class LedgerController(Controller):
     async def get_user(self, user_id: PathUserId, db: Db) -> User:
         path_user_id(user_id)
         async with db.autocommit.connect() as conn:
-            user = await repo.get_user(conn, user_id)
-        if user is None:
-            raise errors.user_not_found(user_id)
-        return user
+            return await service.get_user(conn, user_id)
 
     @get(
         "/users/{user_id:str}/transactions",
@@ -150,14 +147,12 @@ class LedgerController(Controller):
     ) -> TransactionPage:
         path_user_id(user_id)
         before = None
-        if cursor is not None and (before := repo.decode_cursor(cursor)) is None:
+        if cursor is not None and (before := decode_cursor(cursor)) is None:
             raise errors.validation_error("cursor", "is not a cursor this API returned")
         if tx_type is not None and tx_type not in TRANSACTION_TYPES:
             raise errors.validation_error("type", f"must be one of {', '.join(TRANSACTION_TYPES)}")
         async with db.autocommit.connect() as conn:
-            if await repo.get_user(conn, user_id) is None:
-                raise errors.user_not_found(user_id)
-            items, next_cursor = await repo.page(conn, user_id, limit, before, tx_type)
+            items, next_cursor = await service.transactions(conn, user_id, limit, before, tx_type)
         return TransactionPage(items, next_cursor)
 
     @get(
@@ -168,10 +163,7 @@ class LedgerController(Controller):
     async def get_transaction(self, tx_id: PathUuid, db: Db) -> Transaction:
         tx_uuid = str(path_uuid(tx_id))
         async with db.autocommit.connect() as conn:
-            row = await repo.get_transaction(conn, tx_uuid)
-        if row is None:
-            raise errors.transaction_not_found(tx_id)
-        return repo.transaction_from_row(row)
+            return await service.get_transaction(conn, tx_uuid)
 
     @post(
         "/transactions/{tx_id:str}/refund",
@@ -219,10 +211,7 @@ class HoldController(Controller):
     async def get_hold(self, hold_id: PathUuid, db: Db) -> Hold:
         hold_uuid = str(path_uuid(hold_id))
         async with db.autocommit.connect() as conn:
-            row = await repo.get_hold(conn, hold_uuid)
-        if row is None:
-            raise errors.hold_not_found(hold_id)
-        return repo.hold_from_row(row)
+            return await service.get_hold(conn, hold_uuid)
 
     @post(
         "/{hold_id:str}/capture",

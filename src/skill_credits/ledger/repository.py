@@ -15,9 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from skill_credits.db import Executes
+from skill_credits.db import Executes, keyset_page
 from skill_credits.ledger.schemas import Hold, Transaction, User
-from skill_credits.pagination import decode_cursor, encode_cursor, keyset_page
+from skill_credits.pagination import decode_cursor, encode_cursor
 
 TX_COLUMNS = (
     "id::text AS id, user_id, type, amount, balance_after, skill, units, unit_cost,"
@@ -162,6 +162,17 @@ BY_IDEMPOTENCY_KEY = text(
 
 async def by_idempotency_key(conn: Executes, user_id: str, key: str) -> Row | None:
     return (await conn.execute(BY_IDEMPOTENCY_KEY, {"user_id": user_id, "key": key})).first()
+
+
+async def set_low_balance_threshold(
+    conn: AsyncConnection, user_id: str, threshold: int | None
+) -> bool:
+    """False when there is no such user (the events' low-balance threshold is a user's)."""
+    result = await conn.execute(
+        text("UPDATE users SET low_balance_threshold = :t WHERE user_id = :user_id"),
+        {"t": threshold, "user_id": user_id},
+    )
+    return result.rowcount > 0
 
 
 async def get_user(conn: AsyncConnection, user_id: str) -> User | None:

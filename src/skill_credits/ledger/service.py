@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from skill_credits import errors
 from skill_credits.cache import SkillCache
 from skill_credits.db import Connect, Executes, constraint_name, sqlstate
+from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger.schemas import (
     CaptureIn,
@@ -29,6 +30,7 @@ from skill_credits.ledger.schemas import (
     HoldIn,
     RefundIn,
     Transaction,
+    User,
 )
 from skill_credits.skills.schemas import Skill
 
@@ -257,11 +259,16 @@ async def refund(
             raise errors.transaction_not_found(tx_id)
         if (done := await _replay(conn, original.user_id, key, digest)) is not None:
             return done
-        if original.type != "CONSUMPTION":
-            raise errors.not_refundable(original.type)
-        if original.refunded:
-            raise errors.already_refunded(tx_id)
+        _check_refundable(original, tx_id)
     raise errors.contention()
+
+
+def _check_refundable(row: Any, tx_id: str) -> None:
+    """409 unless the transaction ``row`` is a CONSUMPTION not refunded yet."""
+    if row.type != "CONSUMPTION":
+        raise errors.not_refundable(row.type)
+    if row.refunded:
+        raise errors.already_refunded(tx_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,3 +356,67 @@ async def release(conn: AsyncConnection, hold_id: str) -> Hold:
     if current is None:
         raise errors.hold_not_found(hold_id)
     raise errors.hold_not_active(current.status)
+
+
+# ---- reads the API and the admin UI share --------------------------------------------
+
+
+async def get_user(conn: AsyncConnection, user_id: str) -> User:
+    user = await repo.get_user(conn, user_id)
+    if user is None:
+        raise errors.user_not_found(user_id)
+    return user
+
+
+async def transactions(
+    conn: AsyncConnection, user_id: str, limit: int, before: int | None, tx_type: str | None
+) -> tuple[list[Transaction], str | None]:
+    """One page of a user's log, newest first; 404 for a user who does not exist."""
+    await get_user(conn, user_id)
+    return await repo.page(conn, user_id, limit, before, tx_type)
+
+
+async def get_transaction(conn: AsyncConnection, tx_id: str) -> Transaction:
+    row = await repo.get_transaction(conn, tx_id)
+    if row is None:
+        raise errors.transaction_not_found(tx_id)
+    return repo.transaction_from_row(row)
+
+
+async def refundable(conn: AsyncConnection, tx_id: str) -> tuple[Transaction, ApiError | None]:
+    """The transaction, and the error ``refund`` would answer for it now (None: it would
+    refund it)."""
+    row = await repo.get_transaction(conn, tx_id)
+    if row is None:
+        raise errors.transaction_not_found(tx_id)
+    try:
+        _check_refundable(row, tx_id)
+    except ApiError as exc:
+        return repo.transaction_from_row(row), exc
+    return repo.transaction_from_row(row), None
+
+
+async def get_hold(conn: AsyncConnection, hold_id: str) -> Hold:
+    row = await repo.get_hold(conn, hold_id)
+    if row is None:
+        raise errors.hold_not_found(hold_id)
+    return repo.hold_from_row(row)
+
+
+@dataclass(frozen=True, slots=True)
+class UserLog:
+    """A user, one page of their log, and what its rows refer to (for the admin UI)."""
+
+    user: User
+    items: list[Transaction]
+    next_cursor: str | None
+    refunded: set[str]  # the page's charges that have a refund
+    charges: dict[str, Any]  # the charges the page's refunds refunded, by id, with ``seq``
+
+
+async def user_log(conn: AsyncConnection, user_id: str, limit: int, before: int | None) -> UserLog:
+    user = await get_user(conn, user_id)
+    items, next_cursor = await repo.page(conn, user_id, limit, before, None)
+    refunded = await repo.refunded_among(conn, [t.id for t in items])
+    charges = await repo.charges_among(conn, [t.refund_of for t in items if t.refund_of])
+    return UserLog(user, items, next_cursor, refunded, charges)

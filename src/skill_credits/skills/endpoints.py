@@ -6,12 +6,10 @@ from litestar import Controller, Request, Response, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
 
-from skill_credits import errors
 from skill_credits.auth import require_admin
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
 from skill_credits.openapi import BODY, ETAG, PathSkillName, documented, optional_string
-from skill_credits.skills import repository as repo
 from skill_credits.skills import service
 from skill_credits.skills.schemas import (
     Catalogue,
@@ -45,7 +43,7 @@ class AdminSkillController(Controller):
     async def list_skills(self, request: Request, db: NamedDependency[Database]) -> SkillList:
         require_admin(request)
         async with db.autocommit.connect() as conn:
-            return SkillList(await repo.list_all(conn))
+            return SkillList(await service.list_all(conn))
 
     @post(
         "/", summary="Create a skill", **documented("createSkill", *BODY, 403, 409, headers=(ETAG,))
@@ -74,9 +72,7 @@ class AdminSkillController(Controller):
         path_skill_name(name)
         require_admin(request)
         async with db.autocommit.connect() as conn:
-            skill = await repo.get(conn, name)
-        if skill is None:
-            raise errors.skill_not_found(name)
+            skill = await service.get(conn, name)
         return Response(skill, headers={"ETag": f'"{skill.version}"'})
 
     @patch(
@@ -118,7 +114,5 @@ class AdminSkillController(Controller):
         path_skill_name(name)
         require_admin(request)
         async with db.autocommit.connect() as conn:
-            skill = await repo.get(conn, name)
-            if skill is None:
-                raise errors.skill_not_found(name)
-            return SkillHistory(await repo.history(conn, skill.id))
+            _, edits = await service.history(conn, name)
+        return SkillHistory(edits)

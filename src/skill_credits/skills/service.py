@@ -10,7 +10,7 @@ from skill_credits import errors
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
 from skill_credits.skills import repository as repo
-from skill_credits.skills.schemas import Skill, SkillCreate, SkillPatch
+from skill_credits.skills.schemas import Skill, SkillCreate, SkillEdit, SkillPatch
 
 FIELDS = ("display_name", "description", "cost", "is_active")
 
@@ -40,9 +40,7 @@ async def update(
 
     Returns the skill and what changed (``{field: [old, new]}``, as its history holds it).
     """
-    skill = await repo.get(conn, name, for_update=True)
-    if skill is None:
-        raise errors.skill_not_found(name)
+    skill = await get(conn, name, for_update=True)
     expected = parse_if_match(if_match)
     if expected is not None and expected != "*" and expected != str(skill.version):
         raise errors.version_conflict(name, skill.version, expected)
@@ -104,3 +102,24 @@ async def republish_all(db: Database, cache: SkillCache) -> None:
     for skill in skills:
         await cache.put(skill)
     await refresh_catalogue(db, cache)
+
+
+# ---- reads the API and the admin UI share --------------------------------------------
+
+
+async def list_all(conn: AsyncConnection) -> list[Skill]:
+    """Every skill, inactive included, by name."""
+    return await repo.list_all(conn)
+
+
+async def get(conn: AsyncConnection, name: str, *, for_update: bool = False) -> Skill:
+    skill = await repo.get(conn, name, for_update=for_update)
+    if skill is None:
+        raise errors.skill_not_found(name)
+    return skill
+
+
+async def history(conn: AsyncConnection, name: str) -> tuple[Skill, list[SkillEdit]]:
+    """The skill and every edit of it, newest first."""
+    skill = await get(conn, name)
+    return skill, await repo.history(conn, skill.id)
