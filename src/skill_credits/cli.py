@@ -63,14 +63,20 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _outcome(done: bool, said: str, not_found: str) -> int:
+    """Exit status 0 with ``said`` when a command found what it names, else 1."""
+    if done:
+        print(said)
+        return 0
+    print(not_found, file=sys.stderr)
+    return 1
+
+
 def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     from skill_credits.auth import revoke_key
 
-    if asyncio.run(_with_connection(settings, lambda c: revoke_key(c, args.name))):
-        print(f"revoked key {args.name!r}")
-        return 0
-    print(f"no live key named {args.name!r}", file=sys.stderr)
-    return 1
+    done = asyncio.run(_with_connection(settings, lambda c: revoke_key(c, args.name)))
+    return _outcome(done, f"revoked key {args.name!r}", f"no live key named {args.name!r}")
 
 
 def cmd_reconcile(settings: Settings, _: argparse.Namespace) -> int:
@@ -159,11 +165,8 @@ def cmd_webhooks_add(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_webhooks_remove(settings: Settings, args: argparse.Namespace) -> int:
     from skill_credits.events.repository import remove_endpoint
 
-    if asyncio.run(_with_connection(settings, lambda c: remove_endpoint(c, args.url))):
-        print(f"stopped delivering to {args.url}")
-        return 0
-    print(f"no live endpoint {args.url}", file=sys.stderr)
-    return 1
+    done = asyncio.run(_with_connection(settings, lambda c: remove_endpoint(c, args.url)))
+    return _outcome(done, f"stopped delivering to {args.url}", f"no live endpoint {args.url}")
 
 
 def cmd_webhooks_list(settings: Settings, _: argparse.Namespace) -> int:

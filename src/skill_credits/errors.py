@@ -7,6 +7,7 @@ Every error the service answers goes through Litestar's ProblemDetailsPlugin: ou
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from sqlalchemy import exc as sa_exc
 from skill_credits.db import is_unavailable
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class Code:
@@ -44,9 +46,7 @@ CODES: dict[str, Code] = {
         " path parameter, query parameter or header; `detail` (and `field`) name it",
     ),
     "unauthorized": Code(401, "Unauthorized", "no API key, or an unknown or revoked one"),
-    "insufficient_credits": Code(
-        402, "Insufficient credits", "the available credits are too few"
-    ),
+    "insufficient_credits": Code(402, "Insufficient credits", "the available credits are too few"),
     "forbidden": Code(403, "Forbidden", "the key's role may not do this"),
     "skill_disabled": Code(403, "Skill disabled", "the skill's kill switch is off"),
     "skill_not_found": Code(404, "Skill not found", "no skill of that name"),
@@ -151,10 +151,6 @@ def unauthorized() -> ApiError:
     )
 
 
-def forbidden(detail: str) -> ApiError:
-    return problem("forbidden", detail)
-
-
 def insufficient_credits(credits: int, available: int, required: int) -> ApiError:
     return problem(
         "insufficient_credits",
@@ -163,40 +159,29 @@ def insufficient_credits(credits: int, available: int, required: int) -> ApiErro
     )
 
 
-def skill_disabled(name: str) -> ApiError:
-    return problem("skill_disabled", f"{name} is disabled")
+def _about(code: str, detail: str) -> Callable[[str], ApiError]:
+    """The constructor of ``code`` whose detail names one thing: ``detail`` with ``{}``."""
+
+    def make(subject: str) -> ApiError:
+        return problem(code, detail.format(subject))
+
+    make.__name__ = code
+    return make
 
 
-def skill_not_found(name: str) -> ApiError:
-    return problem("skill_not_found", f"no skill named {name}")
-
-
-def user_not_found(user_id: str) -> ApiError:
-    return problem("user_not_found", f"no user {user_id}")
-
-
-def transaction_not_found(tx_id: str) -> ApiError:
-    return problem("transaction_not_found", f"no transaction {tx_id}")
-
-
-def hold_not_found(hold_id: str) -> ApiError:
-    return problem("hold_not_found", f"no hold {hold_id}")
-
-
-def skill_exists(name: str) -> ApiError:
-    return problem("skill_exists", f"a skill named {name} exists already")
-
-
-def already_refunded(tx_id: str) -> ApiError:
-    return problem("already_refunded", f"transaction {tx_id} was refunded already")
-
-
-def not_refundable(tx_type: str) -> ApiError:
-    return problem("not_refundable", f"only CONSUMPTION can be refunded, not {tx_type}")
-
-
-def hold_not_active(status: str) -> ApiError:
-    return problem("hold_not_active", f"the hold is {status}, not held")
+skill_disabled = _about("skill_disabled", "{} is disabled")
+skill_not_found = _about("skill_not_found", "no skill named {}")
+user_not_found = _about("user_not_found", "no user {}")
+transaction_not_found = _about("transaction_not_found", "no transaction {}")
+hold_not_found = _about("hold_not_found", "no hold {}")
+skill_exists = _about("skill_exists", "a skill named {} exists already")
+already_refunded = _about("already_refunded", "transaction {} was refunded already")
+not_refundable = _about("not_refundable", "only CONSUMPTION can be refunded, not {}")
+hold_not_active = _about("hold_not_active", "the hold is {}, not held")
+forbidden = _about("forbidden", "{}")
+unsupported_media_type = _about(
+    "unsupported_media_type", "the body must be application/json, not {}"
+)
 
 
 def version_conflict(name: str, current: int, expected: str) -> ApiError:
@@ -205,12 +190,6 @@ def version_conflict(name: str, current: int, expected: str) -> ApiError:
         f"{name} is at version {current}, not {expected}: it changed meanwhile",
         extra={"current_version": current},
         headers={"ETag": f'"{current}"'},
-    )
-
-
-def unsupported_media_type(media_type: str) -> ApiError:
-    return problem(
-        "unsupported_media_type", f"the body must be application/json, not {media_type}"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
@@ -298,13 +299,10 @@ class AdminPagesController(Controller):
             return await self._users_page(
                 request, db, user_id, form=data, errors=errors, status=400
             )
-        key = (data.get("idem") or "")[:64] or None
-        digest = ledger_service.request_hash("POST", f"/v1/users/{user_id}/credits", body, key)
-        try:
-            async with db.autocommit.connect() as conn:
-                written = await ledger_service.add_credits(conn, user_id, body, key, digest)
-        except ApiError as exc:
-            _flash(request, "error", f"Not saved: {exc.detail}.")
+        path = f"/v1/users/{user_id}/credits"
+        write = ledger_service.add_credits
+        written = await _ledger_write(request, db, data, path, write, user_id, body, "Not saved")
+        if written is None:
             return see_other(back)
         tx = written.transaction
         _flash(request, "ok", f"{tx.type} of {tx.amount:+d} saved; balance {tx.balance_after}.")
@@ -351,18 +349,36 @@ class AdminPagesController(Controller):
             _flash(request, "error", "That is not a transaction id.")
             return see_other(back)
         body = RefundIn(description=(data.get("description") or "").strip()[:500] or None)
-        key = (data.get("idem") or "")[:64] or None
-        digest = ledger_service.request_hash(
-            "POST", f"/v1/transactions/{tx_uuid}/refund", body, key
-        )
-        try:
-            async with db.autocommit.connect() as conn:
-                written = await ledger_service.refund(conn, tx_uuid, body, key, digest)
-        except ApiError as exc:
-            _flash(request, "error", f"Not refunded: {exc.detail}.")
+        path = f"/v1/transactions/{tx_uuid}/refund"
+        write = ledger_service.refund
+        written = await _ledger_write(request, db, data, path, write, tx_uuid, body, "Not refunded")
+        if written is None:
             return see_other(back)
         _flash(request, "ok", f"Refunded {written.transaction.amount} credits.")
         return see_other(back)
+
+
+async def _ledger_write(
+    request: Request,
+    db: Database,
+    data: dict[str, str],
+    path: str,
+    write: Callable[..., Awaitable[ledger_service.Written]],
+    target: str,
+    body: Any,
+    refused: str,
+) -> ledger_service.Written | None:
+    """``write(conn, target, body, key, digest)`` for a form, as the API's ``POST path``
+    with the form's ``idem`` as its Idempotency-Key (a double submit writes once); None,
+    with the error flashed, when the service refuses."""
+    key = (data.get("idem") or "")[:64] or None
+    digest = ledger_service.request_hash("POST", path, body, key)
+    try:
+        async with db.autocommit.connect() as conn:
+            return await write(conn, target, body, key, digest)
+    except ApiError as exc:
+        _flash(request, "error", f"{refused}: {exc.detail}.")
+        return None
 
 
 def _skill_name(name: str) -> str:
