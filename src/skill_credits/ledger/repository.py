@@ -33,7 +33,7 @@ KEY_UNUSED = (
     " WHERE k.user_id = :user_id AND k.idempotency_key = CAST(:key AS text))"
 )
 
-# The caller's API key is still live (see auth.py: deferred auth on the charge route).
+# The caller's API key is still live (see skill_credits.auth: deferred auth on the charge route).
 KEY_LIVE = (
     "EXISTS (SELECT 1 FROM api_keys a"
     " WHERE a.id = CAST(:api_key_id AS text) AND a.revoked_at IS NULL)"
