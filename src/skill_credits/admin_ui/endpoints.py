@@ -12,13 +12,12 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
-from skill_credits import errors
 from skill_credits.admin_ui import forms, present
 from skill_credits.admin_ui.session import admin_session, start_session
 from skill_credits.auth import principal_of, verify_token
 from skill_credits.cache import SkillCache
 from skill_credits.db import Database
-from skill_credits.errors import ApiError
+from skill_credits.errors import ApiError, skill_not_found, transaction_not_found, validation_error
 from skill_credits.ledger import service as ledger_service
 from skill_credits.ledger.schemas import RefundIn
 from skill_credits.pagination import decode_cursor, encode_cursor
@@ -45,7 +44,7 @@ async def plain_inputs(request: Request) -> None:
     """
     for name, value in request.path_params.items():
         if isinstance(value, str) and "\x00" in value:
-            raise errors.validation_error(name, "must not contain NUL")
+            raise validation_error(name, "must not contain NUL")
     plain_text("path", (request.scope.get("raw_path") or b"").split(b"?", 1)[0])
     check_urlencoded(request.scope.get("query_string") or b"")
     if request.method == "POST":  # every admin form is url-encoded
@@ -312,7 +311,7 @@ class AdminPagesController(Controller):
     async def confirm_refund(self, request: Request, tx_id: FromPath[str], db: Db) -> Response:
         tx_uuid = _uuid(tx_id)
         if tx_uuid is None:
-            raise errors.transaction_not_found(tx_id)
+            raise transaction_not_found(tx_id)
         async with db.autocommit.connect() as conn:
             tx, refused = await ledger_service.refundable(conn, tx_uuid)
         back = f"/admin/users?user_id={tx.user_id}"
@@ -384,7 +383,7 @@ async def _ledger_write(
 def _skill_name(name: str) -> str:
     """A skill name from the path: a name no skill can have is a 404 here, without a query."""
     if not SKILL_NAME_RE.fullmatch(name):
-        raise errors.skill_not_found(name)
+        raise skill_not_found(name)
     return name
 
 
