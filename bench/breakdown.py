@@ -292,20 +292,22 @@ def _fixed_answer(service, skill: str):
 
 
 def main() -> None:
-    from bench import run
+    from tests.support.databases import create_keys, delete_prefix, drop_databases
+
+    from bench.databases import PG, REDIS_URL, SKILL, USERS, fresh_database
 
     name = f"sc_bench_breakdown_{uuid.uuid4().hex[:6]}"
     prefix = f"bench_{name}:"
-    url = run.fresh_database(name)
+    url = fresh_database(PG, name)
     try:
-        token = asyncio.run(run._api_key(url))
-        rows = measure(url, run.REDIS_URL, prefix, token, run.USERS, run.SKILL)
+        [token] = asyncio.run(create_keys(url, "service"))
+        rows = measure(url, REDIS_URL, prefix, token, USERS, SKILL)
         for row in rows:
             print(
                 f"{row['cpu_us']:7.0f} us (c=1) {row['cpu_us_32']:7.0f} us (c=32)  {row['step']}"
                 f"  {row['statuses_1']} {row['statuses_32']}"
             )
-        pieces = ablations(url, run.REDIS_URL, prefix, token, run.USERS, run.SKILL)
+        pieces = ablations(url, REDIS_URL, prefix, token, USERS, SKILL)
         for row in pieces:
             print(
                 f"{row['deployed_us'] - row['without_us']:+7.0f} us  {row['without']}"
@@ -314,12 +316,8 @@ def main() -> None:
         if len(sys.argv) == 3 and sys.argv[1] == "--json":
             Path(sys.argv[2]).write_text(json.dumps({"steps": rows, "pieces": pieces}, indent=1))
     finally:
-        asyncio.run(run.sql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        import redis
-
-        client = redis.Redis.from_url(run.REDIS_URL)
-        for key in client.scan_iter(match=f"{prefix}*", count=500):
-            client.delete(key)
+        asyncio.run(drop_databases(PG, name))
+        delete_prefix(REDIS_URL, prefix)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,9 @@ from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 
 from skill_credits.ledger.repository import CHARGE
 
-_compiled = CHARGE.compile(dialect=pg_asyncpg.dialect())
-SQL = str(_compiled)
-ORDER = _compiled.positiontup
-
-
-async def _no_reset(_: asyncpg.Connection) -> None:
-    return None
+# the statement as asyncpg takes it: positional parameters, in this order
+COMPILED = CHARGE.compile(dialect=pg_asyncpg.dialect())
+SQL, ORDER = str(COMPILED), COMPILED.positiontup
 
 
 def create_app() -> Litestar:
@@ -40,8 +36,12 @@ def create_app() -> Litestar:
     redis_url, redis_key = os.environ.get("CEILING_REDIS_URL"), os.environ.get("CEILING_REDIS_KEY")
     state: dict = {}
 
+    async def release_as_is(_: asyncpg.Connection) -> None:
+        """asyncpg's reset on release is a round trip; a connection that ran one autocommit
+        statement has no session state to reset."""
+
     async def start(_: Litestar) -> None:
-        state["pool"] = await asyncpg.create_pool(dsn, min_size=4, max_size=10, reset=_no_reset)
+        state["pool"] = await asyncpg.create_pool(dsn, min_size=4, max_size=10, reset=release_as_is)
         state["redis"] = Redis.from_url(redis_url) if redis_url and redis_key else None
 
     async def stop(_: Litestar) -> None:

@@ -1,6 +1,7 @@
-"""Test resources: a throwaway database and Redis key prefix per run, real servers only.
+"""Test fixtures: a throwaway database and Redis key prefix per run, real servers only.
 
-Which PostgreSQL and Redis: tests/servers.py (TEST_SERVERS=local, the default, takes the
+Only fixtures and hooks live here; what they are built from is in tests/support/. Which
+PostgreSQL and Redis: tests/support/servers.py (TEST_SERVERS=local, the default, takes the
 machine's own or TEST_DATABASE_URL / TEST_REDIS_URL; TEST_SERVERS=containers starts them with
 testcontainers). The run creates its own database and drops it at the end, and writes Redis
 keys only under its own prefix, which it deletes at the end.
@@ -9,14 +10,10 @@ keys only under its own prefix, which it deletes at the end.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
-import asyncpg
 import pytest
-import redis as redis_sync
 from litestar.testing import AsyncTestClient
 
 from skill_credits.app import create_app
@@ -24,17 +21,10 @@ from skill_credits.auth import create_key, revoke_key
 from skill_credits.db import Database
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
-from tests import servers
-
-
-def run_in_thread(fn, *args):
-    """Run blocking code (which may call asyncio.run) on a fresh thread.
-
-    Keeps fixtures working whatever event loop the calling thread has running
-    (pytest-asyncio's, or the one Playwright's sync API starts).
-    """
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(fn, *args).result()
+from tests.support import servers
+from tests.support.api import Api, Keys
+from tests.support.databases import connection, delete_prefix, drop_databases
+from tests.support.run import run_in_thread
 
 
 def pytest_configure(config) -> None:
@@ -42,7 +32,7 @@ def pytest_configure(config) -> None:
 
 
 def pytest_report_header(config) -> str:
-    return f"servers: TEST_SERVERS={servers.mode()} (tests/servers.py)"
+    return f"servers: TEST_SERVERS={servers.mode()} (tests/support/servers.py)"
 
 
 SERVERS: list[servers.Server] = []
@@ -56,7 +46,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[servers.Server]:
-    with servers.postgres(run_in_thread) as server:
+    with servers.postgres() as server:
         SERVERS.append(server)
         yield server
 
@@ -93,17 +83,13 @@ def database_url(pg_base: str, run_id: str) -> Iterator[str]:
 
     async def drop() -> None:
         """This run's database, and any other this run made (they share its prefix)."""
-        conn = await asyncpg.connect(f"{pg_base}/postgres")
-        try:
+        async with connection(f"{pg_base}/postgres") as conn:
             mine = await conn.fetch(
                 "SELECT datname FROM pg_database WHERE datname = $1 OR datname LIKE $2",
                 name,
                 f"{name}\\_%",
             )
-            for row in mine:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_databases(pg_base, *(row["datname"] for row in mine))
 
     run_in_thread(asyncio.run, drop())
 
@@ -112,9 +98,7 @@ def database_url(pg_base: str, run_id: str) -> Iterator[str]:
 def redis_prefix(redis_url: str, run_id: str) -> Iterator[str]:
     prefix = f"sc_test_{run_id}:"
     yield prefix
-    client = redis_sync.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{prefix}*", count=500):
-        client.delete(key)
+    delete_prefix(redis_url, prefix)
 
 
 @pytest.fixture
@@ -122,15 +106,7 @@ def fresh_database(pg_base: str, run_id: str):
     """A second throwaway database that the CLI itself must create."""
     name = f"sc_test_{run_id}_cli_{uuid.uuid4().hex[:6]}"
     yield name, f"{pg_base}/{name}"
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(f"{pg_base}/postgres")
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    run_in_thread(asyncio.run, drop())
+    run_in_thread(asyncio.run, drop_databases(pg_base, name))
 
 
 @pytest.fixture(scope="session")
@@ -156,20 +132,6 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
     await database.dispose()
 
 
-@dataclass(frozen=True)
-class Keys:
-    admin: str
-    service: str
-    revoked: str
-    admin_name: str
-
-    def auth(self, role: str | None) -> dict[str, str]:
-        token = {"admin": self.admin, "service": self.service, "revoked": self.revoked}.get(
-            role or ""
-        )
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
-
 @pytest.fixture(scope="session")
 async def keys(db: Database, run_id: str) -> Keys:
     async with db.engine.begin() as conn:
@@ -186,5 +148,7 @@ async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:
         yield c
 
 
-def unique(prefix: str = "U") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:12].upper()}"
+@pytest.fixture(scope="session")
+def api(client: AsyncTestClient, keys: Keys) -> Api:
+    """The run's app in-process, called with the run's keys (a stateless helper: one for all)."""
+    return Api(client, keys)

@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ROOT, AppServer
+from tests.support import ROOT
+from tests.support.processes import AppServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -36,10 +37,8 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def ui_server(server_env):
     # every test logs in, all from 127.0.0.1: lift the brute-force guard for them
-    server = AppServer(server_env | {"LOGIN_ATTEMPTS_PER_MINUTE": "10000"}, workers=1)
-    server.start()
-    yield server
-    server.stop()
+    with AppServer(server_env | {"LOGIN_ATTEMPTS_PER_MINUTE": "10000"}, workers=1) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -73,21 +72,8 @@ def screenshot_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
-def login(page, token: str) -> None:
-    response = page.goto("/admin/login")
-    assert response is not None and response.ok, response and (response.status, response.text())
-    page.fill("#api_key", token)
-    page.click("button[type=submit]")
-
-
 @pytest.fixture
 def http(ui_server, keys):
     """The JSON API of the same server, to set pages up and to check what they did."""
     with httpx.Client(base_url=ui_server.url, timeout=10) as c:
         yield c
-
-
-def charge(http, keys, user: str, skill: str) -> httpx.Response:
-    return http.post(
-        "/v1/charges", json={"user_id": user, "skill": skill}, headers=keys.auth("service")
-    )

@@ -16,8 +16,8 @@ import re
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
-from tests.browser.conftest import charge, login
-from tests.conftest import unique
+from tests.support.browser import charge, login
+from tests.support.run import unique
 
 WIDTHS = (1280, 390)
 BLOCKING = {"serious", "critical"}

@@ -9,8 +9,8 @@ from playwright.sync_api import expect
 
 from skill_credits.auth import create_key, revoke_key
 from skill_credits.db import Database
-from tests.browser.conftest import charge, login
-from tests.conftest import run_in_thread, unique
+from tests.support.browser import charge, login
+from tests.support.run import run_in_thread, unique
 
 
 def test_logged_out_pages_redirect_to_login(page) -> None:

@@ -11,9 +11,10 @@ from litestar.testing import AsyncTestClient
 
 from skill_credits.admin_ui.session import SESSION_COOKIE
 from skill_credits.app import create_app
-from tests.integration.helpers import Api, snapshot
 from tests.integration.test_inputs import BAD_CURSORS
-from tests.support import AppServer
+from tests.support.api import Api
+from tests.support.databases import snapshot
+from tests.support.processes import AppServer
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -44,8 +45,7 @@ async def log_in(c: AsyncTestClient, token: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-async def world(client, keys, ui):
-    api = Api(client, keys)
+async def world(api: Api, keys, ui):
     skill = (await api.create_skill(cost=2))["name"]
     user = await api.new_user(50)
     tx = (await api.charge(user, skill)).json()["id"]

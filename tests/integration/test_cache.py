@@ -5,19 +5,17 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
 from skill_credits.app import create_app
-from skill_credits.auth import create_key
 from skill_credits.cache import SkillCache, create_redis
-from skill_credits.db import Database
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
 from skill_credits.skills.schemas import Skill, encode
-from tests.conftest import run_in_thread, unique
-from tests.support import OwnRedis
+from tests.support.databases import create_keys, drop_databases
+from tests.support.processes import OwnRedis
+from tests.support.run import run_in_thread, unique
 
 
 def skill(name: str, version: int, cost: int) -> Skill:
@@ -141,20 +139,12 @@ async def _twin(url: str, settings) -> tuple[Settings, dict[str, str]]:
     twin = Settings(
         database_url=url, redis_url=settings.redis_url, redis_prefix=settings.redis_prefix
     )
-    db = Database(twin)
-    async with db.engine.begin() as conn:
-        token = (await create_key(conn, "twin-admin", "admin")).token
-    await db.dispose()
+    [token] = await create_keys(url, "admin")
     return twin, {"Authorization": f"Bearer {token}"}
 
 
 async def _drop(url: str) -> None:
-    base, name = url.rsplit("/", 1)
-    conn = await asyncpg.connect(f"{base}/postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_databases(*url.rsplit("/", 1))
 
 
 async def test_two_databases_on_one_redis_never_see_each_others_skills(settings) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from skill_credits.db import constraint_name, sqlstate
-from tests.conftest import unique
+from tests.support.run import unique
 
 INSERT_USER = text(
     "INSERT INTO users (user_id, credits) VALUES (:user_id, CAST(:credits AS bigint))"

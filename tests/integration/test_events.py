@@ -17,12 +17,7 @@ from sqlalchemy import text
 
 from skill_credits.events import repository as events_repo
 from skill_credits.events.worker import WorkerConfig, backoff, verify
-from tests.integration.helpers import Api
-
-
-@pytest.fixture
-def api(client, keys) -> Api:
-    return Api(client, keys)
+from tests.support.api import Api
 
 
 async def events_of(api: Api, user: str) -> list[dict]:

@@ -7,16 +7,14 @@ import pytest
 from examples.ai_tool_app import create_app
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import unique
-from tests.support import AppServer
+from tests.support.processes import AppServer
+from tests.support.run import unique
 
 
 @pytest.fixture(scope="module")
 def billing_server(server_env):
-    server = AppServer(server_env, workers=1)
-    server.start()
-    yield server
-    server.stop()
+    with AppServer(server_env, workers=1) as server:
+        yield server
 
 
 @pytest.fixture

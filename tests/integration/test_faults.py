@@ -15,17 +15,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import asyncpg
 import httpx
 import pytest
 
-from skill_credits.auth import create_key
-from skill_credits.db import Database
-from skill_credits.ledger.repository import reconcile
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
-from tests.conftest import run_in_thread, unique
-from tests.support import AppServer, PostgresCluster, record, server_with_own_redis
+from tests.support.databases import connection, create_keys, problems
+from tests.support.processes import AppServer, PostgresCluster, server_with_own_redis
+from tests.support.run import record, run_in_thread, unique
 
 pytestmark = pytest.mark.faults
 
@@ -82,16 +79,13 @@ class Load:
 
 
 async def check_ledger(db_url: str, load: Load, start_balance: int) -> dict:
-    conn = await asyncpg.connect(db_url)
-    try:
+    async with connection(db_url) as conn:
         rows = await conn.fetch(
             "SELECT id::text AS id, idempotency_key, amount FROM transactions"
             " WHERE user_id = $1 AND type = 'CONSUMPTION'",
             load.user,
         )
         credits = await conn.fetchval("SELECT credits FROM users WHERE user_id = $1", load.user)
-    finally:
-        await conn.close()
     by_key = {r["idempotency_key"]: r["id"] for r in rows}
     created = load.created()
     # every 201 a client received has its row, under its key, with its id
@@ -99,13 +93,20 @@ async def check_ledger(db_url: str, load: Load, start_balance: int) -> dict:
     # no key charged twice (the unique constraint), and the balance agrees
     assert len(by_key) == len(rows)
     assert credits == start_balance + sum(r["amount"] for r in rows)
-    db = Database(Settings(database_url=db_url))
-    try:
-        async with db.autocommit.connect() as c:
-            assert await reconcile(c) == []
-    finally:
-        await db.dispose()
+    assert await problems(db_url) == []
     return {"requests": load.attempts, "charged": len(rows), "acknowledged": len(created)}
+
+
+async def own_postgres(name: str) -> tuple[PostgresCluster, str, str, str]:
+    """A PostgreSQL cluster of the test's own, started, with a migrated database ``name``
+    and an admin and a service key in it: the cluster, the database's URL, the tokens."""
+    pg = PostgresCluster()
+    pg.init()
+    pg.start()
+    db_url = f"{pg.url}/{name}"
+    run_in_thread(migrate, Settings(database_url=db_url))
+    admin, service = await create_keys(db_url, "admin", "service")
+    return pg, db_url, admin, service
 
 
 async def setup_world(api_url: str, admin_token: str, balance: int, cost: int) -> tuple:
@@ -159,16 +160,7 @@ async def test_redis_killed_mid_load(settings, keys) -> None:
 
 
 async def test_postgres_stopped_mid_load(redis_url, redis_prefix) -> None:
-    pg = PostgresCluster()
-    pg.init()
-    pg.start()
-    db_url = f"{pg.url}/sc_fault"
-    run_in_thread(migrate, Settings(database_url=db_url))
-    engine_db = Database(Settings(database_url=db_url))
-    async with engine_db.engine.begin() as conn:
-        admin = (await create_key(conn, "fault-admin", "admin")).token
-        service = (await create_key(conn, "fault-service", "service")).token
-    await engine_db.dispose()
+    pg, db_url, admin, service = await own_postgres("sc_fault")
     server = AppServer(
         {"DATABASE_URL": db_url, "REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}, workers=1
     )
@@ -210,15 +202,8 @@ async def test_postgres_stopped_mid_load(redis_url, redis_prefix) -> None:
         pg.cleanup()
 
 
-async def test_worker_sigkilled_mid_load(settings, keys) -> None:
-    server = AppServer(
-        {
-            "DATABASE_URL": settings.database_url,
-            "REDIS_URL": settings.redis_url,
-            "REDIS_PREFIX": settings.redis_prefix,
-        },
-        workers=2,
-    )
+async def test_worker_sigkilled_mid_load(settings, server_env, keys) -> None:
+    server = AppServer(server_env, workers=2)
     server.start()
     try:
         skill, user = await setup_world(server.url, keys.admin, 10**9, 5)
@@ -282,16 +267,7 @@ async def test_postgres_crash_leaves_no_broken_connection_behind(redis_url, redi
     """PostgreSQL crashes (`-m immediate`) under mixed load on 2 workers and comes back:
     once it answers again, no request on any route fails because of a pooled connection
     that died with the old server (each would fail once, whenever next used)."""
-    pg = PostgresCluster()
-    pg.init()
-    pg.start()
-    db_url = f"{pg.url}/sc_crash"
-    run_in_thread(migrate, Settings(database_url=db_url))
-    keys_db = Database(Settings(database_url=db_url))
-    async with keys_db.engine.begin() as conn:
-        admin = (await create_key(conn, "crash-admin", "admin")).token
-        service = (await create_key(conn, "crash-service", "service")).token
-    await keys_db.dispose()
+    pg, db_url, admin, service = await own_postgres("sc_crash")
     env = {"DATABASE_URL": db_url, "REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
     server = AppServer(env, workers=2)
     server.start()

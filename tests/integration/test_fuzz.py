@@ -25,18 +25,16 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from skill_credits.ledger.repository import reconcile
-from tests.conftest import unique
 from tests.integration.test_inputs import BAD_CURSORS, UUID0, cursor_of
-from tests.support import AppServer, record
+from tests.support.processes import AppServer
+from tests.support.run import record, unique
 
 
 @pytest.fixture(scope="module")
 def fuzz_server(server_env):
     # the form fuzzing logs in from 127.0.0.1 like other tests' servers: no login limit
-    server = AppServer(server_env | {"LOGIN_ATTEMPTS_PER_MINUTE": "10000"}, workers=1)
-    server.start()
-    yield server
-    server.stop()
+    with AppServer(server_env | {"LOGIN_ATTEMPTS_PER_MINUTE": "10000"}, workers=1) as server:
+        yield server
 
 
 def test_no_5xx_and_every_answer_matches_the_schema(fuzz_server, keys) -> None:

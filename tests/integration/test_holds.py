@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from skill_credits.ledger.repository import reconcile
-from tests.integration.helpers import Api
-
-
-@pytest.fixture
-def api(client, keys) -> Api:
-    return Api(client, keys)
+from tests.support.api import Api
+from tests.support.databases import assert_reconciled
 
 
 async def hold(api: Api, user: str, skill: str, key: str | None = None, **body):
@@ -24,11 +17,6 @@ async def hold(api: Api, user: str, skill: str, key: str | None = None, **body):
 
 async def user_view(api: Api, user: str) -> dict:
     return (await api.c.get(f"/v1/users/{user}", headers=api.keys.auth("service"))).json()
-
-
-async def assert_reconciled(db) -> None:
-    async with db.autocommit.connect() as conn:
-        assert await reconcile(conn) == []
 
 
 async def test_hold_reserves_and_capture_charges_at_the_hold_price(api: Api, db) -> None:

@@ -7,7 +7,8 @@ import base64
 import pytest
 
 from skill_credits.ledger.repository import reconcile
-from tests.integration.helpers import Api, snapshot
+from tests.support.api import Api
+from tests.support.databases import snapshot
 
 BIG = 2**63
 UUID0 = "7b0c5d7e-0000-4000-8000-000000000000"
@@ -28,8 +29,7 @@ BAD_CURSORS = [
 
 
 @pytest.fixture(scope="module")
-async def world(client, keys):
-    api = Api(client, keys)
+async def world(api: Api):
     skill = await api.create_skill(cost=5, name="INPUT_TABLE_SKILL")
     user = await api.new_user(100)
     charge = (await api.charge(user, skill["name"])).json()

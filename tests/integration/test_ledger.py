@@ -11,19 +11,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from skill_credits.ledger.repository import reconcile
-from tests.integration.helpers import Api
-from tests.support import AppServer, OwnRedis
-
-
-@pytest.fixture
-def api(client, keys) -> Api:
-    return Api(client, keys)
-
-
-async def assert_reconciled(db) -> None:
-    async with db.autocommit.connect() as conn:
-        assert await reconcile(conn) == []
+from tests.support.api import Api
+from tests.support.databases import assert_reconciled
+from tests.support.processes import AppServer, OwnRedis
 
 
 async def test_charge_deducts_current_cost_and_logs_it(api: Api, db) -> None:

@@ -26,31 +26,15 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from skill_credits.db import Database
-from skill_credits.ledger.repository import reconcile
-from skill_credits.settings import Settings
-from tests.conftest import run_in_thread
-from tests.support import AppServer, record
+from tests.support.databases import problems
+from tests.support.processes import AppServer
+from tests.support.run import record, run_in_thread
 
 
 @pytest.fixture(scope="module")
 def model_server(server_env):
-    server = AppServer(server_env, workers=1)
-    server.start()
-    yield server
-    server.stop()
-
-
-def _reconcile(url: str) -> list[str]:
-    async def go():
-        db = Database(Settings(database_url=url))
-        try:
-            async with db.autocommit.connect() as conn:
-                return await reconcile(conn)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(go())
+    with AppServer(server_env, workers=1) as server:
+        yield server
 
 
 @pytest.fixture
@@ -278,7 +262,7 @@ def test_ledger_matches_its_model(machine, database_url) -> None:
             ),
         )
     finally:
-        assert run_in_thread(_reconcile, database_url) == []
+        assert run_in_thread(asyncio.run, problems(database_url)) == []
     # the machine really ran: many charges, some bursts and refunds
     record(
         "model-based ledger",

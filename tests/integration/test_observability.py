@@ -7,9 +7,9 @@ import re
 
 import httpx
 
-from tests.conftest import unique
-from tests.integration.helpers import Api
-from tests.support import AppServer, free_port
+from tests.support.api import Api
+from tests.support.processes import AppServer, free_port
+from tests.support.run import unique
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -24,8 +24,7 @@ def sample(text: str, name: str, **labels: str) -> float:
     return total
 
 
-async def test_metrics_count_requests_charges_credits_and_cache(client, keys) -> None:
-    api = Api(client, keys)
+async def test_metrics_count_requests_charges_credits_and_cache(api: Api, client) -> None:
     skill = await api.create_skill(cost=4)
     user = await api.new_user(10)
     before = (await client.get("/metrics")).text
@@ -80,9 +79,8 @@ async def test_metrics_count_requests_charges_credits_and_cache(client, keys) ->
     assert f"/v1/users/{user}" not in after
 
 
-async def test_charges_total_counts_every_refusal(client, keys) -> None:
+async def test_charges_total_counts_every_refusal(api: Api, client, keys) -> None:
     """Also the refusals that never reach the charge handler: 400 body, 401, 413, 415."""
-    api = Api(client, keys)
     skill = await api.create_skill(cost=1, is_active=False)
     user = await api.new_user(10)
     before = (await client.get("/metrics")).text

@@ -16,8 +16,8 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import unique
-from tests.support import AppServer
+from tests.support.processes import AppServer
+from tests.support.run import unique
 
 OPERATION_IDS = {
     "createCharge",
@@ -165,10 +165,8 @@ def test_idempotency_key_names_ids_and_costs_carry_their_rules(document) -> None
 
 @pytest.fixture(scope="module")
 def live_server(server_env):
-    server = AppServer(server_env, workers=1)
-    server.start()
-    yield server
-    server.stop()
+    with AppServer(server_env, workers=1) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

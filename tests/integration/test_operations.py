@@ -14,8 +14,8 @@ from litestar.testing import AsyncTestClient
 
 from skill_credits.app import create_app
 from skill_credits.settings import Settings
-from tests.conftest import run_in_thread
-from tests.support import AppServer, free_port
+from tests.support.processes import AppServer, free_port
+from tests.support.run import run_in_thread
 
 
 async def test_healthz_readyz(client) -> None:
@@ -106,15 +106,7 @@ def test_cli_migrate_keys_serve_and_reconcile(fresh_database, redis_url, redis_p
             admin = {"Authorization": f"Bearer {bootstrap}"}
             assert http.get("/v1/admin/skills", headers=admin).status_code == 200
             # --workers 2 really runs two worker processes
-            children = subprocess.run(
-                ["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True
-            ).stdout.split()
-            workers = [
-                pid
-                for pid in children
-                if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()
-            ]
-            assert len(workers) == 2, children
+            assert len(server.worker_pids()) == 2
 
             created = run_cli(env, "keys", "create", "--role", "service", "--name", "tool-a")
             assert created.returncode == 0, created.stderr
@@ -127,14 +119,7 @@ def test_cli_migrate_keys_serve_and_reconcile(fresh_database, redis_url, redis_p
             assert all(token.split("_")[-1].encode() not in bytes(r["key_hash"]) for r in rows)
             assert token not in str(rows)
 
-            http.post(
-                "/v1/admin/skills",
-                headers=admin,
-                json={"name": "CLI_SKILL", "display_name": "c", "cost": 2},
-            )
-            http.post(
-                "/v1/users/cli_user/credits", headers=admin, json={"amount": 10, "type": "GRANT"}
-            )
+            _skill_and_credits(http, admin)
             charge = {"user_id": "cli_user", "skill": "CLI_SKILL"}
             for _ in range(4):  # both workers now hold the key in their caches
                 assert http.post("/v1/charges", headers=service, json=charge).status_code in (
@@ -150,14 +135,7 @@ def test_cli_migrate_keys_serve_and_reconcile(fresh_database, redis_url, redis_p
                 assert http.post("/v1/charges", headers=service, json=charge).status_code == 401
             assert run_cli(env, "keys", "revoke", "tool-a").returncode == 1
 
-            http.post(
-                "/v1/admin/skills",
-                headers=admin,
-                json={"name": "CLI_SKILL", "display_name": "c", "cost": 2},
-            )
-            http.post(
-                "/v1/users/cli_user/credits", headers=admin, json={"amount": 10, "type": "GRANT"}
-            )
+            _skill_and_credits(http, admin)
             assert (
                 http.post(
                     "/v1/charges", headers=admin, json={"user_id": "cli_user", "skill": "CLI_SKILL"}
@@ -173,6 +151,17 @@ def test_cli_migrate_keys_serve_and_reconcile(fresh_database, redis_url, redis_p
     broken = run_cli(env, "reconcile")
     assert broken.returncode == 1
     assert "cli_user" in broken.stdout
+
+
+def _skill_and_credits(http: httpx.Client, admin: dict[str, str]) -> None:
+    """CLI_SKILL at cost 2 (made by the first call; later ones are refused, it exists) and
+    10 more credits for cli_user."""
+    http.post(
+        "/v1/admin/skills",
+        headers=admin,
+        json={"name": "CLI_SKILL", "display_name": "c", "cost": 2},
+    )
+    http.post("/v1/users/cli_user/credits", headers=admin, json={"amount": 10, "type": "GRANT"})
 
 
 async def _key_rows(url: str) -> list[dict]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ROOT, AppServer
+from tests.support import ROOT
+from tests.support.processes import AppServer
 
 SERVER_PACKAGES = ("sqlalchemy", "asyncpg", "redis", "alembic", "litestar")
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 
 from skill_credits.auth import create_key, revoke_key
-from tests.conftest import unique
-from tests.integration.helpers import Api
+from tests.support.api import Api
+from tests.support.run import unique
 
 
 @pytest.fixture(scope="module")
-async def world(client, keys):
-    api = Api(client, keys)
+async def world(api: Api):
     skill = await api.create_skill(cost=1, name=unique("ROLE"))
     user = await api.new_user(1000)
     return {"api": api, "skill": skill["name"], "user": user}

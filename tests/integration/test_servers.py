@@ -1,4 +1,4 @@
-"""The run talks to the servers its mode names (tests/servers.py).
+"""The run talks to the servers its mode names (tests/support/servers.py).
 
 With TEST_SERVERS=containers, the database and Redis the app is given are the containers'
 published ports, not the machine's 5432 / 6379, and the servers answering there say they run
@@ -13,7 +13,7 @@ import asyncpg
 import redis as redis_sync
 
 from skill_credits.settings import Settings
-from tests import servers
+from tests.support import servers
 
 
 async def test_the_database_is_the_servers_own(postgres_server, settings: Settings) -> None:

@@ -7,14 +7,9 @@ import asyncio
 import httpx
 import pytest
 
-from tests.conftest import unique
-from tests.integration.helpers import Api
-from tests.support import AppServer, server_with_own_redis
-
-
-@pytest.fixture
-def api(client, keys) -> Api:
-    return Api(client, keys)
+from tests.support.api import Api
+from tests.support.processes import AppServer, server_with_own_redis
+from tests.support.run import unique
 
 
 async def test_create_get_list_and_catalogue(api: Api) -> None:
@@ -101,10 +96,8 @@ async def _edit_then_charge(api: Api, name: str, user: str, rounds: int) -> list
 
 @pytest.fixture(scope="module")
 def two_workers(server_env):
-    server = AppServer(server_env, workers=2)
-    server.start()
-    yield server
-    server.stop()
+    with AppServer(server_env, workers=2) as server:
+        yield server
 
 
 async def test_fifty_edits_each_followed_by_a_charge_on_two_workers(two_workers, keys) -> None:

@@ -10,14 +10,14 @@ TEST_SERVERS picks them:
   default; CI passes the ones scripts/build-images.sh builds without a registry). A Docker engine
   that does not answer is an error here, never a quiet fallback to the local servers.
 
-Tests that stop or restart servers start processes of their own (tests/support.py) either way.
+Tests that stop or restart servers start processes of their own (processes.py) either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 import redis as redis_sync
+
+from tests.support.run import run_in_thread
 
 LOCAL_PG = "postgresql://127.0.0.1:5432"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -79,7 +81,7 @@ def published_port(container_id: str, port: int) -> int:
     return int(attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]["HostPort"])
 
 
-def _pg_answers(base: str, run_in_thread) -> bool:
+def _pg_answers(base: str) -> bool:
     async def probe() -> bool:
         try:
             conn = await asyncpg.connect(f"{base}/postgres", timeout=2)
@@ -116,16 +118,24 @@ def _need_docker(why: str) -> None:
         pytest.exit(f"{why}, and no Docker engine answers for testcontainers", returncode=2)
 
 
-@contextmanager
-def postgres(run_in_thread) -> Iterator[Server]:
+def _local(kind: str, url: str, answers: Callable[[str], bool]) -> bool:
+    """Whether the run uses the machine's own server at ``url``; if not, a container stands
+    in for it, and the run stops here when no Docker engine answers."""
     if mode() == "local":
-        base = os.environ.get("TEST_DATABASE_URL", LOCAL_PG).rstrip("/")
-        if _pg_answers(base, run_in_thread):
-            yield Server("PostgreSQL", base)
-            return
-        _need_docker(f"no PostgreSQL at {base}")
+        if answers(url):
+            return True
+        _need_docker(f"no {kind} at {url}")
     else:
         _need_docker("TEST_SERVERS=containers")
+    return False
+
+
+@contextmanager
+def postgres() -> Iterator[Server]:
+    base = os.environ.get("TEST_DATABASE_URL", LOCAL_PG).rstrip("/")
+    if _local("PostgreSQL", base, _pg_answers):
+        yield Server("PostgreSQL", base)
+        return
     from testcontainers.community.postgres import PostgresContainer
 
     image = postgres_image()
@@ -136,14 +146,10 @@ def postgres(run_in_thread) -> Iterator[Server]:
 
 @contextmanager
 def redis() -> Iterator[Server]:
-    if mode() == "local":
-        url = os.environ.get("TEST_REDIS_URL", LOCAL_REDIS)
-        if _redis_answers(url):
-            yield Server("Redis", url)
-            return
-        _need_docker(f"no Redis at {url}")
-    else:
-        _need_docker("TEST_SERVERS=containers")
+    url = os.environ.get("TEST_REDIS_URL", LOCAL_REDIS)
+    if _local("Redis", url, _redis_answers):
+        yield Server("Redis", url)
+        return
     from testcontainers.community.redis import RedisContainer
 
     image = redis_image()

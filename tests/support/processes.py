@@ -1,4 +1,9 @@
-"""Helpers for tests that start real processes: free ports, servers, redis-servers."""
+"""Servers of a test's own, as child processes on free ports: `skill-credits serve` (or any
+HTTP app, for the benchmarks), a redis-server, a PostgreSQL cluster.
+
+Tests that stop, hang or restart a server use these, never the run's shared servers
+(servers.py); the benchmarks start their targets with the same classes.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO, Self
 
 import httpx
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -95,39 +99,43 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class AppServer:
-    """`skill-credits serve` as a child process on a free port (``command`` is how the
-    CLI is started: by default this checkout's, with the tests' Python)."""
+class HttpServer:
+    """An HTTP server as a child process on a free port, in a session of its own (stopping
+    it stops every worker it spawned). ``with`` starts and stops it.
 
-    def __init__(
-        self,
-        env: dict[str, str],
-        workers: int = 1,
-        command: list[str] | None = None,
-        cwd: Path | None = None,
-    ) -> None:
+    A subclass says how to start it (``argv``) and how to tell it answers (``answers``).
+    Its output goes to a log file (``output()``), or nowhere with ``quiet``.
+    """
+
+    def __init__(self, env: dict[str, str], cwd: Path | None = None, quiet: bool = False) -> None:
         self.port = free_port()
         self.env = {**os.environ, **env}
-        self.workers = workers
-        self.command = command or [sys.executable, "-m", "skill_credits.cli"]
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
-        self.log = tempfile.NamedTemporaryFile(prefix="sc-serve-", suffix=".log", delete=False)
+        self.log: IO[bytes] | None = None
+        if not quiet:
+            self.log = tempfile.NamedTemporaryFile(prefix="sc-serve-", suffix=".log", delete=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def answers(self) -> bool:
+        return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [*self.command, "serve", "--port", str(self.port), "--workers", str(self.workers)],
+            self.argv(),
             env=self.env,
             cwd=self.cwd,
-            stdout=self.log,
+            stdout=self.log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200, 30)
+        wait_until(self.answers, 30)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -139,8 +147,15 @@ class AppServer:
                 self.proc.wait()
             self.proc = None
 
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def output(self) -> str:
-        return Path(self.log.name).read_text()
+        return Path(self.log.name).read_text() if self.log else ""
 
     def worker_pids(self) -> list[int]:
         """The uvicorn worker processes (spawned children) of a --workers N server."""
@@ -148,6 +163,26 @@ class AppServer:
             ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
         ).stdout.split()
         return [int(p) for p in out if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+class AppServer(HttpServer):
+    """`skill-credits serve` as a child process on a free port (``command`` is how the
+    CLI is started: by default this checkout's, with the tests' Python)."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int = 1,
+        command: list[str] | None = None,
+        cwd: Path | None = None,
+        quiet: bool = False,
+    ) -> None:
+        super().__init__(env, cwd, quiet)
+        self.workers = workers
+        self.command = command or [sys.executable, "-m", "skill_credits.cli"]
+
+    def argv(self) -> list[str]:
+        return [*self.command, "serve", "--port", str(self.port), "--workers", str(self.workers)]
 
 
 class PostgresCluster:
@@ -239,14 +274,6 @@ class OwnRedis:
         """How many times this server has run ``command`` (hget, evalsha, ...)."""
         stats = await self.admin.info("commandstats")
         return stats.get(f"cmdstat_{command}", {}).get("calls", 0)
-
-
-def record(name: str, figures: dict) -> None:
-    """With TEST_STATS_FILE set, append what a test did (docs/reliability.md's figures)."""
-    path = os.environ.get("TEST_STATS_FILE")
-    if path:
-        with open(path, "a") as f:
-            f.write(f"{name}\t{figures}\n")
 
 
 @contextlib.contextmanager

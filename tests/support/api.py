@@ -1,12 +1,25 @@
-"""Small request helpers shared by the integration tests."""
+"""The run's API keys, and a thin client of the HTTP API that the integration tests share."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from tests.support.run import unique
 
-from tests.conftest import Keys, unique
+
+@dataclass(frozen=True)
+class Keys:
+    admin: str
+    service: str
+    revoked: str
+    admin_name: str
+
+    def auth(self, role: str | None) -> dict[str, str]:
+        token = {"admin": self.admin, "service": self.service, "revoked": self.revoked}.get(
+            role or ""
+        )
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class Api:
@@ -60,17 +73,3 @@ class Api:
         r = await self.c.get(f"/v1/users/{user}", headers=self.keys.auth("service"))
         assert r.status_code == 200, r.text
         return r.json()["credits"]
-
-
-async def snapshot(db) -> tuple:
-    """What a refused request must leave unchanged: rows, balances, skills and versions."""
-    async with db.autocommit.connect() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    "SELECT (SELECT count(*) FROM transactions), (SELECT sum(credits) FROM users),"
-                    " (SELECT count(*) FROM skills), (SELECT sum(version) FROM skills)"
-                )
-            )
-        ).one()
-        return tuple(row)

@@ -1,0 +1,108 @@
+"""The benchmark's databases: seeded alike for every target, grown for the log-size runs,
+and read back after the overdraw run. Statements run from outside the app
+(tests/support/databases.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from tests.support.databases import connection, drop_databases, execute
+
+from skill_credits.ledger.repository import encode_cursor
+from skill_credits.migrate import migrate
+from skill_credits.settings import Settings
+
+PG = os.environ.get("BENCH_PG", "postgresql://127.0.0.1:5432")  # a server URL, no database
+REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+USERS = 10_000
+BIG = 10**15
+SKILL = "BENCH_SKILL"
+
+
+def fresh_database(base: str, name: str) -> str:
+    """A migrated database ``name`` with the bench's skill and users: its URL."""
+    asyncio.run(drop_databases(base, name))
+    url = f"{base}/{name}"
+    migrate(Settings(database_url=url))
+    asyncio.run(
+        execute(
+            url,
+            # one skill at cost 1, its creation in the history like the API writes it
+            f"INSERT INTO skills (name, display_name, cost) VALUES ('{SKILL}', 'Bench', 1)",
+            "INSERT INTO skill_history (skill_id, version, actor, changes)"
+            " SELECT id, 1, 'bench', '{\"cost\": [null, 1]}' FROM skills",
+            # 10 000 users and a hot one, each with one GRANT that the log proves
+            f"INSERT INTO users (user_id, credits) SELECT 'bench_' || g, {BIG}"
+            f" FROM generate_series(0, {USERS - 1}) g",
+            f"INSERT INTO users (user_id, credits) VALUES ('bench_hot', {BIG}),"
+            " ('bench_deep', 0), ('bench_overdraw', 0)",
+            "INSERT INTO transactions (user_id, type, amount, balance_after)"
+            " SELECT user_id, 'GRANT', credits, credits FROM users WHERE credits > 0",
+            # bench_deep has a history of its own from the start: 200 GRANTs of 1
+            "INSERT INTO transactions (user_id, type, amount, balance_after)"
+            " SELECT 'bench_deep', 'GRANT', 1, k FROM generate_series(1, 200) k ORDER BY k",
+            "UPDATE users SET credits = 200 WHERE user_id = 'bench_deep'",
+        )
+    )
+    return url
+
+
+async def grow_log(url: str, rows: int) -> None:
+    """Append ``rows`` GRANT rows of 1 credit (90 % spread over the users, 10 % on
+    bench_deep), keeping every balance_after and balance true to the log."""
+    spread, deep = rows * 9 // 10, rows // 10
+    per_user = spread // USERS
+    await execute(
+        url,
+        "INSERT INTO transactions (user_id, type, amount, balance_after)"
+        " SELECT u.user_id, 'GRANT', 1, u.credits + k"
+        f" FROM users u CROSS JOIN generate_series(1, {per_user}) k"
+        " WHERE u.user_id LIKE 'bench\\_%' AND u.user_id ~ '^bench_[0-9]+$'"
+        " ORDER BY k, u.user_id",
+        f"UPDATE users SET credits = credits + {per_user} WHERE user_id ~ '^bench_[0-9]+$'",
+        "INSERT INTO transactions (user_id, type, amount, balance_after)"
+        " SELECT 'bench_deep', 'GRANT', 1, u.credits + k"
+        f" FROM users u CROSS JOIN generate_series(1, {deep}) k"
+        " WHERE u.user_id = 'bench_deep' ORDER BY k",
+        f"UPDATE users SET credits = credits + {deep} WHERE user_id = 'bench_deep'",
+        "VACUUM ANALYZE transactions",
+    )
+
+
+async def log_rows(url: str) -> int:
+    async with connection(url) as conn:
+        return await conn.fetchval("SELECT count(*) FROM transactions")
+
+
+async def deep_cursor(url: str) -> str:
+    """A cursor near the oldest end of bench_deep's history."""
+    async with connection(url) as conn:
+        seq = await conn.fetchval(
+            "SELECT seq FROM transactions WHERE user_id = 'bench_deep'"
+            " ORDER BY seq ASC OFFSET 100 LIMIT 1"
+        )
+    return encode_cursor(seq) if seq else ""
+
+
+async def reset_overdraw(url: str, balance: int) -> None:
+    """bench_overdraw with ``balance`` credits, proved by one GRANT."""
+    await execute(
+        url,
+        "DELETE FROM transactions WHERE user_id = 'bench_overdraw'",
+        f"UPDATE users SET credits = {balance} WHERE user_id = 'bench_overdraw'",
+        f"INSERT INTO transactions (user_id, type, amount, balance_after)"
+        f" VALUES ('bench_overdraw', 'GRANT', {balance}, {balance})",
+    )
+
+
+async def overdraw_state(url: str):
+    """bench_overdraw's balance, the sum of its log, and its CONSUMPTION rows."""
+    async with connection(url) as conn:
+        return await conn.fetchrow(
+            "SELECT u.credits, (SELECT sum(amount) FROM transactions t"
+            " WHERE t.user_id = u.user_id) AS logged,"
+            " (SELECT count(*) FROM transactions t WHERE t.user_id = u.user_id"
+            "  AND t.type = 'CONSUMPTION') AS charges"
+            " FROM users u WHERE user_id = 'bench_overdraw'"
+        )
