@@ -316,7 +316,12 @@ class AdminPagesController(Controller):
             tx, refused = await ledger_service.refundable(conn, tx_uuid)
         back = f"/admin/users?user_id={tx.user_id}"
         if refused is not None:
-            _flash(request, "error", f"That transaction cannot be refunded: {refused.detail}.")
+            why = (
+                "it was refunded already"
+                if refused.code == "already_refunded"
+                else f"it is a {tx.type}"
+            )
+            _flash(request, "error", f"That transaction cannot be refunded: {why}.")
             return see_other(back)
         credits = -tx.amount
         return _confirm(
