@@ -1,4 +1,5 @@
-"""The PostgreSQL engine, and how a lost database becomes a clean 503."""
+"""The PostgreSQL engine, how a lost database becomes a clean 503, and the queries that
+belong to no table (the readiness ping, keyset pagination)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import TextClause
 
+from skill_credits.pagination import encode_cursor
 from skill_credits.settings import Settings
 
 
@@ -256,3 +260,44 @@ def sqlstate(exc: sa_exc.DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None) or getattr(
         getattr(exc.orig, "__cause__", None), "sqlstate", None
     )
+
+
+async def ping(db: Database) -> None:
+    """One round trip to PostgreSQL (readiness); raises when it does not answer."""
+    async with db.autocommit.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+async def keyset_page(
+    conn: AsyncConnection,
+    table: str,
+    columns: str,
+    equal: dict[str, Any],
+    before: int | None,
+    limit: int,
+) -> tuple[list[Row], str | None]:
+    """Keyset pagination, newest first: up to ``limit`` rows where every ``equal`` column
+    (skipped when None) matches its value, or any of a tuple of values.
+
+    ``table``, ``columns`` and the keys of ``equal`` come from code, never from a client.
+    A page costs the same deep in a log as at its start: ``seq < :before`` is an index
+    range condition, never an OFFSET.
+    """
+    filters = {column: value for column, value in equal.items() if value is not None}
+    where = [
+        f"{column} = ANY(:{column})" if isinstance(value, tuple) else f"{column} = :{column}"
+        for column, value in filters.items()
+    ] or ["true"]
+    if before is not None:
+        where.append("seq < :before")
+    rows = (
+        await conn.execute(
+            text(
+                f"SELECT {columns}, seq FROM {table} WHERE {' AND '.join(where)}"
+                " ORDER BY seq DESC LIMIT :limit"
+            ),
+            {**filters, "before": before, "limit": limit + 1},
+        )
+    ).all()
+    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
+    return rows[:limit], next_cursor

@@ -6,10 +6,9 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
 
+from skill_credits import errors
 from skill_credits.auth import confirm, principal_of
 from skill_credits.db import Database
-from skill_credits.errors import ApiError, validation_error
-from skill_credits.ledger import repository as repo
 from skill_credits.ledger import service
 from skill_credits.ledger.schemas import (
     TRANSACTION_TYPES,
@@ -33,6 +32,7 @@ from skill_credits.openapi import (
     documented,
     optional_string,
 )
+from skill_credits.pagination import decode_cursor
 from skill_credits.skills.cache import SkillCache
 from skill_credits.validation import (
     IDEMPOTENCY_KEY_RE,
@@ -112,7 +112,7 @@ class LedgerController(Controller):
         path_user_id(user_id)
         idempotency_key(key)
         if data.type == "ADJUSTMENT" and not principal_of(request).is_admin:
-            raise ApiError(403, "forbidden", "ADJUSTMENT needs an admin key")
+            raise errors.forbidden("ADJUSTMENT needs an admin key")
         digest = service.request_hash("POST", f"/v1/users/{user_id}/credits", data, key)
         return created(await service.add_credits(db, user_id, data, key, digest))
 
@@ -141,10 +141,10 @@ class LedgerController(Controller):
     ) -> TransactionPage:
         path_user_id(user_id)
         before = None
-        if cursor is not None and (before := repo.decode_cursor(cursor)) is None:
-            raise validation_error("cursor", "is not a cursor this API returned")
+        if cursor is not None and (before := decode_cursor(cursor)) is None:
+            raise errors.validation_error("cursor", "is not a cursor this API returned")
         if tx_type is not None and tx_type not in TRANSACTION_TYPES:
-            raise validation_error("type", f"must be one of {', '.join(TRANSACTION_TYPES)}")
+            raise errors.validation_error("type", f"must be one of {', '.join(TRANSACTION_TYPES)}")
         items, next_cursor = await service.transactions(db, user_id, limit, before, tx_type)
         return TransactionPage(items, next_cursor)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy import text
 
-from skill_credits.db import Connection
+from skill_credits.db import Connection, keyset_page
 from skill_credits.ledger.schemas import Hold, Transaction, User
-from skill_credits.pagination import decode_cursor, encode_cursor, keyset_page
+from skill_credits.pagination import decode_cursor, encode_cursor
 from skill_credits.skills.repository import skill_columns
 
 Row = Any  # a row of Connection.execute: attribute access by column name
@@ -34,7 +34,7 @@ KEY_UNUSED = (
     " WHERE k.user_id = :user_id AND k.idempotency_key = CAST(:key AS text))"
 )
 
-# The caller's API key is still live (see auth.py: deferred auth on the charge route).
+# The caller's API key is still live (see skill_credits.auth: deferred auth on the charge route).
 KEY_LIVE = (
     "EXISTS (SELECT 1 FROM api_keys a"
     " WHERE a.id = CAST(:api_key_id AS text) AND a.revoked_at IS NULL)"
@@ -161,6 +161,20 @@ BY_IDEMPOTENCY_KEY = text(
 
 async def by_idempotency_key(conn: Connection, user_id: str, key: str) -> Row | None:
     return (await conn.execute(BY_IDEMPOTENCY_KEY, {"user_id": user_id, "key": key})).first()
+
+
+async def set_low_balance_threshold(conn: Connection, user_id: str, threshold: int | None) -> bool:
+    """False when there is no such user (the events' low-balance threshold is a user's)."""
+    row = (
+        await conn.execute(
+            text(
+                "UPDATE users SET low_balance_threshold = :t WHERE user_id = :user_id"
+                " RETURNING user_id"
+            ),
+            {"t": threshold, "user_id": user_id},
+        )
+    ).first()
+    return row is not None
 
 
 async def get_user(conn: Connection, user_id: str) -> User | None:

@@ -22,8 +22,9 @@ from typing import Any
 import msgspec
 from sqlalchemy import exc as sa_exc
 
+from skill_credits import errors
 from skill_credits.db import Connection, Database, constraint_name, sqlstate
-from skill_credits.errors import ApiError, validation_error
+from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger.schemas import (
     CaptureIn,
@@ -83,9 +84,7 @@ def _same_request(stored: Any, digest: bytes | None) -> bool:
     if stored is None:
         return False
     if bytes(stored.request_hash) != digest:
-        raise ApiError(
-            422, "idempotency_key_reused", "this Idempotency-Key was used with a different request"
-        )
+        raise errors.idempotency_key_reused()
     return True
 
 
@@ -109,21 +108,10 @@ async def _write(statement: Awaitable[Any], unique: set[str]) -> Any:
         raise
     except sa_exc.DBAPIError as exc:
         if sqlstate(exc) == "22003":
-            raise validation_error("amount", "the balance would pass the 64-bit range") from None
+            raise errors.validation_error(
+                "amount", "the balance would pass the 64-bit range"
+            ) from None
         raise
-
-
-def insufficient(credits: int, available: int, required: int) -> ApiError:
-    return ApiError(
-        402,
-        "insufficient_credits",
-        f"available credits {available} are below the {required} required",
-        extra={"credits": credits, "available": available, "required": required},
-    )
-
-
-def contention() -> ApiError:
-    return ApiError(503, "service_unavailable", "too much contention on this user; retry")
 
 
 def explain_refusal(facts: Any, data: ChargeIn | HoldIn, version: int | None) -> Skill | None:
@@ -132,17 +120,17 @@ def explain_refusal(facts: Any, data: ChargeIn | HoldIn, version: int | None) ->
     price moved since the cache's version, the skill at its current version (run again
     at it); 403; user 404; 402. None: a hold changed meanwhile (run again)."""
     if facts.s_id is None:
-        raise ApiError(404, "skill_not_found", f"no skill named {data.skill}")
+        raise errors.skill_not_found(data.skill)
     if version is not None and facts.s_version != version:
         return skill_from_row(facts, "s_")
     if not facts.s_is_active:
-        raise ApiError(403, "skill_disabled", f"{data.skill} is disabled")
+        raise errors.skill_disabled(data.skill)
     if facts.u_credits is None:
-        raise user_not_found(data.user_id)
+        raise errors.user_not_found(data.user_id)
     required = facts.s_cost * data.units
     available = facts.u_credits - facts.u_reserved
     if available < required:
-        raise insufficient(facts.u_credits, available, required)
+        raise errors.insufficient_credits(facts.u_credits, available, required)
     return None
 
 
@@ -206,7 +194,7 @@ async def charge(
                     return done
                 price.moved(explain_refusal(facts, data, price.version))
             else:
-                raise contention()
+                raise errors.contention()
     finally:
         await price.publish(cache)
     if price.version != row.s_version:
@@ -236,10 +224,10 @@ async def add_credits(
                 continue  # only a concurrent key could stop an upsert
             user = await repo.get_user(conn, user_id)
             if user is None:
-                raise user_not_found(user_id)
+                raise errors.user_not_found(user_id)
             if user.available < -data.amount:
-                raise insufficient(user.credits, user.available, -data.amount)
-    raise contention()
+                raise errors.insufficient_credits(user.credits, user.available, -data.amount)
+    raise errors.contention()
 
 
 async def refund(
@@ -253,24 +241,19 @@ async def refund(
                 return Written(repo.transaction_from_row(row))
             original = await repo.get_transaction(conn, tx_id)
             if original is None:
-                raise transaction_not_found(tx_id)
+                raise errors.transaction_not_found(tx_id)
             if done := await _replay(conn, original.user_id, key, digest):
                 return done
-            if original.type != "CONSUMPTION":
-                raise ApiError(
-                    409, "not_refundable", f"only CONSUMPTION can be refunded, not {original.type}"
-                )
-            if original.refunded:
-                raise ApiError(409, "already_refunded", f"transaction {tx_id} was refunded already")
-    raise contention()
+            _check_refundable(original, tx_id)
+    raise errors.contention()
 
 
-def user_not_found(user_id: str) -> ApiError:
-    return ApiError(404, "user_not_found", f"no user {user_id}")
-
-
-def transaction_not_found(tx_id: str) -> ApiError:
-    return ApiError(404, "transaction_not_found", f"no transaction {tx_id}")
+def _check_refundable(row: Any, tx_id: str) -> None:
+    """409 unless the transaction ``row`` is a CONSUMPTION not refunded yet."""
+    if row.type != "CONSUMPTION":
+        raise errors.not_refundable(row.type)
+    if row.refunded:
+        raise errors.already_refunded(tx_id)
 
 
 async def get_user(db: Database, user_id: str) -> User:
@@ -278,7 +261,7 @@ async def get_user(db: Database, user_id: str) -> User:
     async with db.connect() as conn:
         user = await repo.get_user(conn, user_id)
     if user is None:
-        raise user_not_found(user_id)
+        raise errors.user_not_found(user_id)
     return user
 
 
@@ -288,7 +271,7 @@ async def transactions(
     """A page of the user's log, newest first; 404 if there is no such user."""
     async with db.connect() as conn:
         if await repo.get_user(conn, user_id) is None:
-            raise user_not_found(user_id)
+            raise errors.user_not_found(user_id)
         return await repo.page(conn, user_id, limit, before, tx_type)
 
 
@@ -296,7 +279,7 @@ async def get_transaction(db: Database, tx_id: str) -> Transaction:
     async with db.connect() as conn:
         row = await repo.get_transaction(conn, tx_id)
     if row is None:
-        raise transaction_not_found(tx_id)
+        raise errors.transaction_not_found(tx_id)
     return repo.transaction_from_row(row)
 
 
@@ -304,14 +287,6 @@ async def get_transaction(db: Database, tx_id: str) -> Transaction:
 class HoldWritten:
     hold: Hold
     replayed: bool = False
-
-
-def hold_not_found(hold_id: str) -> ApiError:
-    return ApiError(404, "hold_not_found", f"no hold {hold_id}")
-
-
-def hold_not_active(status: str) -> ApiError:
-    return ApiError(409, "hold_not_active", f"the hold is {status}, not held")
 
 
 async def _replay_hold(conn: Connection, user_id: str, key: str | None, digest: bytes | None):
@@ -349,14 +324,14 @@ async def create_hold(
                 price.moved(explain_refusal(facts, data, price.version))
     finally:
         await price.publish(cache)
-    raise contention()
+    raise errors.contention()
 
 
 async def get_hold(db: Database, hold_id: str) -> Hold:
     async with db.connect() as conn:
         row = await repo.get_hold(conn, hold_id)
     if row is None:
-        raise hold_not_found(hold_id)
+        raise errors.hold_not_found(hold_id)
     return repo.hold_from_row(row)
 
 
@@ -366,10 +341,10 @@ async def capture(
     async with db.connect() as conn:
         current = await repo.get_hold(conn, hold_id)
         if current is None:
-            raise hold_not_found(hold_id)
+            raise errors.hold_not_found(hold_id)
         units = data.units if data.units is not None else current.units
         if units > current.units:
-            raise validation_error("units", f"must be at most the {current.units} reserved")
+            raise errors.validation_error("units", f"must be at most the {current.units} reserved")
         params = {
             "id": hold_id,
             "tx_id": str(uuid.uuid4()),
@@ -384,7 +359,7 @@ async def capture(
         if done := await _replay(conn, current.user_id, key, digest):
             return done
         latest = await repo.get_hold(conn, hold_id)
-    raise hold_not_active(latest.status)
+    raise errors.hold_not_active(latest.status)
 
 
 async def release(db: Database, hold_id: str) -> Hold:
@@ -394,5 +369,41 @@ async def release(db: Database, hold_id: str) -> Hold:
             return repo.hold_from_row(row)
         current = await repo.get_hold(conn, hold_id)
     if current is None:
-        raise hold_not_found(hold_id)
-    raise hold_not_active(current.status)
+        raise errors.hold_not_found(hold_id)
+    raise errors.hold_not_active(current.status)
+
+
+async def refundable(db: Database, tx_id: str) -> tuple[Transaction, ApiError | None]:
+    """The transaction, and the error ``refund`` would answer for it now (None: it would
+    refund it)."""
+    async with db.connect() as conn:
+        row = await repo.get_transaction(conn, tx_id)
+    if row is None:
+        raise errors.transaction_not_found(tx_id)
+    try:
+        _check_refundable(row, tx_id)
+    except ApiError as exc:
+        return repo.transaction_from_row(row), exc
+    return repo.transaction_from_row(row), None
+
+
+@dataclass(frozen=True, slots=True)
+class UserLog:
+    """A user, one page of their log, and what its rows refer to (for the admin UI)."""
+
+    user: User
+    items: list[Transaction]
+    next_cursor: str | None
+    refunded: set[str]  # the page's charges that have a refund
+    charges: dict[str, Any]  # the charges the page's refunds refunded, by id, with ``seq``
+
+
+async def user_log(db: Database, user_id: str, limit: int, before: int | None) -> UserLog:
+    async with db.connect() as conn:
+        user = await repo.get_user(conn, user_id)
+        if user is None:
+            raise errors.user_not_found(user_id)
+        items, next_cursor = await repo.page(conn, user_id, limit, before, None)
+        refunded = await repo.refunded_among(conn, [t.id for t in items])
+        charges = await repo.charges_among(conn, [t.refund_of for t in items if t.refund_of])
+    return UserLog(user, items, next_cursor, refunded, charges)

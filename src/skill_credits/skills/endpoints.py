@@ -109,4 +109,5 @@ class AdminSkillController(Controller):
     ) -> SkillHistory:
         path_skill_name(name)
         require_admin(request)
-        return SkillHistory(await service.history(db, name))
+        _, edits = await service.history(db, name)
+        return SkillHistory(edits)

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from skill_credits import errors
 from skill_credits.db import Connection, Database
-from skill_credits.errors import ApiError
 from skill_credits.skills import repository as repo
 from skill_credits.skills.cache import SkillCache
 from skill_credits.skills.schemas import EDITABLE, Skill, SkillCreate, SkillEdit, SkillPatch
-
-
-def skill_not_found(name: str) -> ApiError:
-    return ApiError(404, "skill_not_found", f"no skill named {name}")
 
 
 async def create(db: Database, data: SkillCreate, actor: str) -> Skill:
@@ -21,7 +17,7 @@ async def create(db: Database, data: SkillCreate, actor: str) -> Skill:
     async with db.transaction() as conn:
         skill = await repo.insert(conn, values)
         if skill is None:
-            raise ApiError(409, "skill_exists", f"a skill named {data.name} exists already")
+            raise errors.skill_exists(data.name)
         await repo.insert_history(conn, skill, actor, {f: [None, values[f]] for f in EDITABLE})
     return skill
 
@@ -36,17 +32,17 @@ async def get(db: Database, name: str) -> Skill:
     async with db.connect() as conn:
         skill = await repo.get(conn, name)
     if skill is None:
-        raise skill_not_found(name)
+        raise errors.skill_not_found(name)
     return skill
 
 
-async def history(db: Database, name: str) -> list[SkillEdit]:
-    """Every edit of the skill named ``name``, newest first; 404 if there is none."""
+async def history(db: Database, name: str) -> tuple[Skill, list[SkillEdit]]:
+    """The skill named ``name`` and every edit of it, newest first; 404 if there is none."""
     async with db.connect() as conn:
         skill = await repo.get(conn, name)
         if skill is None:
-            raise skill_not_found(name)
-        return await repo.history(conn, skill.id)
+            raise errors.skill_not_found(name)
+        return skill, await repo.history(conn, skill.id)
 
 
 def parse_if_match(header: str | None) -> str | None:
@@ -75,16 +71,10 @@ async def _update(
 ) -> tuple[Skill, dict[str, list[Any]]]:
     skill = await repo.get(conn, name, for_update=True)
     if skill is None:
-        raise skill_not_found(name)
+        raise errors.skill_not_found(name)
     expected = parse_if_match(if_match)
     if expected is not None and expected != "*" and expected != str(skill.version):
-        raise ApiError(
-            412,
-            "version_conflict",
-            f"{name} is at version {skill.version}, not {expected}: it changed meanwhile",
-            extra={"current_version": skill.version},
-            headers={"ETag": f'"{skill.version}"'},
-        )
+        raise errors.version_conflict(name, skill.version, expected)
     changes: dict[str, list[Any]] = {}
     for field, new in data.given().items():
         old = getattr(skill, field)
