@@ -76,6 +76,11 @@ return 1
 ENTRY_TTL_SECONDS = 300
 
 
+def entry_key(prefix: str, name: str) -> str:
+    """The Redis key of the skill ``name`` under a bound ``prefix`` (``cache_prefix``)."""
+    return f"{prefix}skill:{name}"
+
+
 class RedisUnavailable(Exception):
     pass
 
@@ -117,7 +122,7 @@ class SkillCache:
         self.misses = 0
 
     def _key(self, name: str) -> str:
-        return f"{self.prefix}skill:{name}"
+        return entry_key(self.prefix, name)
 
     @property
     def _catalogue_key(self) -> str:

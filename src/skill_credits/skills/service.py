@@ -114,12 +114,17 @@ async def active_catalogue(db: Database, cache: SkillCache) -> list[Skill]:
     return await refresh_catalogue(db, cache)
 
 
-async def bind_cache(db: Database, cache: SkillCache, prefix: str) -> None:
-    """Point ``cache`` at this database's own keys (see migration 0005); until then it
-    answers every read with a miss and leaves writes to the repair."""
+async def cache_prefix(db: Database, prefix: str) -> str:
+    """``prefix`` (REDIS_PREFIX) bound to this database: what its cache keys start with
+    (see migration 0005)."""
     async with db.connect() as conn:
-        namespace = await repo.cache_namespace(conn)
-    cache.bind(f"{prefix}{namespace}:")
+        return f"{prefix}{await repo.cache_namespace(conn)}:"
+
+
+async def bind_cache(db: Database, cache: SkillCache, prefix: str) -> None:
+    """Point ``cache`` at this database's own keys; until then it answers every read
+    with a miss and leaves writes to the repair."""
+    cache.bind(await cache_prefix(db, prefix))
 
 
 async def republish_all(db: Database, cache: SkillCache) -> None:
