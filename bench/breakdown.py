@@ -129,6 +129,7 @@ def _empty_app() -> Litestar:
 
 def measure(db_url: str, redis_url: str, prefix: str, token: str, users: int, skill: str) -> list:
     """CPU microseconds per charge for the five steps at 1 and 32 concurrent requests."""
+    from bench.databases import skill_cache_key
     from skill_credits.app import create_app
     from skill_credits.ledger import service
     from skill_credits.observability import configure_logging
@@ -138,7 +139,7 @@ def measure(db_url: str, redis_url: str, prefix: str, token: str, users: int, sk
         "DATABASE_URL": db_url,
         "BENCH_KEY_ID": token.split("_")[1],
         "CEILING_REDIS_URL": redis_url,
-        "CEILING_REDIS_KEY": f"{prefix}skill:{skill}",
+        "CEILING_REDIS_KEY": asyncio.run(skill_cache_key(db_url, prefix, skill)),
     }
 
     def ceiling(with_redis: bool):

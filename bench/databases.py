@@ -9,9 +9,12 @@ import os
 
 from tests.support.databases import connection, drop_databases, execute
 
+from skill_credits.db import Database
 from skill_credits.ledger.repository import encode_cursor
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
+from skill_credits.skills.cache import entry_key
+from skill_credits.skills.service import cache_prefix
 
 PG = os.environ.get("BENCH_PG", "postgresql://127.0.0.1:5432")  # a server URL, no database
 REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
@@ -106,3 +109,12 @@ async def overdraw_state(url: str):
             "  AND t.type = 'CONSUMPTION') AS charges"
             " FROM users u WHERE user_id = 'bench_overdraw'"
         )
+
+
+async def skill_cache_key(url: str, prefix: str, skill: str) -> str:
+    """The Redis key under which the app at ``url`` (REDIS_PREFIX ``prefix``) caches ``skill``."""
+    db = Database(Settings(database_url=url))
+    try:
+        return entry_key(await cache_prefix(db, prefix), skill)
+    finally:
+        await db.dispose()

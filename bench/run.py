@@ -32,7 +32,7 @@ from tests.support.databases import create_keys, delete_prefix, drop_databases  
 from tests.support.databases import problems as reconcile  # noqa: E402
 
 from bench import phases, report  # noqa: E402
-from bench.databases import PG, REDIS_URL, SKILL, fresh_database  # noqa: E402
+from bench.databases import PG, REDIS_URL, SKILL, fresh_database, skill_cache_key  # noqa: E402
 from bench.phases import RESULTS, log  # noqa: E402
 from bench.servers import Target, plain, skill_credits  # noqa: E402
 
@@ -117,6 +117,7 @@ def measure(args: argparse.Namespace, prefix: str, sc_db: str, original_db: str,
     sc_url, original_url = fresh_database(PG, sc_db), fresh_database(PG, original_db)
     [token] = asyncio.run(create_keys(sc_url, "service"))
     bench_key = {"BENCH_KEY_ID": token.split("_")[1]}  # the ceiling's statement checks it
+    skill_key = asyncio.run(skill_cache_key(sc_url, prefix, SKILL))  # what the app reads
 
     def sc(workers: int) -> Target:
         return skill_credits(workers, sc_url, REDIS_URL, prefix)
@@ -135,8 +136,7 @@ def measure(args: argparse.Namespace, prefix: str, sc_db: str, original_db: str,
                 "ceiling + Redis GET",
                 "bench.ceiling_app",
                 1,
-                ceiling
-                | {"CEILING_REDIS_URL": REDIS_URL, "CEILING_REDIS_KEY": f"{prefix}skill:{SKILL}"},
+                ceiling | {"CEILING_REDIS_URL": REDIS_URL, "CEILING_REDIS_KEY": skill_key},
             ),
             original(1),
             original(2),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +26,6 @@ from skill_credits.admin_ui.endpoints import AdminPagesController, LoginControll
 from skill_credits.admin_ui.session import LoginRequired, login_rate_limit, session_config
 from skill_credits.auth import KeyCache
 from skill_credits.bodies import api_request
-from skill_credits.cache import SkillCache, create_redis
 from skill_credits.db import Database
 from skill_credits.errors import internal_error_handler, problem_details_plugin
 from skill_credits.events.endpoints import EventController
@@ -41,6 +39,7 @@ from skill_credits.observability import (
 )
 from skill_credits.settings import Settings
 from skill_credits.skills import service as skills_service
+from skill_credits.skills.cache import SkillCache, create_redis
 from skill_credits.skills.endpoints import AdminSkillController, CatalogueController
 
 log = logging.getLogger(__name__)
@@ -199,5 +198,6 @@ def create_app(settings: Settings) -> Litestar:
 
 def create_app_from_env() -> Litestar:
     """Factory for uvicorn workers: each process reads its settings from the environment."""
-    configure_logging(os.environ.get("LOG_LEVEL", "warning"))
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    return create_app(settings)

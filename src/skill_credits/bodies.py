@@ -1,10 +1,15 @@
-"""Strict JSON bodies.
+"""Strict JSON bodies, decoded once.
 
 Litestar converts request bodies with msgspec in lax mode, which would turn
 ``"units": "2"`` into 2. The contract wants wrong types refused, so this
 ``before_request`` hook decodes the raw body strictly against the handler's own
-``data`` annotation first. It runs after the API key check and reads the body through
+``data`` annotation. It runs after the API key check and reads the body through
 Litestar (so the 64 KiB limit answers 413), keeping the order 401, 413, 400.
+
+The decoded Struct is kept on the request as its parsed JSON (Litestar's
+``ScopeState.json``, where ``Request.json()`` looks first), so the handler's
+``data`` is that very Struct: msgspec passes an instance of the wanted type through
+unchanged, and the body is parsed once.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import msgspec
 from litestar import Request
 from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
+from litestar.utils.scope.state import ScopeState
 
+from skill_credits import errors
 from skill_credits.auth import authenticate, confirm
-from skill_credits.errors import ApiError, validation_error
 
 
 @cache
@@ -29,7 +35,7 @@ def _body_type(handler: HTTPRouteHandler) -> tuple[Any, bool] | None:
     return field.annotation, field.is_optional
 
 
-def _field_and_message(exc: msgspec.ValidationError) -> tuple[str, str]:
+def field_and_message(exc: msgspec.ValidationError) -> tuple[str, str]:
     message = str(exc)
     path = None
     if " - at `$" in message:
@@ -96,18 +102,17 @@ async def _check_body(request: Request) -> None:
     if not raw.strip():
         if optional:
             return
-        raise validation_error("body", "a JSON object is required")
+        raise errors.validation_error("body", "a JSON object is required")
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
-        raise ApiError(
-            415, "unsupported_media_type", f"the body must be application/json, not {media_type}"
-        )
+        raise errors.unsupported_media_type(media_type)
     try:
-        msgspec.json.decode(raw, type=body_type)
+        decoded = msgspec.json.decode(raw, type=body_type)
     except msgspec.ValidationError as exc:
-        field, message = _field_and_message(exc)
-        raise validation_error(field, message) from None
+        field, message = field_and_message(exc)
+        raise errors.validation_error(field, message) from None
     except msgspec.DecodeError as exc:
-        raise validation_error("body", f"malformed JSON ({exc})") from None
+        raise errors.validation_error("body", f"malformed JSON ({exc})") from None
     except UnicodeDecodeError:  # bytes inside a string that are not UTF-8
-        raise validation_error(_invalid_utf8_field(raw), "must be valid UTF-8") from None
+        raise errors.validation_error(_invalid_utf8_field(raw), "must be valid UTF-8") from None
+    ScopeState.from_scope(request.scope).json = decoded  # what the handler's data is

@@ -27,7 +27,7 @@ async def _with_connection(settings: Settings, work):
 
     db = Database(settings)
     try:
-        async with db.engine.begin() as conn:
+        async with db.transaction() as conn:
             return await work(conn)
     finally:
         await db.dispose()
@@ -63,14 +63,20 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _outcome(done: bool, said: str, not_found: str) -> int:
+    """Exit status 0 with ``said`` when a command found what it names, else 1."""
+    if done:
+        print(said)
+        return 0
+    print(not_found, file=sys.stderr)
+    return 1
+
+
 def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     from skill_credits.auth import revoke_key
 
-    if asyncio.run(_with_connection(settings, lambda c: revoke_key(c, args.name))):
-        print(f"revoked key {args.name!r}")
-        return 0
-    print(f"no live key named {args.name!r}", file=sys.stderr)
-    return 1
+    done = asyncio.run(_with_connection(settings, lambda c: revoke_key(c, args.name)))
+    return _outcome(done, f"revoked key {args.name!r}", f"no live key named {args.name!r}")
 
 
 def cmd_reconcile(settings: Settings, _: argparse.Namespace) -> int:
@@ -105,9 +111,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     # Workers share one secret for the admin UI's CSRF tokens, and one directory for
-    # their Prometheus counters, so a scrape of any worker reports them all.
-    os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sc-metrics-"))
+    # their Prometheus counters, so a scrape of any worker reports them all. The worker
+    # processes uvicorn starts learn both only through their environment.
+    if not settings.secret_key:
+        os.environ["SECRET_KEY"] = secrets.token_hex(32)
+    if not settings.metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sc-metrics-")
     token = asyncio.run(_bootstrap_admin(settings))
     if token:
         print("No admin key existed, so one named 'admin' was created. It is shown once:")
@@ -120,7 +129,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        log_level=os.environ.get("LOG_LEVEL", "warning"),
+        log_level=settings.log_level,
         log_config=None,  # each worker logs JSON lines (observability.configure_logging)
         access_log=False,
         # uvicorn would believe X-Forwarded-* from 127.0.0.1 by default: only from the
@@ -135,11 +144,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from skill_credits.db import Database
     from skill_credits.events.worker import WorkerConfig, main
 
-    env = os.environ
     config = WorkerConfig(
-        max_attempts=int(env.get("WEBHOOK_MAX_ATTEMPTS", "8")),
-        backoff_base=float(env.get("WEBHOOK_BACKOFF_SECONDS", "1.0")),
-        poll_interval=float(env.get("WEBHOOK_POLL_SECONDS", "0.5")),
+        max_attempts=settings.webhook_max_attempts,
+        backoff_base=settings.webhook_backoff_seconds,
+        poll_interval=settings.webhook_poll_seconds,
     )
     asyncio.run(main(Database(settings), config))
     return 0
@@ -157,11 +165,8 @@ def cmd_webhooks_add(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_webhooks_remove(settings: Settings, args: argparse.Namespace) -> int:
     from skill_credits.events.repository import remove_endpoint
 
-    if asyncio.run(_with_connection(settings, lambda c: remove_endpoint(c, args.url))):
-        print(f"stopped delivering to {args.url}")
-        return 0
-    print(f"no live endpoint {args.url}", file=sys.stderr)
-    return 1
+    done = asyncio.run(_with_connection(settings, lambda c: remove_endpoint(c, args.url)))
+    return _outcome(done, f"stopped delivering to {args.url}", f"no live endpoint {args.url}")
 
 
 def cmd_webhooks_list(settings: Settings, _: argparse.Namespace) -> int:

@@ -1,18 +1,22 @@
-"""The PostgreSQL engine, and how a lost database becomes a clean 503."""
+"""The PostgreSQL engine, how a lost database becomes a clean 503, and the queries that
+belong to no table (the readiness ping, keyset pagination)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import TextClause
 
+from skill_credits.pagination import encode_cursor
 from skill_credits.settings import Settings
 
 
@@ -35,26 +39,41 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-class Executes(Protocol):
-    """What the ledger's single-statement queries need of a connection: SQLAlchemy's
-    ``AsyncConnection`` in autocommit, or the hot path's ``Statements``."""
+class Result(Protocol):
+    """The answer of ``Connection.execute``: SQLAlchemy's result, or ``Statements``'."""
 
-    async def execute(self, statement: Any, params: Any = ..., /) -> Any: ...
+    def first(self) -> Any: ...
+
+    def one(self) -> Any: ...
+
+    def all(self) -> Sequence[Any]: ...
+
+    def scalar(self) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
 
 
-# How a service gets a connection when it needs one: ``db.statements`` on the hot path,
-# ``db.autocommit.connect`` elsewhere. A priced write (charge, hold) reads the skill
-# cache first and connects only then, so no connection waits on Redis.
-Connect = Callable[[], contextlib.AbstractAsyncContextManager[Executes]]
+class Connection(Protocol):
+    """What every repository function takes: a connection that runs a ``text()`` statement.
+
+    SQLAlchemy's ``AsyncConnection`` (``Database.connect()``, ``Database.transaction()``)
+    and the hot path's asyncpg ``Statements`` (``Database.statements()``) both are one.
+    """
+
+    async def execute(self, statement: Any, params: Any = ..., /) -> Result: ...
 
 
 class Database:
-    """The SQLAlchemy engine, and a lean asyncpg pool for the charge hot path.
+    """The one way services reach PostgreSQL; three kinds of connection, one interface.
 
-    ``autocommit`` runs each statement as its own transaction (one statement, one round
-    trip). ``engine.begin()`` runs several statements in one explicit transaction
-    (skill edits with their history rows). ``statements()`` lends a connection of the
-    asyncpg pool for single autocommit statements only (see ``Statements``).
+    - ``statements()``: the lean asyncpg pool, for single autocommit statements on the
+      hot path (the charge; see ``Statements``).
+    - ``connect()``: a SQLAlchemy connection in autocommit: each statement its own
+      transaction (one statement, one round trip).
+    - ``transaction()``: a SQLAlchemy connection in one explicit transaction, committed
+      when the block ends without an error (skill edits with their history rows).
+
+    Each is used as ``async with db.X() as conn`` and yields a ``Connection``.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -77,6 +96,12 @@ class Database:
             # so a connection never carries a transaction or session state back.
             reset=_no_reset,
         )
+
+    def connect(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        return self.autocommit.connect()
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        return self.engine.begin()
 
     def statements(self) -> _Lend:
         """A connection of the hot-path pool for ``async with``, or 503 after the pool timeout."""
@@ -139,6 +164,20 @@ class _Result:
     def first(self) -> _Row | None:
         return _Row(self._records[0]) if self._records else None
 
+    def one(self) -> _Row:
+        if len(self._records) != 1:
+            raise sa_exc.NoResultFound("expected exactly one row")
+        return _Row(self._records[0])
+
+    def all(self) -> list[_Row]:
+        return [_Row(r) for r in self._records]
+
+    def scalar(self) -> Any:
+        return self._records[0][0] if self._records else None
+
+    def __iter__(self) -> Iterator[_Row]:
+        return iter(self.all())
+
 
 _ASYNCPG = pg_asyncpg.dialect()
 _compiled: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -152,11 +191,13 @@ def _compile(statement: TextClause) -> tuple[str, tuple[str, ...]]:
     return found
 
 
+_NONE: Mapping[str, Any] = {}
+
+
 class Statements:
     """A raw asyncpg connection that runs the ledger's ``text()`` statements.
 
-    It offers the one call the ledger repository makes, ``execute(statement,
-    params).first()``, with SQLAlchemy's answers: rows with attribute access, and
+    It is a ``Connection`` with SQLAlchemy's answers: rows with attribute access, and
     constraint and data errors raised as ``IntegrityError`` / ``DataError`` (with the
     asyncpg error as ``orig``). Each statement is its own transaction and runs as a
     prepared statement from asyncpg's per-connection cache: the hot path pays neither
@@ -168,7 +209,7 @@ class Statements:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def execute(self, statement: TextClause, params: Mapping[str, Any]) -> _Result:
+    async def execute(self, statement: TextClause, params: Mapping[str, Any] = _NONE) -> _Result:
         sql, order = _compile(statement)
         try:
             return _Result(await self.conn.fetch(sql, *[params[name] for name in order]))
@@ -219,3 +260,44 @@ def sqlstate(exc: sa_exc.DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None) or getattr(
         getattr(exc.orig, "__cause__", None), "sqlstate", None
     )
+
+
+async def ping(db: Database) -> None:
+    """One round trip to PostgreSQL (readiness); raises when it does not answer."""
+    async with db.autocommit.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+async def keyset_page(
+    conn: AsyncConnection,
+    table: str,
+    columns: str,
+    equal: dict[str, Any],
+    before: int | None,
+    limit: int,
+) -> tuple[list[Row], str | None]:
+    """Keyset pagination, newest first: up to ``limit`` rows where every ``equal`` column
+    (skipped when None) matches its value, or any of a tuple of values.
+
+    ``table``, ``columns`` and the keys of ``equal`` come from code, never from a client.
+    A page costs the same deep in a log as at its start: ``seq < :before`` is an index
+    range condition, never an OFFSET.
+    """
+    filters = {column: value for column, value in equal.items() if value is not None}
+    where = [
+        f"{column} = ANY(:{column})" if isinstance(value, tuple) else f"{column} = :{column}"
+        for column, value in filters.items()
+    ] or ["true"]
+    if before is not None:
+        where.append("seq < :before")
+    rows = (
+        await conn.execute(
+            text(
+                f"SELECT {columns}, seq FROM {table} WHERE {' AND '.join(where)}"
+                " ORDER BY seq DESC LIMIT :limit"
+            ),
+            {**filters, "before": before, "limit": limit + 1},
+        )
+    ).all()
+    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
+    return rows[:limit], next_cursor

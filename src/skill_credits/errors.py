@@ -7,6 +7,8 @@ Every error the service answers goes through Litestar's ProblemDetailsPlugin: ou
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -24,46 +26,88 @@ from skill_credits.db import is_unavailable
 
 log = logging.getLogger(__name__)
 
-TITLES = {
-    "validation_error": "Invalid request",
-    "unauthorized": "Unauthorized",
-    "insufficient_credits": "Insufficient credits",
-    "forbidden": "Forbidden",
-    "skill_disabled": "Skill disabled",
-    "skill_not_found": "Skill not found",
-    "user_not_found": "User not found",
-    "transaction_not_found": "Transaction not found",
-    "hold_not_found": "Hold not found",
-    "not_found": "Not found",
-    "method_not_allowed": "Method not allowed",
-    "skill_exists": "Skill exists",
-    "already_refunded": "Already refunded",
-    "not_refundable": "Not refundable",
-    "hold_not_active": "Hold not active",
-    "version_conflict": "Version conflict",
-    "payload_too_large": "Payload too large",
-    "unsupported_media_type": "Unsupported media type",
-    "idempotency_key_reused": "Idempotency key reused",
-    "rate_limited": "Too many requests",
-    "service_unavailable": "Service unavailable",
-    "internal_error": "Internal error",
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """One problem ``code`` of the contract: its HTTP status, its ``title``, and what it
+    means (the OpenAPI document lists it under its status; None: not a route's answer)."""
+
+    status: int
+    title: str
+    meaning: str | None = None
+
+
+# The catalogue: a new error code is one line here and one constructor below.
+CODES: dict[str, Code] = {
+    "validation_error": Code(
+        400,
+        "Invalid request",
+        "malformed JSON, a wrong type, an unknown field, an out-of-range value or a malformed"
+        " path parameter, query parameter or header; `detail` (and `field`) name it",
+    ),
+    "unauthorized": Code(401, "Unauthorized", "no API key, or an unknown or revoked one"),
+    "insufficient_credits": Code(402, "Insufficient credits", "the available credits are too few"),
+    "forbidden": Code(403, "Forbidden", "the key's role may not do this"),
+    "skill_disabled": Code(403, "Skill disabled", "the skill's kill switch is off"),
+    "skill_not_found": Code(404, "Skill not found", "no skill of that name"),
+    "user_not_found": Code(404, "User not found", "no user of that id"),
+    "transaction_not_found": Code(404, "Transaction not found", "no transaction of that id"),
+    "hold_not_found": Code(404, "Hold not found", "no hold of that id"),
+    "not_found": Code(404, "Not found"),
+    "method_not_allowed": Code(405, "Method not allowed"),
+    "skill_exists": Code(409, "Skill exists", "a skill of that name exists already"),
+    "already_refunded": Code(409, "Already refunded", "the transaction was refunded already"),
+    "not_refundable": Code(409, "Not refundable", "only a CONSUMPTION can be refunded"),
+    "hold_not_active": Code(409, "Hold not active", "the hold was captured, released or expired"),
+    "version_conflict": Code(
+        412, "Version conflict", "the skill is at another version than If-Match"
+    ),
+    "payload_too_large": Code(413, "Payload too large", "the body is over 64 KiB"),
+    "unsupported_media_type": Code(
+        415, "Unsupported media type", "the body is not application/json"
+    ),
+    "idempotency_key_reused": Code(
+        422,
+        "Idempotency key reused",
+        "this Idempotency-Key was used with a different request",
+    ),
+    "rate_limited": Code(429, "Too many requests"),
+    "service_unavailable": Code(
+        503,
+        "Service unavailable",
+        "PostgreSQL cannot be reached, or too much contention on one user; nothing was"
+        " written, retry",
+    ),
+    "internal_error": Code(500, "Internal error"),
 }
 
+# The code of a Litestar HTTP exception, which knows only its status.
 _CODE_BY_STATUS = {
-    400: "validation_error",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    429: "rate_limited",
-    503: "service_unavailable",
+    CODES[code].status: code
+    for code in (
+        "validation_error",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "method_not_allowed",
+        "payload_too_large",
+        "unsupported_media_type",
+        "rate_limited",
+        "service_unavailable",
+    )
 }
+
+
+def _title(code: str, default: str) -> str:
+    known = CODES.get(code)
+    return known.title if known else default
 
 
 class ApiError(ProblemDetailsException):
-    """An error of the public contract: HTTP status plus a stable machine-readable code."""
+    """An error of the public contract: HTTP status plus a stable machine-readable code.
+
+    Raise it through the constructors below (``problem`` or a named one), which take the
+    status and title from ``CODES``."""
 
     def __init__(
         self,
@@ -77,15 +121,103 @@ class ApiError(ProblemDetailsException):
         super().__init__(
             detail=detail,
             status_code=status,
-            title=TITLES.get(code, code),
+            title=_title(code, code),
             extra={"code": code, **(extra or {})},
             headers=headers,
         )
         self.code = code
 
 
+def problem(
+    code: str,
+    detail: str,
+    *,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ApiError:
+    """The error ``code`` of the catalogue (KeyError for a code it does not hold)."""
+    return ApiError(CODES[code].status, code, detail, extra=extra, headers=headers)
+
+
 def validation_error(field: str, message: str) -> ApiError:
-    return ApiError(400, "validation_error", f"{field}: {message}", extra={"field": field})
+    return problem("validation_error", f"{field}: {message}", extra={"field": field})
+
+
+def unauthorized() -> ApiError:
+    return problem(
+        "unauthorized",
+        "a valid API key is required (Authorization: Bearer <key>)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def insufficient_credits(credits: int, available: int, required: int) -> ApiError:
+    return problem(
+        "insufficient_credits",
+        f"available credits {available} are below the {required} required",
+        extra={"credits": credits, "available": available, "required": required},
+    )
+
+
+def _about(code: str, detail: str) -> Callable[[str], ApiError]:
+    """The constructor of ``code`` whose detail names one thing: ``detail`` with ``{}``."""
+
+    def make(subject: str) -> ApiError:
+        return problem(code, detail.format(subject))
+
+    make.__name__ = code
+    return make
+
+
+skill_disabled = _about("skill_disabled", "{} is disabled")
+skill_not_found = _about("skill_not_found", "no skill named {}")
+user_not_found = _about("user_not_found", "no user {}")
+transaction_not_found = _about("transaction_not_found", "no transaction {}")
+hold_not_found = _about("hold_not_found", "no hold {}")
+skill_exists = _about("skill_exists", "a skill named {} exists already")
+already_refunded = _about("already_refunded", "transaction {} was refunded already")
+not_refundable = _about("not_refundable", "only CONSUMPTION can be refunded, not {}")
+hold_not_active = _about("hold_not_active", "the hold is {}, not held")
+forbidden = _about("forbidden", "{}")
+unsupported_media_type = _about(
+    "unsupported_media_type", "the body must be application/json, not {}"
+)
+
+
+def version_conflict(name: str, current: int, expected: str) -> ApiError:
+    return problem(
+        "version_conflict",
+        f"{name} is at version {current}, not {expected}: it changed meanwhile",
+        extra={"current_version": current},
+        headers={"ETag": f'"{current}"'},
+    )
+
+
+def idempotency_key_reused() -> ApiError:
+    return problem(
+        "idempotency_key_reused", "this Idempotency-Key was used with a different request"
+    )
+
+
+def contention() -> ApiError:
+    """A write lost its race ``MAX_ATTEMPTS`` times: nothing was written."""
+    return problem("service_unavailable", "too much contention on this user; retry")
+
+
+def database_unavailable() -> ApiError:
+    return problem(
+        "service_unavailable",
+        "the database cannot be reached; nothing was written",
+        headers={"Retry-After": "1"},
+    )
+
+
+def session_store_unavailable() -> ApiError:
+    return problem("service_unavailable", "the session store cannot be reached; retry")
+
+
+def internal_error() -> ApiError:
+    return problem("internal_error", "an unexpected error occurred")
 
 
 def _validation_detail(exc: ValidationException) -> tuple[str, str | None]:
@@ -139,7 +271,7 @@ def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
     return ProblemDetailsException(
         detail=detail,
         status_code=status,
-        title=TITLES.get(code, exc.__class__.__name__),
+        title=_title(code, exc.__class__.__name__),
         extra=extra,
         headers=headers,
     )
@@ -148,25 +280,20 @@ def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
 def _from_database_error(exc: Exception) -> ProblemDetailsException:
     if is_unavailable(exc):
         log.warning("database unavailable: %s", exc.__class__.__name__)
-        return ApiError(
-            503,
-            "service_unavailable",
-            "the database cannot be reached; nothing was written",
-            headers={"Retry-After": "1"},
-        )
+        return database_unavailable()
     log.exception("unexpected database error", exc_info=exc)
-    return ApiError(500, "internal_error", "an unexpected error occurred")
+    return internal_error()
 
 
 def _from_redis_error(exc: RedisError) -> ProblemDetailsException:
     """Only the admin UI's sessions and login rate limit need Redis; the API does not."""
     log.warning("redis unavailable for a session or rate limit: %s", exc.__class__.__name__)
-    return ApiError(503, "service_unavailable", "the session store cannot be reached; retry")
+    return session_store_unavailable()
 
 
 def internal_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return ApiError(500, "internal_error", "an unexpected error occurred").to_response(request)
+    return internal_error().to_response(request)
 
 
 def problem_details_plugin() -> ProblemDetailsPlugin:

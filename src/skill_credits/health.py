@@ -7,10 +7,9 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from msgspec import Struct
-from sqlalchemy import text
 
-from skill_credits.cache import SkillCache
-from skill_credits.db import Database
+from skill_credits.db import Database, ping
+from skill_credits.skills.cache import SkillCache
 
 
 class Readiness(Struct):
@@ -39,8 +38,7 @@ async def readyz(
 ) -> Response[Readiness]:
     try:
         async with asyncio.timeout(1.5):
-            async with db.autocommit.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            await ping(db)
         postgres = "up"
     except Exception:  # noqa: BLE001 - any failure means "not ready"
         postgres = "down"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from litestar import Litestar, Request, Response
 from litestar.config.app import AppConfig
@@ -88,31 +88,33 @@ class SkillCredits(InitPluginProtocol):
             await self.client.close()
 
 
-def _billing(request: Request) -> SkillCredits:
-    return request.app.state[STATE_KEY]
-
-
-def _key(request: Request, suffix: str) -> str | None:
+def _billed(
+    request: Request, kind: str, description: str | None
+) -> tuple[SkillCreditsClient, str, dict[str, Any]]:
+    """The client, the request's user, and the arguments a charge and a hold share: a
+    description, and the request's Idempotency-Key made one per ``kind`` of call."""
+    billing: SkillCredits = request.app.state[STATE_KEY]
     key = request.headers.get("Idempotency-Key")
-    return f"{key}:{suffix}" if key else None
+    return (
+        cast(SkillCreditsClient, billing.client),  # set on startup
+        billing.user_id(request),
+        {
+            "description": description or f"{request.method} {request.url.path}",
+            "idempotency_key": f"{key}:{kind}" if key else None,
+        },
+    )
 
 
 def charge(skill: str, *, units: int = 1, description: str | None = None) -> Provide:
     """A dependency that charges ``skill`` before the handler and refunds if it raises."""
 
     async def dependency(request: Request) -> AsyncGenerator[Charged, None]:
-        billing = _billing(request)
-        tx = await billing.client.charge(
-            billing.user_id(request),
-            skill,
-            units=units,
-            description=description or f"{request.method} {request.url.path}",
-            idempotency_key=_key(request, "charge"),
-        )
+        client, user_id, shared = _billed(request, "charge", description)
+        tx = await client.charge(user_id, skill, units=units, **shared)
         try:
             yield Charged(tx)
         except Exception:
-            await billing.client.refund(
+            await client.refund(
                 tx.id, description="the tool failed", idempotency_key=f"refund:{tx.id}"
             )
             raise
@@ -127,22 +129,15 @@ def hold(
     (``held.use(n)``; all reserved units by default) and releases everything if it raises."""
 
     async def dependency(request: Request) -> AsyncGenerator[Held, None]:
-        billing = _billing(request)
-        reserved = await billing.client.hold(
-            billing.user_id(request),
-            skill,
-            units=units,
-            ttl_seconds=ttl_seconds,
-            description=description or f"{request.method} {request.url.path}",
-            idempotency_key=_key(request, "hold"),
-        )
+        client, user_id, shared = _billed(request, "hold", description)
+        reserved = await client.hold(user_id, skill, units=units, ttl_seconds=ttl_seconds, **shared)
         held = Held(reserved)
         try:
             yield held
         except Exception:
-            await billing.client.release(reserved.id)
+            await client.release(reserved.id)
             raise
-        held.captured = await billing.client.capture(
+        held.captured = await client.capture(
             reserved.id, units=held.units, idempotency_key=f"capture:{reserved.id}"
         )
 

@@ -22,6 +22,7 @@ from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, O
 from litestar.params import PathParameter
 from msgspec import UNSET, Struct, UnsetType
 
+from skill_credits.errors import CODES
 from skill_credits.validation import IDEMPOTENCY_KEY_RE, SKILL_NAME_RE, USER_ID_RE, anchored
 
 PROBLEM_JSON = "application/problem+json"
@@ -71,38 +72,23 @@ class VersionConflict(Problem, kw_only=True):
     current_version: int
 
 
-# status: (schema, description); the description names the codes each status can carry
+# The statuses whose problem carries extras beyond ``Problem``'s.
+_SCHEMAS: dict[int, type[Problem]] = {402: InsufficientCredits, 412: VersionConflict}
+
+
+def _description(status: int) -> str:
+    """The codes a status can carry and what each means, from the errors catalogue."""
+    return "; ".join(
+        f"`{code}`: {known.meaning}"
+        for code, known in CODES.items()
+        if known.status == status and known.meaning is not None
+    )
+
+
+# status: (schema, description), for every status a route of the catalogue can answer
 _PROBLEMS: dict[int, tuple[type[Problem], str]] = {
-    400: (
-        Problem,
-        "`validation_error`: malformed JSON, a wrong type, an unknown field, an out-of-range"
-        " value or a malformed path parameter, query parameter or header; `detail` (and"
-        " `field`) name it",
-    ),
-    401: (Problem, "`unauthorized`: no API key, or an unknown or revoked one"),
-    402: (InsufficientCredits, "`insufficient_credits`: the available credits are too few"),
-    403: (
-        Problem,
-        "`forbidden`: the key's role may not do this; `skill_disabled`: the skill's kill"
-        " switch is off",
-    ),
-    404: (
-        Problem,
-        "`skill_not_found`, `user_not_found`, `transaction_not_found` or `hold_not_found`",
-    ),
-    409: (Problem, "`skill_exists`, `already_refunded`, `not_refundable` or `hold_not_active`"),
-    412: (VersionConflict, "`version_conflict`: the skill is at another version than If-Match"),
-    413: (Problem, "`payload_too_large`: the body is over 64 KiB"),
-    415: (Problem, "`unsupported_media_type`: the body is not application/json"),
-    422: (
-        Problem,
-        "`idempotency_key_reused`: this Idempotency-Key was used with a different request",
-    ),
-    503: (
-        Problem,
-        "`service_unavailable`: PostgreSQL cannot be reached, or too much contention on one"
-        " user; nothing was written, retry",
-    ),
+    status: (_SCHEMAS.get(status, Problem), _description(status))
+    for status in sorted({known.status for known in CODES.values() if known.meaning})
 }
 
 _SPECS = {
@@ -166,11 +152,12 @@ class _ProblemOperation(Operation):
 
 
 def documented(
-    operation_id: str, *statuses: int, headers: tuple[ResponseHeader, ...] = ()
+    operation_id: str, *answers: int | str, headers: tuple[ResponseHeader, ...] = ()
 ) -> dict[str, Any]:
     """Route decorator arguments for a /v1 handler: its short ``operationId``, one problem
-    response for each error status it can answer (401 and 503 always), and the headers of
-    its success response."""
+    response for each error it can answer (401 and 503 always), and the headers of its
+    success response. An error is a status or a code of the catalogue (its status)."""
+    statuses = {CODES[a].status if isinstance(a, str) else a for a in answers}
     return {
         "operation_id": operation_id,
         "responses": {status: _SPECS[status] for status in sorted({*ALWAYS, *statuses})},

@@ -1,7 +1,7 @@
-"""Keyset pagination, newest first, over a table with an identity ``seq`` column.
+"""The cursors of keyset pagination (newest first, over an identity ``seq`` column).
 
-A page costs the same deep in a log as at its start: ``seq < :before`` is an index
-range condition, never an OFFSET. Cursors are opaque to clients.
+Cursors are opaque to clients. The page's query is ``db.keyset_page``: SQL lives in the
+repositories and db.py only.
 """
 
 from __future__ import annotations
@@ -9,11 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any
-
-from sqlalchemy import text
-from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from skill_credits.validation import MAX_INT64
 
@@ -34,36 +29,3 @@ def decode_cursor(cursor: str) -> int | None:
     if match is None or int(match[1]) > MAX_INT64:  # seq is a bigint: 2^63 would reach SQL
         return None
     return int(match[1])
-
-
-async def keyset_page(
-    conn: AsyncConnection,
-    table: str,
-    columns: str,
-    equal: dict[str, Any],
-    before: int | None,
-    limit: int,
-) -> tuple[list[Row], str | None]:
-    """Up to ``limit`` rows where every ``equal`` column (skipped when None) matches:
-    its value, or any of a tuple of values.
-
-    ``table``, ``columns`` and the keys of ``equal`` come from code, never from a client.
-    """
-    filters = {column: value for column, value in equal.items() if value is not None}
-    where = [
-        f"{column} = ANY(:{column})" if isinstance(value, tuple) else f"{column} = :{column}"
-        for column, value in filters.items()
-    ] or ["true"]
-    if before is not None:
-        where.append("seq < :before")
-    rows = (
-        await conn.execute(
-            text(
-                f"SELECT {columns}, seq FROM {table} WHERE {' AND '.join(where)}"
-                " ORDER BY seq DESC LIMIT :limit"
-            ),
-            {**filters, "before": before, "limit": limit + 1},
-        )
-    ).all()
-    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
-    return rows[:limit], next_cursor

@@ -1,19 +1,21 @@
-"""Settings, read once from the environment and passed in explicitly."""
+"""Settings, read once from the environment and passed in explicitly.
+
+This is the only module that reads the environment (``ENV`` names every variable); each
+default is written once, as the field's default. ``serve`` writes two variables for its
+worker processes (cli.py), which read them here like any other.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-
-DEFAULT_DATABASE_URL = "postgresql://localhost:5432/skill_credits"
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
-    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = "postgresql://localhost:5432/skill_credits"
+    redis_url: str = "redis://localhost:6379/0"
     # Every Redis key this process writes starts with this prefix (tests use their own).
     redis_prefix: str = "skill_credits:"
     # Upper bound of one Redis call; the contract allows a dead Redis to cost 250 ms at most.
@@ -46,20 +48,24 @@ class Settings:
     # the port can pick the client address the login limit counts.
     forwarded_allow_ips: str = ""
 
+    # Python logging level of every process (`info` adds one access line per request).
+    log_level: str = "warning"
+    # The event delivery worker (`skill-credits worker`).
+    webhook_max_attempts: int = 8
+    webhook_backoff_seconds: float = 1.0
+    webhook_poll_seconds: float = 0.5
+    # Where the workers of `serve` keep their shared Prometheus counters (prometheus_client
+    # reads the variable itself); `serve` makes one per start when it is unset.
+    metrics_dir: str = ""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The fields ``ENV`` names, from ``env`` (the process's environment by default);
+        a variable that is not set leaves the field's default. Values are stripped."""
         env = os.environ if env is None else env
+        kinds = {f.name: _PARSE[str(f.type)] for f in fields(cls)}
         return cls(
-            database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-            redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
-            redis_prefix=env.get("REDIS_PREFIX", "skill_credits:"),
-            redis_timeout=float(env.get("REDIS_TIMEOUT", "0.1")),
-            cache_remember=float(env.get("CACHE_REMEMBER_SECONDS", "1.0")),
-            db_pool_size=int(env.get("DB_POOL_SIZE", "10")),
-            db_fast_pool_size=int(env.get("DB_FAST_POOL_SIZE", "10")),
-            secret_key=env.get("SECRET_KEY", ""),
-            login_attempts_per_minute=int(env.get("LOGIN_ATTEMPTS_PER_MINUTE", "10")),
-            forwarded_allow_ips=env.get("FORWARDED_ALLOW_IPS", "").strip(),
+            **{field: kinds[field](env[var].strip()) for var, field in ENV.items() if var in env}
         )
 
     @property
@@ -74,3 +80,25 @@ class Settings:
         if not sep:
             raise ValueError(f"DATABASE_URL is not a URL: {self.database_url!r}")
         return f"postgresql+asyncpg://{rest}"
+
+
+# environment variable -> Settings field
+ENV = {
+    "DATABASE_URL": "database_url",
+    "REDIS_URL": "redis_url",
+    "REDIS_PREFIX": "redis_prefix",
+    "REDIS_TIMEOUT": "redis_timeout",
+    "CACHE_REMEMBER_SECONDS": "cache_remember",
+    "DB_POOL_SIZE": "db_pool_size",
+    "DB_FAST_POOL_SIZE": "db_fast_pool_size",
+    "SECRET_KEY": "secret_key",
+    "LOGIN_ATTEMPTS_PER_MINUTE": "login_attempts_per_minute",
+    "FORWARDED_ALLOW_IPS": "forwarded_allow_ips",
+    "LOG_LEVEL": "log_level",
+    "WEBHOOK_MAX_ATTEMPTS": "webhook_max_attempts",
+    "WEBHOOK_BACKOFF_SECONDS": "webhook_backoff_seconds",
+    "WEBHOOK_POLL_SECONDS": "webhook_poll_seconds",
+    "PROMETHEUS_MULTIPROC_DIR": "metrics_dir",
+}
+
+_PARSE = {"str": str, "int": int, "float": float}

@@ -175,3 +175,21 @@ def test_forwarded_headers_count_only_from_named_proxies(
             assert codes == [303, 303, 429], codes
     finally:
         server.stop()
+
+
+async def test_a_refund_the_service_would_refuse_is_not_offered(ui, api: Api, world) -> None:
+    """The confirmation page asks the ledger service (as the API's refund would answer):
+    a grant, a charge refunded already and an unknown id are not offered for refund."""
+    grant = await api.credit(world["user"], 5)
+    charge = (await api.charge(world["user"], world["skill"])).json()["id"]
+    r = await api.c.post(f"/v1/transactions/{charge}/refund", headers=api.keys.auth("service"))
+    assert r.status_code == 201, r.text
+    for tx, why in [(grant["id"], "it is a GRANT"), (charge, "it was refunded already")]:
+        r = await ui.get(f"/admin/transactions/{tx}/refund", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].endswith(world["user"])
+        page = await ui.get(r.headers["location"])
+        assert f"That transaction cannot be refunded: {why}." in page.text
+    r = await ui.get(f"/admin/transactions/{world['tx']}/refund")
+    assert r.status_code == 200 and "Yes, refund 2 credits" in r.text
+    r = await ui.get("/admin/transactions/00000000-0000-0000-0000-000000000000/refund")
+    assert r.status_code == 404

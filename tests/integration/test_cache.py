@@ -9,9 +9,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from skill_credits.app import create_app
-from skill_credits.cache import SkillCache, create_redis
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
+from skill_credits.skills.cache import SkillCache, create_redis
 from skill_credits.skills.schemas import Skill, encode
 from tests.support.databases import create_keys, drop_databases
 from tests.support.processes import OwnRedis
@@ -46,6 +46,31 @@ async def test_an_older_version_never_replaces_a_newer_one(settings) -> None:
         assert (await cache.get(name)).cost == 30
         assert (cache.hits, cache.misses) == (2, 1)
     finally:
+        await cache.close()
+
+
+async def test_an_entry_of_an_older_release_is_a_miss(settings) -> None:
+    """A release that adds a skill field reads entries the previous one wrote (without
+    it): each is a miss that PostgreSQL answers, never an error, and the next put replaces
+    it. The same for the catalogue."""
+    import msgspec
+
+    cache = SkillCache(create_redis(settings.redis_url, 0.2), settings.redis_prefix, remember=0)
+    try:
+        name = unique("OLD")
+        old = msgspec.to_builtins(skill(name, 1, 10))
+        del old["description"]  # as if this field were new in this release
+        await cache.redis.hset(cache._key(name), mapping={"v": 1, "d": msgspec.json.encode(old)})
+        await cache.redis.hset(
+            cache._catalogue_key, mapping={"v": 1, "d": msgspec.json.encode([old])}
+        )
+        assert await cache.get(name) is None
+        assert await cache.get_catalogue() is None
+        assert (cache.hits, cache.misses) == (0, 2)
+        assert await cache.put(skill(name, 2, 20))
+        assert (await cache.get(name)).cost == 20
+    finally:
+        await cache.redis.delete(cache._key(name), cache._catalogue_key)
         await cache.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import types
 import uuid
 
 import httpx
@@ -14,6 +15,12 @@ from sqlalchemy import text
 from tests.support.api import Api
 from tests.support.databases import assert_reconciled
 from tests.support.processes import AppServer, OwnRedis
+
+
+def via_sqlalchemy(db):
+    """``db`` with its hot-path statements run on the SQLAlchemy pool, where a test can
+    count them (``before_cursor_execute``)."""
+    return types.SimpleNamespace(statements=db.connect, connect=db.connect)
 
 
 async def test_charge_deducts_current_cost_and_logs_it(api: Api, db) -> None:
@@ -275,9 +282,9 @@ async def test_a_refused_charge_costs_one_extra_round_trip(api: Api, db, setting
     and one query that explains it (no auth re-check, no separate skill and user reads)."""
     from sqlalchemy import event
 
-    from skill_credits.cache import SkillCache, create_redis
     from skill_credits.ledger import service
     from skill_credits.ledger.schemas import ChargeIn
+    from skill_credits.skills.cache import SkillCache, create_redis
 
     skill = await api.create_skill(cost=5)
     user = await api.new_user(3)
@@ -294,15 +301,7 @@ async def test_a_refused_charge_costs_one_extra_round_trip(api: Api, db, setting
         for _ in range(3):
             statements.clear()
             with pytest.raises(service.ApiError) as refused:
-                await service.charge(
-                    db.autocommit.connect,
-                    cache,
-                    data,
-                    None,
-                    b"h",
-                    api_key_id=key_id,
-                    check_caller=None,
-                )
+                await service.charge(via_sqlalchemy(db), cache, data, None, b"h", api_key_id=key_id)
             assert refused.value.code == "insufficient_credits"
             assert len(statements) == 2, statements
     finally:
@@ -365,7 +364,7 @@ async def test_a_charge_that_joins_a_read_sent_before_an_edit_pays_the_new_cost(
 
         def charge():
             data = ChargeIn(user_id=user, skill=skill["name"])
-            return service.charge(db.statements, cache, data, None, None, api_key_id=key_id)
+            return service.charge(db, cache, data, None, None, api_key_id=key_id)
 
         await cache.put(msgspec.convert(skill, Skill))  # Redis holds version 1, cost 10
         hget_before, evalsha_before = await own.calls("hget"), await own.calls("evalsha")
@@ -412,7 +411,7 @@ async def test_a_charge_whose_worker_remembers_a_replaced_version_pays_the_new_c
 
     def charge():
         data = ChargeIn(user_id=user, skill=skill["name"])
-        return service.charge(db.autocommit.connect, cache, data, None, None, api_key_id=key_id)
+        return service.charge(via_sqlalchemy(db), cache, data, None, None, api_key_id=key_id)
 
     event.listen(db.engine.sync_engine, "before_cursor_execute", count)
     try:

@@ -165,7 +165,7 @@ def test_logs_are_json_with_the_request_id_and_no_secrets(server_env, keys) -> N
         x["logger"] == "skill_credits.access" and "/v1/charges 201" in x["message"] for x in mine
     ), mine
     # the Redis warning logged while serving a request says which request
-    warnings = [x for x in lines if x["logger"] == "skill_credits.cache"]
+    warnings = [x for x in lines if x["logger"] == "skill_credits.skills.cache"]
     assert any(re.fullmatch(r"[0-9a-f]{32}|req-log-42", x["request_id"]) for x in warnings), (
         warnings
     )

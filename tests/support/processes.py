@@ -255,7 +255,7 @@ class OwnRedis:
     async def __aenter__(self) -> OwnRedis:
         from redis.asyncio import Redis
 
-        from skill_credits.cache import SkillCache, create_redis
+        from skill_credits.skills.cache import SkillCache, create_redis
 
         self.server.start()
         t = self.timeout

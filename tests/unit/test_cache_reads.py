@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 
-from skill_credits.cache import SkillCache
+from skill_credits.skills.cache import SkillCache
 from skill_credits.skills.schemas import Skill, encode
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -28,13 +28,15 @@ class Connections:
         self.version = version
 
     @contextlib.asynccontextmanager
-    async def connect(self):
+    async def statements(self):
         self.open += 1
         self.taken += 1
         try:
             yield self
         finally:
             self.open -= 1
+
+    connect = statements  # a Database: the hot-path pool and the SQLAlchemy one alike
 
     async def execute(self, statement, params):
         refusal = statement in (repo.REFUSAL_OF_CHARGE, repo.REFUSAL_OF_HOLD)
@@ -102,7 +104,7 @@ async def test_a_charge_reads_the_cache_before_it_takes_a_connection() -> None:
     connections = Connections()
     cache = Cache(connections)
     written = await service.charge(
-        connections.connect,
+        connections,
         cache,
         ChargeIn(user_id="u1", skill="S"),
         None,
@@ -118,7 +120,7 @@ async def test_a_hold_reads_the_cache_before_it_takes_a_connection() -> None:
     connections = Connections()
     cache = Cache(connections)
     written = await service.create_hold(
-        connections.connect, cache, HoldIn(user_id="u1", skill="S"), None, b"h"
+        connections, cache, HoldIn(user_id="u1", skill="S"), None, b"h"
     )
     assert written.hold.skill_version == 3
     assert connections.taken == 1
@@ -131,7 +133,7 @@ async def test_a_cache_found_behind_is_refreshed_after_the_connection_is_back() 
     connections = Connections(version=4)
     cache = Cache(connections)
     written = await service.charge(
-        connections.connect, cache, ChargeIn(user_id="u1", skill="S"), None, None, api_key_id="k"
+        connections, cache, ChargeIn(user_id="u1", skill="S"), None, None, api_key_id="k"
     )
     assert written.transaction.balance_after == 9
     assert connections.taken == 1

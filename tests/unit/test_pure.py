@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from skill_credits.bodies import _field_and_message
+from skill_credits.bodies import field_and_message
 from skill_credits.errors import ApiError
 from skill_credits.ledger.repository import decode_cursor, encode_cursor
 from skill_credits.ledger.schemas import ChargeIn, CreditIn
@@ -46,17 +46,17 @@ def test_invalid_user_ids(user: str) -> None:
 def test_strict_types_and_post_init_messages_name_the_field() -> None:
     with pytest.raises(msgspec.ValidationError) as err:
         msgspec.json.decode(b'{"user_id":"u","skill":"S","units":"2"}', type=ChargeIn)
-    assert _field_and_message(err.value)[0] == "units"
+    assert field_and_message(err.value)[0] == "units"
     with pytest.raises(msgspec.ValidationError) as err:
         msgspec.json.decode(b'{"user_id":"u","skill":"my tool"}', type=ChargeIn)
-    field, message = _field_and_message(err.value)
+    field, message = field_and_message(err.value)
     assert field == "skill" and "uppercase" in message
     with pytest.raises(msgspec.ValidationError) as err:
         msgspec.json.decode(b'{"user_id":"u","skill":"S","x":1}', type=ChargeIn)
-    assert _field_and_message(err.value)[0] == "x"
+    assert field_and_message(err.value)[0] == "x"
     with pytest.raises(msgspec.ValidationError) as err:
         msgspec.json.decode(b"{}", type=SkillPatch)
-    assert _field_and_message(err.value)[0] == "body"
+    assert field_and_message(err.value)[0] == "body"
 
 
 def test_credit_rules() -> None:

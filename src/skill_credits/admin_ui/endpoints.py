@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
@@ -14,15 +15,13 @@ from litestar.response import Redirect, Template
 from skill_credits.admin_ui import forms, present
 from skill_credits.admin_ui.session import admin_session, start_session
 from skill_credits.auth import principal_of, verify_token
-from skill_credits.cache import SkillCache
 from skill_credits.db import Database
-from skill_credits.errors import ApiError, validation_error
-from skill_credits.ledger import repository as ledger_repo
+from skill_credits.errors import ApiError, skill_not_found, transaction_not_found, validation_error
 from skill_credits.ledger import service as ledger_service
 from skill_credits.ledger.schemas import RefundIn
-from skill_credits.pagination import encode_cursor
-from skill_credits.skills import repository as skills_repo
+from skill_credits.pagination import decode_cursor, encode_cursor
 from skill_credits.skills import service as skills_service
+from skill_credits.skills.cache import SkillCache
 from skill_credits.skills.schemas import SkillPatch
 from skill_credits.validation import (
     SKILL_NAME_RE,
@@ -77,18 +76,16 @@ class LoginController(Controller):
     async def login(self, request: Request, data: Form, db: Db) -> Response:
         token = (data.get("api_key") or "").strip()
         principal = None
-        key_id = None
         if token:
-            async with db.autocommit.connect() as conn:
+            async with db.connect() as conn:
                 principal = await verify_token(conn, token)
-            key_id = token.split("_")[1] if principal else None
-        if principal is None or not principal.is_admin or key_id is None:
+        if principal is None or not principal.is_admin:
             return Template(
                 "login.html",
                 context={"error": "That is not a live admin key."},
                 status_code=401,
             )
-        start_session(request, key_id, principal.name)
+        start_session(request, principal.key_id, principal.name)
         return see_other("/admin/skills")
 
     @post("/logout", guards=[admin_session])
@@ -118,8 +115,7 @@ class AdminPagesController(Controller):
         cost_errors: dict | None = None,
         status: int = 200,
     ) -> Template:
-        async with db.autocommit.connect() as conn:
-            skills = await skills_repo.list_all(conn)
+        skills = await skills_service.list_all(db)
         return Template(
             "skills.html",
             context={
@@ -142,8 +138,7 @@ class AdminPagesController(Controller):
         if skill_in is None:
             return await self._skills_page(request, db, form=data, errors=errors, status=400)
         try:
-            async with db.engine.begin() as conn:
-                skill = await skills_service.create(conn, skill_in, principal_of(request).name)
+            skill = await skills_service.create(db, skill_in, principal_of(request).name)
         except ApiError as exc:
             errors = {"name": forms.sentence(exc.detail)}
             return await self._skills_page(
@@ -163,10 +158,9 @@ class AdminPagesController(Controller):
         patch: SkillPatch,
     ) -> Redirect:
         try:
-            async with db.engine.begin() as conn:
-                skill, changes = await skills_service.update(
-                    conn, name, patch, principal_of(request).name, f'"{version}"'
-                )
+            skill, changes = await skills_service.update(
+                db, name, patch, principal_of(request).name, f'"{version}"'
+            )
         except ApiError as exc:
             if exc.code == "version_conflict":
                 _flash(
@@ -199,10 +193,7 @@ class AdminPagesController(Controller):
 
     @get("/skills/{name:str}/disable")
     async def confirm_disable(self, request: Request, name: FromPath[str], db: Db) -> Template:
-        async with db.autocommit.connect() as conn:
-            skill = await skills_repo.get(conn, name) if SKILL_NAME_RE.fullmatch(name) else None
-        if skill is None:
-            raise skills_service.skill_not_found(name)
+        skill = await skills_service.get(db, _skill_name(name))
         return _confirm(
             title=f"Disable {skill.name}?",
             consequence=(
@@ -225,11 +216,7 @@ class AdminPagesController(Controller):
 
     @get("/skills/{name:str}/history")
     async def history(self, request: Request, name: FromPath[str], db: Db) -> Template:
-        async with db.autocommit.connect() as conn:
-            skill = await skills_repo.get(conn, name) if SKILL_NAME_RE.fullmatch(name) else None
-            if skill is None:
-                raise skills_service.skill_not_found(name)
-            edits = await skills_repo.history(conn, skill.id)
+        skill, edits = await skills_service.history(db, _skill_name(name))
         return Template("history.html", context={"skill": skill, "edits": edits})
 
     # ---- users --------------------------------------------------------------------
@@ -257,7 +244,7 @@ class AdminPagesController(Controller):
             "errors": errors or {},
         }
         if user_id:
-            before = ledger_repo.decode_cursor(cursor) if cursor else None
+            before = decode_cursor(cursor) if cursor else None
             if not USER_ID_RE.fullmatch(user_id):
                 context["error"] = f"A user id is {USER_ID_RULE}."
                 status = 400
@@ -265,24 +252,21 @@ class AdminPagesController(Controller):
                 context["error"] = "That page link is not valid."
                 status = 400
             else:
-                async with db.autocommit.connect() as conn:
-                    user = await ledger_repo.get_user(conn, user_id)
-                    if user is None:
-                        context["error"] = f"No user {user_id} (granting credits creates one)."
-                        context["new_user"] = user_id
-                    else:
-                        items, next_cursor = await ledger_repo.page(conn, user_id, 25, before, None)
-                        refunded = await ledger_repo.refunded_among(conn, [t.id for t in items])
-                        charges = await ledger_repo.charges_among(
-                            conn, [t.refund_of for t in items if t.refund_of]
-                        )
-                        context.update(
-                            user=user,
-                            items=items,
-                            next_cursor=next_cursor,
-                            refunded=refunded,
-                            charges=_charge_links(user_id, items, charges),
-                        )
+                try:
+                    log = await ledger_service.user_log(db, user_id, 25, before)
+                except ApiError as exc:
+                    if exc.code != "user_not_found":
+                        raise
+                    context["error"] = f"No user {user_id} (granting credits creates one)."
+                    context["new_user"] = user_id
+                else:
+                    context.update(
+                        user=log.user,
+                        items=log.items,
+                        next_cursor=log.next_cursor,
+                        refunded=log.refunded,
+                        charges=_charge_links(user_id, log.items, log.charges),
+                    )
         return Template("users.html", context=context, status_code=status)
 
     @get("/users")
@@ -308,13 +292,10 @@ class AdminPagesController(Controller):
             return await self._users_page(
                 request, db, user_id, form=data, errors=errors, status=400
             )
-        key = (data.get("idem") or "")[:64] or None
-        digest = ledger_service.request_hash("POST", f"/v1/users/{user_id}/credits", body, key)
-        try:
-            async with db.autocommit.connect() as conn:
-                written = await ledger_service.add_credits(conn, user_id, body, key, digest)
-        except ApiError as exc:
-            _flash(request, "error", f"Not saved: {exc.detail}.")
+        path = f"/v1/users/{user_id}/credits"
+        write = ledger_service.add_credits
+        written = await _ledger_write(request, db, data, path, write, user_id, body, "Not saved")
+        if written is None:
             return see_other(back)
         tx = written.transaction
         _flash(request, "ok", f"{tx.type} of {tx.amount:+d} saved; balance {tx.balance_after}.")
@@ -323,16 +304,16 @@ class AdminPagesController(Controller):
     @get("/transactions/{tx_id:str}/refund")
     async def confirm_refund(self, request: Request, tx_id: FromPath[str], db: Db) -> Response:
         tx_uuid = _uuid(tx_id)
-        row = None
-        if tx_uuid is not None:
-            async with db.autocommit.connect() as conn:
-                row = await ledger_repo.get_transaction(conn, tx_uuid)
-        if row is None:
-            raise ApiError(404, "transaction_not_found", f"no transaction {tx_id}")
-        tx = ledger_repo.transaction_from_row(row)
+        if tx_uuid is None:
+            raise transaction_not_found(tx_id)
+        tx, refused = await ledger_service.refundable(db, tx_uuid)
         back = f"/admin/users?user_id={tx.user_id}"
-        if tx.type != "CONSUMPTION" or row.refunded:
-            why = "it was refunded already" if row.refunded else f"it is a {tx.type}"
+        if refused is not None:
+            why = (
+                "it was refunded already"
+                if refused.code == "already_refunded"
+                else f"it is a {tx.type}"
+            )
             _flash(request, "error", f"That transaction cannot be refunded: {why}.")
             return see_other(back)
         credits = -tx.amount
@@ -365,18 +346,42 @@ class AdminPagesController(Controller):
             _flash(request, "error", "That is not a transaction id.")
             return see_other(back)
         body = RefundIn(description=(data.get("description") or "").strip()[:500] or None)
-        key = (data.get("idem") or "")[:64] or None
-        digest = ledger_service.request_hash(
-            "POST", f"/v1/transactions/{tx_uuid}/refund", body, key
-        )
-        try:
-            async with db.autocommit.connect() as conn:
-                written = await ledger_service.refund(conn, tx_uuid, body, key, digest)
-        except ApiError as exc:
-            _flash(request, "error", f"Not refunded: {exc.detail}.")
+        path = f"/v1/transactions/{tx_uuid}/refund"
+        write = ledger_service.refund
+        written = await _ledger_write(request, db, data, path, write, tx_uuid, body, "Not refunded")
+        if written is None:
             return see_other(back)
         _flash(request, "ok", f"Refunded {written.transaction.amount} credits.")
         return see_other(back)
+
+
+async def _ledger_write(
+    request: Request,
+    db: Database,
+    data: dict[str, str],
+    path: str,
+    write: Callable[..., Awaitable[ledger_service.Written]],
+    target: str,
+    body: Any,
+    refused: str,
+) -> ledger_service.Written | None:
+    """``write(db, target, body, key, digest)`` for a form, as the API's ``POST path``
+    with the form's ``idem`` as its Idempotency-Key (a double submit writes once); None,
+    with the error flashed, when the service refuses."""
+    key = (data.get("idem") or "")[:64] or None
+    digest = ledger_service.request_hash("POST", path, body, key)
+    try:
+        return await write(db, target, body, key, digest)
+    except ApiError as exc:
+        _flash(request, "error", f"{refused}: {exc.detail}.")
+        return None
+
+
+def _skill_name(name: str) -> str:
+    """A skill name from the path: a name no skill can have is a 404 here, without a query."""
+    if not SKILL_NAME_RE.fullmatch(name):
+        raise skill_not_found(name)
+    return name
 
 
 def _uuid(value: str) -> str | None:

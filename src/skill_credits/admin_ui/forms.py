@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from skill_credits.bodies import _field_and_message
+from skill_credits.bodies import field_and_message
 from skill_credits.ledger.schemas import TX_DESCRIPTION_MAX_LENGTH, CreditIn
 from skill_credits.skills.schemas import (
     COST_MAX,
@@ -107,7 +107,7 @@ def read(
     try:
         return msgspec.convert(values, struct), {}
     except msgspec.ValidationError as exc:
-        name, message = _field_and_message(exc)
+        name, message = field_and_message(exc)
         label = fields[name].label if name in fields else name
         return None, {name: sentence(f"{label} {message}")}
 

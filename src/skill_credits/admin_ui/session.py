@@ -20,9 +20,8 @@ from litestar.middleware.session.server_side import (
     ServerSideSessionConfig,
 )
 from litestar.types import Empty, Message, ScopeSession
-from sqlalchemy import text
 
-from skill_credits.auth import Principal
+from skill_credits.auth import Principal, live_admin
 
 ROTATE = "skill_credits.rotate_session"
 SESSION_COOKIE = "sc_admin_session"
@@ -105,16 +104,8 @@ def start_session(connection: ASGIConnection, key_id: str, name: str) -> None:
 async def _live_admin(connection: ASGIConnection, key_id: Any) -> Principal | None:
     if not isinstance(key_id, str):
         return None
-    async with connection.app.state.db.autocommit.connect() as conn:
-        row = (
-            await conn.execute(
-                text("SELECT name, role FROM api_keys WHERE id = :id AND revoked_at IS NULL"),
-                {"id": key_id},
-            )
-        ).first()
-    if row is None or row.role != "admin":
-        return None
-    return Principal(name=row.name, role=row.role)
+    async with connection.app.state.db.connect() as conn:
+        return await live_admin(conn, key_id)
 
 
 async def admin_session(connection: ASGIConnection, _: BaseRouteHandler) -> None:

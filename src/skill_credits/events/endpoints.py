@@ -6,10 +6,11 @@ from litestar import Controller, Request, get, put
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 
+from skill_credits import errors
 from skill_credits.auth import principal_of
 from skill_credits.db import Database
-from skill_credits.errors import ApiError, validation_error
 from skill_credits.events import repository as repo
+from skill_credits.events import service
 from skill_credits.events.schemas import (
     ADMIN_EVENT_TYPES,
     EVENT_TYPES,
@@ -18,6 +19,7 @@ from skill_credits.events.schemas import (
     ThresholdIn,
 )
 from skill_credits.openapi import BODY, PathUserId, documented, optional_string
+from skill_credits.pagination import decode_cursor
 from skill_credits.validation import USER_ID_RE, anchored, path_user_id
 
 Db = NamedDependency[Database]
@@ -48,19 +50,19 @@ class EventController(Controller):
         ] = None,
     ) -> EventPage:
         before = None
-        if cursor is not None and (before := repo.decode_cursor(cursor)) is None:
-            raise validation_error("cursor", "is not a cursor this API returned")
+        if cursor is not None and (before := decode_cursor(cursor)) is None:
+            raise errors.validation_error("cursor", "is not a cursor this API returned")
         if event_type is not None and event_type not in EVENT_TYPES:
-            raise validation_error("type", f"must be one of {', '.join(EVENT_TYPES)}")
+            raise errors.validation_error("type", f"must be one of {', '.join(EVENT_TYPES)}")
         if user_id is not None and not USER_ID_RE.fullmatch(user_id):
-            raise validation_error("user_id", "is not a user id")
+            raise errors.validation_error("user_id", "is not a user id")
         # skill.changed names admin keys and inactive skills, which only admin routes show
         types: str | tuple[str, ...] | None = event_type
         if not principal_of(request).is_admin:
             if event_type in ADMIN_EVENT_TYPES:
-                raise ApiError(403, "forbidden", f"{event_type} events need an admin key")
+                raise errors.forbidden(f"{event_type} events need an admin key")
             types = event_type or tuple(t for t in EVENT_TYPES if t not in ADMIN_EVENT_TYPES)
-        async with db.autocommit.connect() as conn:
+        async with db.connect() as conn:
             items, next_cursor = await repo.page(conn, limit, before, types, user_id)
         return EventPage(items, next_cursor)
 
@@ -73,7 +75,5 @@ class EventController(Controller):
         self, user_id: PathUserId, data: JSONBody[ThresholdIn], db: Db
     ) -> Threshold:
         path_user_id(user_id)
-        async with db.autocommit.connect() as conn:
-            if not await repo.set_threshold(conn, user_id, data.low_balance_threshold):
-                raise ApiError(404, "user_not_found", f"no user {user_id}")
-        return Threshold(user_id, data.low_balance_threshold)
+        async with db.connect() as conn:
+            return await service.set_threshold(conn, user_id, data.low_balance_threshold)

@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from skill_credits.db import Connection, keyset_page
 from skill_credits.events.schemas import Event
-from skill_credits.pagination import decode_cursor, keyset_page
+from skill_credits.pagination import decode_cursor
 
 EVENT_COLUMNS = "id::text AS id, type, user_id, data::text AS data, created_at"
 
@@ -27,7 +27,7 @@ def event_from_row(row: Any) -> Event:
 
 
 async def page(
-    conn: AsyncConnection,
+    conn: Connection,
     limit: int,
     before: int | None,
     event_type: str | tuple[str, ...] | None,
@@ -43,15 +43,7 @@ async def page(
 __all__ = ["decode_cursor"]
 
 
-async def set_threshold(conn: AsyncConnection, user_id: str, threshold: int | None) -> bool:
-    result = await conn.execute(
-        text("UPDATE users SET low_balance_threshold = :t WHERE user_id = :user_id"),
-        {"t": threshold, "user_id": user_id},
-    )
-    return result.rowcount > 0
-
-
-async def add_endpoint(conn: AsyncConnection, url: str) -> tuple[str, str]:
+async def add_endpoint(conn: Connection, url: str) -> tuple[str, str]:
     secret = "whsec_" + secrets.token_urlsafe(32)
     row = (
         await conn.execute(
@@ -65,7 +57,7 @@ async def add_endpoint(conn: AsyncConnection, url: str) -> tuple[str, str]:
     return row.id, secret
 
 
-async def remove_endpoint(conn: AsyncConnection, url: str) -> bool:
+async def remove_endpoint(conn: Connection, url: str) -> bool:
     result = await conn.execute(
         text("UPDATE webhook_endpoints SET active = false WHERE url = :url AND active"),
         {"url": url},
@@ -73,7 +65,7 @@ async def remove_endpoint(conn: AsyncConnection, url: str) -> bool:
     return result.rowcount > 0
 
 
-async def list_endpoints(conn: AsyncConnection) -> list[Row]:
+async def list_endpoints(conn: Connection) -> list[Row]:
     return (
         await conn.execute(
             text(
@@ -88,7 +80,7 @@ async def list_endpoints(conn: AsyncConnection) -> list[Row]:
     ).all()
 
 
-async def claim_due(conn: AsyncConnection, batch: int) -> list[Row]:
+async def claim_due(conn: Connection, batch: int) -> list[Row]:
     """Due deliveries, locked until the caller's transaction ends (a crash unlocks them)."""
     return (
         await conn.execute(
@@ -108,7 +100,7 @@ async def claim_due(conn: AsyncConnection, batch: int) -> list[Row]:
     ).all()
 
 
-async def mark_delivered(conn: AsyncConnection, event_id: str, endpoint_id: str) -> None:
+async def mark_delivered(conn: Connection, event_id: str, endpoint_id: str) -> None:
     await conn.execute(
         text(
             "UPDATE event_deliveries SET status = 'delivered', attempts = attempts + 1,"
@@ -120,7 +112,7 @@ async def mark_delivered(conn: AsyncConnection, event_id: str, endpoint_id: str)
 
 
 async def mark_failed(
-    conn: AsyncConnection, event_id: str, endpoint_id: str, error: str, retry_in: float | None
+    conn: Connection, event_id: str, endpoint_id: str, error: str, retry_in: float | None
 ) -> None:
     """``retry_in`` None: no attempts left, the delivery is dead-lettered."""
     await conn.execute(

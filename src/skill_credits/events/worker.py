@@ -26,16 +26,19 @@ import httpx
 
 from skill_credits.db import Database
 from skill_credits.events import repository as repo
+from skill_credits.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_DEFAULTS = Settings()  # the WEBHOOK_* defaults are Settings' fields
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     batch: int = 20
-    poll_interval: float = 0.5
-    max_attempts: int = 8
-    backoff_base: float = 1.0
+    poll_interval: float = _DEFAULTS.webhook_poll_seconds
+    max_attempts: int = _DEFAULTS.webhook_max_attempts
+    backoff_base: float = _DEFAULTS.webhook_backoff_seconds
     backoff_cap: float = 600.0
     timeout: float = 5.0
 
@@ -65,7 +68,7 @@ def backoff(config: WorkerConfig, attempts_done: int) -> float | None:
 
 
 async def deliver_due(db: Database, http: httpx.AsyncClient, config: WorkerConfig) -> int:
-    async with db.engine.begin() as conn:
+    async with db.transaction() as conn:
         due = await repo.claim_due(conn, config.batch)
         for d in due:
             body = json.dumps(

@@ -6,11 +6,9 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
 
+from skill_credits import errors
 from skill_credits.auth import confirm, principal_of
-from skill_credits.cache import SkillCache
 from skill_credits.db import Database
-from skill_credits.errors import ApiError, validation_error
-from skill_credits.ledger import repository as repo
 from skill_credits.ledger import service
 from skill_credits.ledger.schemas import (
     TRANSACTION_TYPES,
@@ -34,6 +32,8 @@ from skill_credits.openapi import (
     documented,
     optional_string,
 )
+from skill_credits.pagination import decode_cursor
+from skill_credits.skills.cache import SkillCache
 from skill_credits.validation import (
     IDEMPOTENCY_KEY_RE,
     idempotency_key,
@@ -56,10 +56,6 @@ Db = NamedDependency[Database]
 def created(written: service.Written) -> Response[Transaction]:
     headers = {"Idempotent-Replayed": "true"} if written.replayed else {}
     return Response(written.transaction, status_code=201, headers=headers)
-
-
-def user_not_found(user_id: str) -> ApiError:
-    return ApiError(404, "user_not_found", f"no user {user_id}")
 
 
 class LedgerController(Controller):
@@ -88,16 +84,12 @@ class LedgerController(Controller):
         digest = service.request_hash("POST", "/v1/charges", data, key)
         try:
             written = await service.charge(
-                db.statements,
-                cache,
-                data,
-                key,
-                digest,
-                api_key_id=principal_of(request).key_id,
-                check_caller=lambda: confirm(request),
+                db, cache, data, key, digest, api_key_id=principal_of(request).key_id
             )
-        except Exception:
+        except Exception as exc:
             request.scope[CHARGE_SKILL] = data.skill  # observability.count_refused_charge
+            if isinstance(exc, service.KeyNotLive):
+                await confirm(request)  # 401, and the worker forgets the revoked key
             raise
         CHARGES.labels(data.skill, "replayed" if written.replayed else "charged").inc()
         if not written.replayed:
@@ -120,19 +112,14 @@ class LedgerController(Controller):
         path_user_id(user_id)
         idempotency_key(key)
         if data.type == "ADJUSTMENT" and not principal_of(request).is_admin:
-            raise ApiError(403, "forbidden", "ADJUSTMENT needs an admin key")
+            raise errors.forbidden("ADJUSTMENT needs an admin key")
         digest = service.request_hash("POST", f"/v1/users/{user_id}/credits", data, key)
-        async with db.autocommit.connect() as conn:
-            return created(await service.add_credits(conn, user_id, data, key, digest))
+        return created(await service.add_credits(db, user_id, data, key, digest))
 
     @get("/users/{user_id:str}", summary="A user's balance", **documented("getUser", 400, 404))
     async def get_user(self, user_id: PathUserId, db: Db) -> User:
         path_user_id(user_id)
-        async with db.autocommit.connect() as conn:
-            user = await repo.get_user(conn, user_id)
-        if user is None:
-            raise user_not_found(user_id)
-        return user
+        return await service.get_user(db, user_id)
 
     @get(
         "/users/{user_id:str}/transactions",
@@ -154,14 +141,11 @@ class LedgerController(Controller):
     ) -> TransactionPage:
         path_user_id(user_id)
         before = None
-        if cursor is not None and (before := repo.decode_cursor(cursor)) is None:
-            raise validation_error("cursor", "is not a cursor this API returned")
+        if cursor is not None and (before := decode_cursor(cursor)) is None:
+            raise errors.validation_error("cursor", "is not a cursor this API returned")
         if tx_type is not None and tx_type not in TRANSACTION_TYPES:
-            raise validation_error("type", f"must be one of {', '.join(TRANSACTION_TYPES)}")
-        async with db.autocommit.connect() as conn:
-            if await repo.get_user(conn, user_id) is None:
-                raise user_not_found(user_id)
-            items, next_cursor = await repo.page(conn, user_id, limit, before, tx_type)
+            raise errors.validation_error("type", f"must be one of {', '.join(TRANSACTION_TYPES)}")
+        items, next_cursor = await service.transactions(db, user_id, limit, before, tx_type)
         return TransactionPage(items, next_cursor)
 
     @get(
@@ -171,11 +155,7 @@ class LedgerController(Controller):
     )
     async def get_transaction(self, tx_id: PathUuid, db: Db) -> Transaction:
         tx_uuid = str(path_uuid(tx_id))
-        async with db.autocommit.connect() as conn:
-            row = await repo.get_transaction(conn, tx_uuid)
-        if row is None:
-            raise ApiError(404, "transaction_not_found", f"no transaction {tx_id}")
-        return repo.transaction_from_row(row)
+        return await service.get_transaction(db, tx_uuid)
 
     @post(
         "/transactions/{tx_id:str}/refund",
@@ -193,8 +173,7 @@ class LedgerController(Controller):
         idempotency_key(key)
         body = data or RefundIn()
         digest = service.request_hash("POST", f"/v1/transactions/{tx_uuid}/refund", body, key)
-        async with db.autocommit.connect() as conn:
-            return created(await service.refund(conn, tx_uuid, body, key, digest))
+        return created(await service.refund(db, tx_uuid, body, key, digest))
 
 
 class HoldController(Controller):
@@ -215,18 +194,14 @@ class HoldController(Controller):
     ) -> Response[Hold]:
         idempotency_key(key)
         digest = service.request_hash("POST", "/v1/holds", data, key)
-        written = await service.create_hold(db.autocommit.connect, cache, data, key, digest)
+        written = await service.create_hold(db, cache, data, key, digest)
         headers = {"Idempotent-Replayed": "true"} if written.replayed else {}
         return Response(written.hold, status_code=201, headers=headers)
 
     @get("/{hold_id:str}", summary="One hold", **documented("getHold", 400, 404))
     async def get_hold(self, hold_id: PathUuid, db: Db) -> Hold:
         hold_uuid = str(path_uuid(hold_id))
-        async with db.autocommit.connect() as conn:
-            row = await repo.get_hold(conn, hold_uuid)
-        if row is None:
-            raise service.hold_not_found(hold_id)
-        return repo.hold_from_row(row)
+        return await service.get_hold(db, hold_uuid)
 
     @post(
         "/{hold_id:str}/capture",
@@ -244,8 +219,7 @@ class HoldController(Controller):
         idempotency_key(key)
         body = data or CaptureIn()
         digest = service.request_hash("POST", f"/v1/holds/{hold_uuid}/capture", body, key)
-        async with db.autocommit.connect() as conn:
-            return created(await service.capture(conn, hold_uuid, body, key, digest))
+        return created(await service.capture(db, hold_uuid, body, key, digest))
 
     @post(
         "/{hold_id:str}/release",
@@ -255,5 +229,4 @@ class HoldController(Controller):
     )
     async def release(self, hold_id: PathUuid, db: Db) -> Hold:
         hold_uuid = str(path_uuid(hold_id))
-        async with db.autocommit.connect() as conn:
-            return await service.release(conn, hold_uuid)
+        return await service.release(db, hold_uuid)

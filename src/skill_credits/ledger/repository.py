@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from skill_credits.db import Executes
+from skill_credits.db import Connection, keyset_page
 from skill_credits.ledger.schemas import Hold, Transaction, User
-from skill_credits.pagination import decode_cursor, encode_cursor, keyset_page
+from skill_credits.pagination import decode_cursor, encode_cursor
+from skill_credits.skills.repository import skill_columns
+
+Row = Any  # a row of Connection.execute: attribute access by column name
 
 TX_COLUMNS = (
     "id::text AS id, user_id, type, amount, balance_after, skill, units, unit_cost,"
@@ -33,16 +34,17 @@ KEY_UNUSED = (
     " WHERE k.user_id = :user_id AND k.idempotency_key = CAST(:key AS text))"
 )
 
-# The caller's API key is still live (see auth.py: deferred auth on the charge route).
+# The caller's API key is still live (see skill_credits.auth: deferred auth on the charge route).
 KEY_LIVE = (
     "EXISTS (SELECT 1 FROM api_keys a"
     " WHERE a.id = CAST(:api_key_id AS text) AND a.revoked_at IS NULL)"
 )
 
+# The charge answers with the skill it was priced at (``s_``-prefixed columns, see
+# skills.repository.skill_columns), so a cache that was behind can be refreshed.
 CHARGE = text(f"""
 WITH s AS (
-    SELECT id, name, display_name, description, cost, is_active, version, created_at, updated_at
-    FROM skills
+    SELECT * FROM skills
     WHERE name = :skill AND is_active
       AND (CAST(:version AS integer) IS NULL OR version = CAST(:version AS integer))
 ), u AS (
@@ -53,20 +55,17 @@ WITH s AS (
       AND users.credits - {RESERVED} >= s.cost * CAST(:units AS integer)
       AND {KEY_UNUSED}
       AND {KEY_LIVE}
-    RETURNING users.credits, s.id AS s_id, s.name AS s_name, s.display_name AS s_display_name,
-              s.description AS s_description, s.cost AS s_cost, s.version AS s_version,
-              s.created_at AS s_created_at, s.updated_at AS s_updated_at
+    RETURNING users.credits AS u_credits, s.*
 ), t AS (
     INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill, units,
                               unit_cost, description, idempotency_key, request_hash)
-    SELECT :user_id, 'CONSUMPTION', -(u.s_cost * CAST(:units AS integer)), u.credits, u.s_id,
-           u.s_name, CAST(:units AS integer), u.s_cost, CAST(:description AS text),
+    SELECT :user_id, 'CONSUMPTION', -(u.cost * CAST(:units AS integer)), u.u_credits, u.id,
+           u.name, CAST(:units AS integer), u.cost, CAST(:description AS text),
            CAST(:key AS text), CAST(:hash AS bytea)
     FROM u
     RETURNING {TX_COLUMNS}
 )
-SELECT t.*, u.s_id::text AS s_id, u.s_name, u.s_display_name, u.s_description, u.s_cost,
-       u.s_version, u.s_created_at, u.s_updated_at
+SELECT t.*, {skill_columns("u", "s_")}
 FROM t, u
 """)
 
@@ -141,16 +140,16 @@ def transaction_from_row(row: Any) -> Transaction:
     )
 
 
-async def charge(conn: Executes, params: dict[str, Any]) -> Row | None:
+async def charge(conn: Connection, params: dict[str, Any]) -> Row | None:
     return (await conn.execute(CHARGE, params)).first()
 
 
-async def credit(conn: AsyncConnection, params: dict[str, Any]) -> Row | None:
+async def credit(conn: Connection, params: dict[str, Any]) -> Row | None:
     statement = CREDIT if params["amount"] > 0 else DEBIT
     return (await conn.execute(statement, params)).first()
 
 
-async def refund(conn: AsyncConnection, params: dict[str, Any]) -> Row | None:
+async def refund(conn: Connection, params: dict[str, Any]) -> Row | None:
     return (await conn.execute(REFUND, params)).first()
 
 
@@ -160,11 +159,25 @@ BY_IDEMPOTENCY_KEY = text(
 )
 
 
-async def by_idempotency_key(conn: Executes, user_id: str, key: str) -> Row | None:
+async def by_idempotency_key(conn: Connection, user_id: str, key: str) -> Row | None:
     return (await conn.execute(BY_IDEMPOTENCY_KEY, {"user_id": user_id, "key": key})).first()
 
 
-async def get_user(conn: AsyncConnection, user_id: str) -> User | None:
+async def set_low_balance_threshold(conn: Connection, user_id: str, threshold: int | None) -> bool:
+    """False when there is no such user (the events' low-balance threshold is a user's)."""
+    row = (
+        await conn.execute(
+            text(
+                "UPDATE users SET low_balance_threshold = :t WHERE user_id = :user_id"
+                " RETURNING user_id"
+            ),
+            {"t": threshold, "user_id": user_id},
+        )
+    ).first()
+    return row is not None
+
+
+async def get_user(conn: Connection, user_id: str) -> User | None:
     row = (
         await conn.execute(
             text(
@@ -185,7 +198,7 @@ async def get_user(conn: AsyncConnection, user_id: str) -> User | None:
     )
 
 
-async def get_transaction(conn: AsyncConnection, tx_id: str) -> Row | None:
+async def get_transaction(conn: Connection, tx_id: str) -> Row | None:
     return (
         await conn.execute(
             text(
@@ -199,7 +212,7 @@ async def get_transaction(conn: AsyncConnection, tx_id: str) -> Row | None:
 
 
 async def page(
-    conn: AsyncConnection, user_id: str, limit: int, before_seq: int | None, tx_type: str | None
+    conn: Connection, user_id: str, limit: int, before_seq: int | None, tx_type: str | None
 ) -> tuple[list[Transaction], str | None]:
     """Keyset page, newest first: an index range scan on (user_id, seq DESC)."""
     rows, next_cursor = await keyset_page(
@@ -208,7 +221,7 @@ async def page(
     return [transaction_from_row(r) for r in rows], next_cursor
 
 
-async def reconcile(conn: AsyncConnection) -> list[str]:
+async def reconcile(conn: Connection) -> list[str]:
     """Every way the stored balances and the log disagree, as human-readable lines."""
     problems: list[str] = []
     rows = await conn.execute(
@@ -262,7 +275,7 @@ async def reconcile(conn: AsyncConnection) -> list[str]:
     return problems
 
 
-async def refunded_among(conn: AsyncConnection, tx_ids: list[str]) -> set[str]:
+async def refunded_among(conn: Connection, tx_ids: list[str]) -> set[str]:
     """Which of ``tx_ids`` have a refund already."""
     if not tx_ids:
         return set()
@@ -276,7 +289,7 @@ async def refunded_among(conn: AsyncConnection, tx_ids: list[str]) -> set[str]:
     return {r.id for r in rows}
 
 
-async def charges_among(conn: AsyncConnection, tx_ids: list[str]) -> dict[str, Row]:
+async def charges_among(conn: Connection, tx_ids: list[str]) -> dict[str, Row]:
     """The ``CONSUMPTION`` rows among ``tx_ids`` (what refunds refunded), by id, with the
     ``seq`` a cursor needs to open the page that starts at one."""
     if not tx_ids:
@@ -373,19 +386,19 @@ def hold_from_row(row: Any) -> Hold:
     )
 
 
-async def hold(conn: AsyncConnection, params: dict[str, Any]) -> Row | None:
+async def hold(conn: Connection, params: dict[str, Any]) -> Row | None:
     return (await conn.execute(HOLD, params)).first()
 
 
-async def capture(conn: AsyncConnection, params: dict[str, Any]) -> Row | None:
+async def capture(conn: Connection, params: dict[str, Any]) -> Row | None:
     return (await conn.execute(CAPTURE, params)).first()
 
 
-async def release(conn: AsyncConnection, hold_id: str) -> Row | None:
+async def release(conn: Connection, hold_id: str) -> Row | None:
     return (await conn.execute(RELEASE, {"id": hold_id})).first()
 
 
-async def get_hold(conn: AsyncConnection, hold_id: str) -> Row | None:
+async def get_hold(conn: Connection, hold_id: str) -> Row | None:
     return (
         await conn.execute(
             text(f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = CAST(:id AS uuid)"),
@@ -394,7 +407,7 @@ async def get_hold(conn: AsyncConnection, hold_id: str) -> Row | None:
     ).first()
 
 
-async def hold_by_idempotency_key(conn: AsyncConnection, user_id: str, key: str) -> Row | None:
+async def hold_by_idempotency_key(conn: Connection, user_id: str, key: str) -> Row | None:
     return (
         await conn.execute(
             text(
@@ -407,16 +420,15 @@ async def hold_by_idempotency_key(conn: AsyncConnection, user_id: str, key: str)
 
 
 def _refusal(key_table: str) -> Any:
-    """Everything a refused write needs to be explained, in one round trip."""
+    """Everything a refused priced write needs to be explained, in one round trip: the
+    caller's key, the idempotency key, the skill (``s_`` columns) and the user."""
     return text(f"""
 SELECT
     (SELECT a.revoked_at IS NULL FROM api_keys a
      WHERE a.id = CAST(:api_key_id AS text)) AS key_live,
     EXISTS (SELECT 1 FROM {key_table} k
             WHERE k.user_id = :user_id AND k.idempotency_key = CAST(:key AS text)) AS key_used,
-    s.id::text AS s_id, s.name AS s_name, s.display_name AS s_display_name,
-    s.description AS s_description, s.cost AS s_cost, s.is_active AS s_is_active,
-    s.version AS s_version, s.created_at AS s_created_at, s.updated_at AS s_updated_at,
+    {skill_columns("s", "s_")},
     u.credits AS u_credits, CASE WHEN u.user_id IS NULL THEN NULL ELSE {RESERVED} END
         AS u_reserved
 FROM (SELECT 1) AS one
@@ -429,8 +441,12 @@ REFUSAL_OF_CHARGE = _refusal("transactions")
 REFUSAL_OF_HOLD = _refusal("holds")
 
 
-async def refusal(conn: Executes, statement: Any, params: dict[str, Any]) -> Row:
-    return (await conn.execute(statement, {"api_key_id": None, **params})).first()
+async def refusal_of_charge(conn: Connection, params: dict[str, Any]) -> Row:
+    return (await conn.execute(REFUSAL_OF_CHARGE, params)).first()
+
+
+async def refusal_of_hold(conn: Connection, params: dict[str, Any]) -> Row:
+    return (await conn.execute(REFUSAL_OF_HOLD, {"api_key_id": None, **params})).first()
 
 
 __all__ = ["decode_cursor", "encode_cursor"]  # the cursor of history pages, for callers

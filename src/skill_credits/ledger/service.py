@@ -3,23 +3,28 @@
 When a statement writes nothing, the failure path reads what it needs to answer
 precisely (replay, 404, 403, 402) and, when the answer is "something changed under
 us" (a new skill version, a concurrent hold), runs the statement again.
+
+A charge and a hold are priced: they run at the skill version the cache knows. The
+cache is read before a connection is taken and told of a newer version only after the
+connection is given back, so no connection waits on Redis. The statement is the judge:
+it writes only at the version it was given, and ``explain_refusal`` reads the answer off
+the one row ``repo.refusal_of_*`` returns.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from skill_credits.cache import SkillCache
-from skill_credits.db import Connect, Executes, constraint_name, sqlstate
-from skill_credits.errors import ApiError, validation_error
+from skill_credits import errors
+from skill_credits.db import Connection, Database, constraint_name, sqlstate
+from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger.schemas import (
     CaptureIn,
@@ -29,17 +34,35 @@ from skill_credits.ledger.schemas import (
     HoldIn,
     RefundIn,
     Transaction,
+    User,
 )
+from skill_credits.skills.cache import SkillCache
+from skill_credits.skills.repository import skill_from_row
 from skill_credits.skills.schemas import Skill
 
 MAX_ATTEMPTS = 5
 IDEMPOTENCY_CONSTRAINTS = {"transactions_idempotency"}
+HOLD_IDEMPOTENCY_CONSTRAINTS = {"holds_idempotency"}
+REFUND_CONSTRAINTS = IDEMPOTENCY_CONSTRAINTS | {"transactions_refund_once"}
 
 
 @dataclass(frozen=True, slots=True)
 class Written:
     transaction: Transaction
     replayed: bool = False
+
+
+class KeyNotLive(ApiError):
+    """The caller's API key was revoked: a charge writes nothing for it. The endpoint
+    confirms the key (which also forgets it in the worker's key cache) and answers 401."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            401,
+            "unauthorized",
+            "a valid API key is required (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def request_hash(
@@ -55,128 +78,97 @@ def request_hash(
     return hashlib.sha256(f"{method} {path}\n".encode() + encoded).digest()
 
 
-async def _replay(conn: Executes, user_id: str, key: str | None, digest: bytes | None):
-    """The stored answer for ``key``, 422 if it was used for another request, else None."""
-    if key is None:
+def _same_request(stored: Any, digest: bytes | None) -> bool:
+    """True if ``stored`` (the row kept under an Idempotency-Key) answers this request;
+    False if there is none; 422 if the key was used for another request."""
+    if stored is None:
+        return False
+    if bytes(stored.request_hash) != digest:
+        raise errors.idempotency_key_reused()
+    return True
+
+
+async def _replay(conn: Connection, user_id: str, key: str | None, digest: bytes | None):
+    """The stored transaction for ``key``, 422 if it was used for another request, else None."""
+    stored = await repo.by_idempotency_key(conn, user_id, key) if key is not None else None
+    if not _same_request(stored, digest):
         return None
-    row = await repo.by_idempotency_key(conn, user_id, key)
-    if row is None:
-        return None
-    if bytes(row.request_hash) != digest:
-        raise ApiError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used with a different request",
-        )
-    return Written(repo.transaction_from_row(row), replayed=True)
+    return Written(repo.transaction_from_row(stored), replayed=True)
 
 
-def _is_unique_violation(exc: sa_exc.IntegrityError, names: set[str]) -> bool:
-    return sqlstate(exc) == "23505" and constraint_name(exc) in names
-
-
-def _overflow(exc: sa_exc.DBAPIError) -> bool:
-    return sqlstate(exc) == "22003"
-
-
-def insufficient(credits: int, available: int, required: int) -> ApiError:
-    return ApiError(
-        402,
-        "insufficient_credits",
-        f"available credits {available} are below the {required} required",
-        extra={"credits": credits, "available": available, "required": required},
-    )
-
-
-def _skill_from_row(row: Any) -> Skill:
-    """A skill from a row of ``s_``-prefixed columns (charge result, refusal facts)."""
-    return Skill(
-        id=row.s_id,
-        name=row.s_name,
-        display_name=row.s_display_name,
-        description=row.s_description,
-        cost=row.s_cost,
-        is_active=getattr(row, "s_is_active", True),
-        version=row.s_version,
-        created_at=row.s_created_at,
-        updated_at=row.s_updated_at,
-    )
-
-
-async def _priced_write(
-    connect: Connect,
-    cache: SkillCache,
-    *,
-    skill_name: str,
-    user_id: str,
-    units: int,
-    params: dict[str, Any],
-    write: Callable[[Executes, dict[str, Any]], Awaitable[Any]],
-    explain: Any,
-    replay: Callable[[Executes], Awaitable[Any]],
-    unique: set[str],
-    check_caller: Callable[[], Awaitable[None]] | None = None,
-) -> tuple[Any, Skill | None]:
-    """Run a statement priced at the skill's version the cache knows, and explain a refusal.
-
-    The cache is read before a connection is taken and refreshed after it is given back,
-    so no connection waits on Redis. The statement is the judge: it writes only at the
-    version it was given. When it writes nothing, one query (``explain``) reads what the
-    answer needs, in the contract's order: a revoked key (401), a replay, skill 404, 403,
-    user 404, 402 - or finds that the price or a hold moved meanwhile, and the statement
-    runs again.
-    """
-    cached = await cache.get(skill_name)
-    newer: Skill | None = None  # found in PostgreSQL when the cache was behind
+async def _write(statement: Awaitable[Any], unique: set[str]) -> Any:
+    """The row a guarded write returns, or None when it wrote nothing: its guard refused,
+    or a concurrent request took one of the ``unique`` keys first (then it is answered as
+    that request was). A balance past 64 bits is a 400."""
     try:
-        async with connect() as conn:
-            params["version"] = cached.version if cached is not None else None
-            for _ in range(MAX_ATTEMPTS):
-                try:
-                    row = await write(conn, params)
-                except sa_exc.IntegrityError as exc:
-                    if not _is_unique_violation(exc, unique):
-                        raise
-                    row = None  # a concurrent request with this key won; answer as it did
-                if row is not None:
-                    return row, cached
-                facts = await repo.refusal(conn, explain, params)
-                if check_caller is not None and facts.key_live is not True:
-                    await check_caller()  # a revoked key writes nothing: answer 401 first
-                if facts.key_used and (done := await replay(conn)) is not None:
-                    return done, cached
-                if facts.s_id is None:
-                    raise ApiError(404, "skill_not_found", f"no skill named {skill_name}")
-                if params["version"] is not None and facts.s_version != params["version"]:
-                    # the cache was behind: price at the current version
-                    newer = cached = _skill_from_row(facts)
-                    params["version"] = newer.version
-                    continue
-                if not facts.s_is_active:
-                    raise ApiError(403, "skill_disabled", f"{skill_name} is disabled")
-                if facts.u_credits is None:
-                    raise ApiError(404, "user_not_found", f"no user {user_id}")
-                required = facts.s_cost * units
-                available = facts.u_credits - facts.u_reserved
-                if available < required:
-                    raise insufficient(facts.u_credits, available, required)
-                # A hold changed between the statement and this read: try again.
-    finally:
-        if newer is not None:
-            await cache.put(newer)  # once the connection is back: none waits on Redis
-    raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
+        return await statement
+    except sa_exc.IntegrityError as exc:
+        if sqlstate(exc) == "23505" and constraint_name(exc) in unique:
+            return None
+        raise
+    except sa_exc.DBAPIError as exc:
+        if sqlstate(exc) == "22003":
+            raise errors.validation_error(
+                "amount", "the balance would pass the 64-bit range"
+            ) from None
+        raise
+
+
+def explain_refusal(facts: Any, data: ChargeIn | HoldIn, version: int | None) -> Skill | None:
+    """Why a priced write wrote nothing, from its facts row, in the contract's order (the
+    caller has answered a revoked key and a replay first): skill 404; then, when the
+    price moved since the cache's version, the skill at its current version (run again
+    at it); 403; user 404; 402. None: a hold changed meanwhile (run again)."""
+    if facts.s_id is None:
+        raise errors.skill_not_found(data.skill)
+    if version is not None and facts.s_version != version:
+        return skill_from_row(facts, "s_")
+    if not facts.s_is_active:
+        raise errors.skill_disabled(data.skill)
+    if facts.u_credits is None:
+        raise errors.user_not_found(data.user_id)
+    required = facts.s_cost * data.units
+    available = facts.u_credits - facts.u_reserved
+    if available < required:
+        raise errors.insufficient_credits(facts.u_credits, available, required)
+    return None
+
+
+class _Price:
+    """The skill version a priced write runs at: the cache's, then PostgreSQL's if the
+    statement found the cache behind. ``publish`` tells the cache of the newer one (call
+    it once the connection is back)."""
+
+    __slots__ = ("skill", "newer")
+
+    def __init__(self, cached: Skill | None) -> None:
+        self.skill = cached
+        self.newer: Skill | None = None
+
+    @property
+    def version(self) -> int | None:
+        return self.skill.version if self.skill is not None else None
+
+    def moved(self, current: Skill | None) -> None:
+        if current is not None:
+            self.skill = self.newer = current
+
+    async def publish(self, cache: SkillCache) -> None:
+        if self.newer is not None:
+            await cache.put(self.newer)
 
 
 async def charge(
-    connect: Connect,
+    db: Database,
     cache: SkillCache,
     data: ChargeIn,
     key: str | None,
     digest: bytes | None,
     *,
     api_key_id: str,
-    check_caller: Callable[[], Awaitable[None]] | None = None,
 ) -> Written:
+    """Charge at the cached price (one statement on the hot-path pool); raises
+    ``KeyNotLive`` when the caller's key was revoked."""
     params = {
         "api_key_id": api_key_id,
         "skill": data.skill,
@@ -185,29 +177,33 @@ async def charge(
         "description": data.description,
         "key": key,
         "hash": digest,
+        "version": None,
     }
-    row, cached = await _priced_write(
-        connect,
-        cache,
-        skill_name=data.skill,
-        user_id=data.user_id,
-        units=data.units,
-        params=params,
-        write=repo.charge,
-        explain=repo.REFUSAL_OF_CHARGE,
-        replay=lambda conn: _replay(conn, data.user_id, key, digest),
-        unique=IDEMPOTENCY_CONSTRAINTS,
-        check_caller=check_caller,
-    )
-    if isinstance(row, Written):
-        return row
-    if cached is None or cached.version != row.s_version:
-        await cache.put(_skill_from_row(row))
+    price = _Price(await cache.get(data.skill))
+    try:
+        async with db.statements() as conn:
+            for _ in range(MAX_ATTEMPTS):
+                params["version"] = price.version
+                row = await _write(repo.charge(conn, params), IDEMPOTENCY_CONSTRAINTS)
+                if row is not None:
+                    break
+                facts = await repo.refusal_of_charge(conn, params)
+                if facts.key_live is not True:
+                    raise KeyNotLive()
+                if facts.key_used and (done := await _replay(conn, data.user_id, key, digest)):
+                    return done
+                price.moved(explain_refusal(facts, data, price.version))
+            else:
+                raise errors.contention()
+    finally:
+        await price.publish(cache)
+    if price.version != row.s_version:
+        await cache.put(skill_from_row(row, "s_"))
     return Written(repo.transaction_from_row(row))
 
 
 async def add_credits(
-    conn: AsyncConnection, user_id: str, data: CreditIn, key: str | None, digest: bytes | None
+    db: Database, user_id: str, data: CreditIn, key: str | None, digest: bytes | None
 ) -> Written:
     params = {
         "user_id": user_id,
@@ -217,66 +213,74 @@ async def add_credits(
         "key": key,
         "hash": digest,
     }
-    for _ in range(MAX_ATTEMPTS):
-        try:
-            row = await repo.credit(conn, params)
-        except sa_exc.IntegrityError as exc:
-            if not _is_unique_violation(exc, IDEMPOTENCY_CONSTRAINTS):
-                raise
-            row = None
-        except sa_exc.DBAPIError as exc:
-            if _overflow(exc):
-                raise validation_error(
-                    "amount", "the balance would pass the 64-bit range"
-                ) from None
-            raise
-        if row is not None:
-            return Written(repo.transaction_from_row(row))
-        if (done := await _replay(conn, user_id, key, digest)) is not None:
-            return done
-        if data.amount > 0:
-            continue  # only a concurrent key could stop an upsert
-        user = await repo.get_user(conn, user_id)
-        if user is None:
-            raise ApiError(404, "user_not_found", f"no user {user_id}")
-        if user.available < -data.amount:
-            raise insufficient(user.credits, user.available, -data.amount)
-    raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
+    async with db.connect() as conn:
+        for _ in range(MAX_ATTEMPTS):
+            row = await _write(repo.credit(conn, params), IDEMPOTENCY_CONSTRAINTS)
+            if row is not None:
+                return Written(repo.transaction_from_row(row))
+            if done := await _replay(conn, user_id, key, digest):
+                return done
+            if data.amount > 0:
+                continue  # only a concurrent key could stop an upsert
+            user = await repo.get_user(conn, user_id)
+            if user is None:
+                raise errors.user_not_found(user_id)
+            if user.available < -data.amount:
+                raise errors.insufficient_credits(user.credits, user.available, -data.amount)
+    raise errors.contention()
 
 
 async def refund(
-    conn: AsyncConnection, tx_id: str, data: RefundIn, key: str | None, digest: bytes | None
+    db: Database, tx_id: str, data: RefundIn, key: str | None, digest: bytes | None
 ) -> Written:
     params = {"id": tx_id, "description": data.description, "key": key, "hash": digest}
-    for _ in range(MAX_ATTEMPTS):
-        try:
-            row = await repo.refund(conn, params)
-        except sa_exc.IntegrityError as exc:
-            if not _is_unique_violation(
-                exc, IDEMPOTENCY_CONSTRAINTS | {"transactions_refund_once"}
-            ):
-                raise
-            row = None
-        except sa_exc.DBAPIError as exc:
-            if _overflow(exc):
-                raise validation_error(
-                    "amount", "the balance would pass the 64-bit range"
-                ) from None
-            raise
-        if row is not None:
-            return Written(repo.transaction_from_row(row))
-        original = await repo.get_transaction(conn, tx_id)
-        if original is None:
-            raise ApiError(404, "transaction_not_found", f"no transaction {tx_id}")
-        if (done := await _replay(conn, original.user_id, key, digest)) is not None:
-            return done
-        if original.type != "CONSUMPTION":
-            raise ApiError(
-                409, "not_refundable", f"only CONSUMPTION can be refunded, not {original.type}"
-            )
-        if original.refunded:
-            raise ApiError(409, "already_refunded", f"transaction {tx_id} was refunded already")
-    raise ApiError(503, "service_unavailable", "too much contention on this user; retry")
+    async with db.connect() as conn:
+        for _ in range(MAX_ATTEMPTS):
+            row = await _write(repo.refund(conn, params), REFUND_CONSTRAINTS)
+            if row is not None:
+                return Written(repo.transaction_from_row(row))
+            original = await repo.get_transaction(conn, tx_id)
+            if original is None:
+                raise errors.transaction_not_found(tx_id)
+            if done := await _replay(conn, original.user_id, key, digest):
+                return done
+            _check_refundable(original, tx_id)
+    raise errors.contention()
+
+
+def _check_refundable(row: Any, tx_id: str) -> None:
+    """409 unless the transaction ``row`` is a CONSUMPTION not refunded yet."""
+    if row.type != "CONSUMPTION":
+        raise errors.not_refundable(row.type)
+    if row.refunded:
+        raise errors.already_refunded(tx_id)
+
+
+async def get_user(db: Database, user_id: str) -> User:
+    """The user's balance; 404 if there is none."""
+    async with db.connect() as conn:
+        user = await repo.get_user(conn, user_id)
+    if user is None:
+        raise errors.user_not_found(user_id)
+    return user
+
+
+async def transactions(
+    db: Database, user_id: str, limit: int, before: int | None, tx_type: str | None
+) -> tuple[list[Transaction], str | None]:
+    """A page of the user's log, newest first; 404 if there is no such user."""
+    async with db.connect() as conn:
+        if await repo.get_user(conn, user_id) is None:
+            raise errors.user_not_found(user_id)
+        return await repo.page(conn, user_id, limit, before, tx_type)
+
+
+async def get_transaction(db: Database, tx_id: str) -> Transaction:
+    async with db.connect() as conn:
+        row = await repo.get_transaction(conn, tx_id)
+    if row is None:
+        raise errors.transaction_not_found(tx_id)
+    return repo.transaction_from_row(row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,30 +289,18 @@ class HoldWritten:
     replayed: bool = False
 
 
-def hold_not_found(hold_id: str) -> ApiError:
-    return ApiError(404, "hold_not_found", f"no hold {hold_id}")
-
-
-def hold_not_active(status: str) -> ApiError:
-    return ApiError(409, "hold_not_active", f"the hold is {status}, not held")
-
-
-async def _replay_hold(conn: AsyncConnection, user_id: str, key: str | None, digest: bytes | None):
-    if key is None:
+async def _replay_hold(conn: Connection, user_id: str, key: str | None, digest: bytes | None):
+    """The stored hold for ``key``, 422 if it was used for another request, else None."""
+    stored = await repo.hold_by_idempotency_key(conn, user_id, key) if key is not None else None
+    if not _same_request(stored, digest):
         return None
-    row = await repo.hold_by_idempotency_key(conn, user_id, key)
-    if row is None:
-        return None
-    if bytes(row.request_hash) != digest:
-        raise ApiError(
-            422, "idempotency_key_reused", "this Idempotency-Key was used with a different request"
-        )
-    return HoldWritten(repo.hold_from_row(row), replayed=True)
+    return HoldWritten(repo.hold_from_row(stored), replayed=True)
 
 
 async def create_hold(
-    connect: Connect, cache: SkillCache, data: HoldIn, key: str | None, digest: bytes | None
+    db: Database, cache: SkillCache, data: HoldIn, key: str | None, digest: bytes | None
 ) -> HoldWritten:
+    """Reserve at the cached price (see ``charge``)."""
     params = {
         "skill": data.skill,
         "user_id": data.user_id,
@@ -318,59 +310,100 @@ async def create_hold(
         "key": key,
         "hash": digest,
     }
-    row, _ = await _priced_write(
-        connect,
-        cache,
-        skill_name=data.skill,
-        user_id=data.user_id,
-        units=data.units,
-        params=params,
-        write=repo.hold,
-        explain=repo.REFUSAL_OF_HOLD,
-        replay=lambda conn: _replay_hold(conn, data.user_id, key, digest),
-        unique={"holds_idempotency"},
-    )
-    if isinstance(row, HoldWritten):
-        return row
-    return HoldWritten(repo.hold_from_row(row))
+    price = _Price(await cache.get(data.skill))
+    try:
+        async with db.connect() as conn:
+            for _ in range(MAX_ATTEMPTS):
+                params["version"] = price.version
+                row = await _write(repo.hold(conn, params), HOLD_IDEMPOTENCY_CONSTRAINTS)
+                if row is not None:
+                    return HoldWritten(repo.hold_from_row(row))
+                facts = await repo.refusal_of_hold(conn, params)
+                if facts.key_used and (done := await _replay_hold(conn, data.user_id, key, digest)):
+                    return done
+                price.moved(explain_refusal(facts, data, price.version))
+    finally:
+        await price.publish(cache)
+    raise errors.contention()
+
+
+async def get_hold(db: Database, hold_id: str) -> Hold:
+    async with db.connect() as conn:
+        row = await repo.get_hold(conn, hold_id)
+    if row is None:
+        raise errors.hold_not_found(hold_id)
+    return repo.hold_from_row(row)
 
 
 async def capture(
-    conn: AsyncConnection, hold_id: str, data: CaptureIn, key: str | None, digest: bytes | None
+    db: Database, hold_id: str, data: CaptureIn, key: str | None, digest: bytes | None
 ) -> Written:
-    current = await repo.get_hold(conn, hold_id)
+    async with db.connect() as conn:
+        current = await repo.get_hold(conn, hold_id)
+        if current is None:
+            raise errors.hold_not_found(hold_id)
+        units = data.units if data.units is not None else current.units
+        if units > current.units:
+            raise errors.validation_error("units", f"must be at most the {current.units} reserved")
+        params = {
+            "id": hold_id,
+            "tx_id": str(uuid.uuid4()),
+            "units": units,
+            "description": data.description,
+            "key": key,
+            "hash": digest,
+        }
+        row = await _write(repo.capture(conn, params), IDEMPOTENCY_CONSTRAINTS)
+        if row is not None:
+            return Written(repo.transaction_from_row(row))
+        if done := await _replay(conn, current.user_id, key, digest):
+            return done
+        latest = await repo.get_hold(conn, hold_id)
+    raise errors.hold_not_active(latest.status)
+
+
+async def release(db: Database, hold_id: str) -> Hold:
+    async with db.connect() as conn:
+        row = await repo.release(conn, hold_id)
+        if row is not None:
+            return repo.hold_from_row(row)
+        current = await repo.get_hold(conn, hold_id)
     if current is None:
-        raise hold_not_found(hold_id)
-    units = data.units if data.units is not None else current.units
-    if units > current.units:
-        raise validation_error("units", f"must be at most the {current.units} reserved")
-    params = {
-        "id": hold_id,
-        "tx_id": str(uuid.uuid4()),
-        "units": units,
-        "description": data.description,
-        "key": key,
-        "hash": digest,
-    }
+        raise errors.hold_not_found(hold_id)
+    raise errors.hold_not_active(current.status)
+
+
+async def refundable(db: Database, tx_id: str) -> tuple[Transaction, ApiError | None]:
+    """The transaction, and the error ``refund`` would answer for it now (None: it would
+    refund it)."""
+    async with db.connect() as conn:
+        row = await repo.get_transaction(conn, tx_id)
+    if row is None:
+        raise errors.transaction_not_found(tx_id)
     try:
-        row = await repo.capture(conn, params)
-    except sa_exc.IntegrityError as exc:
-        if not _is_unique_violation(exc, IDEMPOTENCY_CONSTRAINTS):
-            raise
-        row = None
-    if row is not None:
-        return Written(repo.transaction_from_row(row))
-    if (done := await _replay(conn, current.user_id, key, digest)) is not None:
-        return done
-    latest = await repo.get_hold(conn, hold_id)
-    raise hold_not_active(latest.status)
+        _check_refundable(row, tx_id)
+    except ApiError as exc:
+        return repo.transaction_from_row(row), exc
+    return repo.transaction_from_row(row), None
 
 
-async def release(conn: AsyncConnection, hold_id: str) -> Hold:
-    row = await repo.release(conn, hold_id)
-    if row is not None:
-        return repo.hold_from_row(row)
-    current = await repo.get_hold(conn, hold_id)
-    if current is None:
-        raise hold_not_found(hold_id)
-    raise hold_not_active(current.status)
+@dataclass(frozen=True, slots=True)
+class UserLog:
+    """A user, one page of their log, and what its rows refer to (for the admin UI)."""
+
+    user: User
+    items: list[Transaction]
+    next_cursor: str | None
+    refunded: set[str]  # the page's charges that have a refund
+    charges: dict[str, Any]  # the charges the page's refunds refunded, by id, with ``seq``
+
+
+async def user_log(db: Database, user_id: str, limit: int, before: int | None) -> UserLog:
+    async with db.connect() as conn:
+        user = await repo.get_user(conn, user_id)
+        if user is None:
+            raise errors.user_not_found(user_id)
+        items, next_cursor = await repo.page(conn, user_id, limit, before, None)
+        refunded = await repo.refunded_among(conn, [t.id for t in items])
+        charges = await repo.charges_among(conn, [t.refund_of for t in items if t.refund_of])
+    return UserLog(user, items, next_cursor, refunded, charges)

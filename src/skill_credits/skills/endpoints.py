@@ -7,11 +7,10 @@ from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
 
 from skill_credits.auth import require_admin
-from skill_credits.cache import SkillCache
 from skill_credits.db import Database
 from skill_credits.openapi import BODY, ETAG, PathSkillName, documented, optional_string
-from skill_credits.skills import repository as repo
 from skill_credits.skills import service
+from skill_credits.skills.cache import SkillCache
 from skill_credits.skills.schemas import (
     Catalogue,
     Skill,
@@ -43,8 +42,7 @@ class AdminSkillController(Controller):
     @get("/", summary="All skills, inactive included", **documented("listSkills", 403))
     async def list_skills(self, request: Request, db: NamedDependency[Database]) -> SkillList:
         require_admin(request)
-        async with db.autocommit.connect() as conn:
-            return SkillList(await repo.list_all(conn))
+        return SkillList(await service.list_all(db))
 
     @post(
         "/", summary="Create a skill", **documented("createSkill", *BODY, 403, 409, headers=(ETAG,))
@@ -57,8 +55,7 @@ class AdminSkillController(Controller):
         cache: NamedDependency[SkillCache],
     ) -> Response[Skill]:
         principal = require_admin(request)
-        async with db.engine.begin() as conn:
-            skill = await service.create(conn, data, principal.name)
+        skill = await service.create(db, data, principal.name)
         await service.publish(db, cache, skill)
         return Response(skill, status_code=201, headers={"ETag": f'"{skill.version}"'})
 
@@ -72,10 +69,7 @@ class AdminSkillController(Controller):
     ) -> Response[Skill]:
         path_skill_name(name)
         require_admin(request)
-        async with db.autocommit.connect() as conn:
-            skill = await repo.get(conn, name)
-        if skill is None:
-            raise service.skill_not_found(name)
+        skill = await service.get(db, name)
         return Response(skill, headers={"ETag": f'"{skill.version}"'})
 
     @patch(
@@ -101,8 +95,7 @@ class AdminSkillController(Controller):
     ) -> Response[Skill]:
         path_skill_name(name)
         principal = require_admin(request)
-        async with db.engine.begin() as conn:
-            skill, _ = await service.update(conn, name, data, principal.name, if_match)
+        skill, _ = await service.update(db, name, data, principal.name, if_match)
         await service.publish(db, cache, skill)
         return Response(skill, headers={"ETag": f'"{skill.version}"'})
 
@@ -116,8 +109,5 @@ class AdminSkillController(Controller):
     ) -> SkillHistory:
         path_skill_name(name)
         require_admin(request)
-        async with db.autocommit.connect() as conn:
-            skill = await repo.get(conn, name)
-            if skill is None:
-                raise service.skill_not_found(name)
-            return SkillHistory(await repo.history(conn, skill.id))
+        _, edits = await service.history(db, name)
+        return SkillHistory(edits)

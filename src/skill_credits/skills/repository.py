@@ -1,4 +1,10 @@
-"""Every query of the skill catalogue."""
+"""Every query of the skill catalogue, and the skill's shape in SQL.
+
+``skill_columns`` and ``skill_from_row`` are the one place that maps the ``skills`` row
+to ``Skill``: statements of other packages that embed a skill (the ledger's charge and
+its refusal query) use them with a prefix, so a new skill field is a migration, a field
+of ``Skill`` and nothing else in SQL.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +12,32 @@ import json
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from skill_credits.db import Connection
 from skill_credits.skills.schemas import Skill, SkillEdit
 
-SKILL_COLUMNS = (
-    "id::text AS id, name, display_name, description, cost, is_active, version,"
-    " created_at, updated_at"
-)
+# Columns whose SQL type is not the one Skill holds.
+_CASTS = {"id": "::text"}
 
 
-def skill_from_row(row: Any) -> Skill:
-    return Skill(
-        id=row.id,
-        name=row.name,
-        display_name=row.display_name,
-        description=row.description,
-        cost=row.cost,
-        is_active=row.is_active,
-        version=row.version,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+def skill_columns(table: str = "", prefix: str = "") -> str:
+    """A SELECT list of every ``Skill`` field: ``s.id::text AS s_id, s.name AS s_name, ...``
+    with ``table="s", prefix="s_"``; plain ``id::text AS id, name AS name, ...`` without."""
+    qualifier = f"{table}." if table else ""
+    return ", ".join(
+        f"{qualifier}{f}{_CASTS.get(f, '')} AS {prefix}{f}" for f in Skill.__struct_fields__
     )
 
 
-async def cache_namespace(conn: AsyncConnection) -> str:
+SKILL_COLUMNS = skill_columns()
+
+
+def skill_from_row(row: Any, prefix: str = "") -> Skill:
+    """The skill in ``row``, whose columns are ``skill_columns(..., prefix)``."""
+    return Skill(**{f: getattr(row, prefix + f) for f in Skill.__struct_fields__})
+
+
+async def cache_namespace(conn: Connection) -> str:
     """What binds the Redis cache to this database: its identity row and its OID."""
     row = (
         await conn.execute(
@@ -43,12 +50,13 @@ async def cache_namespace(conn: AsyncConnection) -> str:
     return f"{row.id}.{row.oid}"
 
 
-async def insert(conn: AsyncConnection, values: dict[str, Any]) -> Skill:
+async def insert(conn: Connection, values: dict[str, Any]) -> Skill | None:
+    """A new skill from ``values`` (column -> value), or None if its name is taken."""
     row = (
         await conn.execute(
             text(
-                "INSERT INTO skills (name, display_name, description, cost, is_active)"
-                " VALUES (:name, :display_name, :description, :cost, :is_active)"
+                f"INSERT INTO skills ({', '.join(values)})"
+                f" VALUES ({', '.join(f':{column}' for column in values)})"
                 f" ON CONFLICT (name) DO NOTHING RETURNING {SKILL_COLUMNS}"
             ),
             values,
@@ -57,7 +65,7 @@ async def insert(conn: AsyncConnection, values: dict[str, Any]) -> Skill:
     return skill_from_row(row) if row else None
 
 
-async def get(conn: AsyncConnection, name: str, *, for_update: bool = False) -> Skill | None:
+async def get(conn: Connection, name: str, *, for_update: bool = False) -> Skill | None:
     lock = " FOR UPDATE" if for_update else ""
     row = (
         await conn.execute(
@@ -67,12 +75,12 @@ async def get(conn: AsyncConnection, name: str, *, for_update: bool = False) -> 
     return skill_from_row(row) if row else None
 
 
-async def list_all(conn: AsyncConnection) -> list[Skill]:
+async def list_all(conn: Connection) -> list[Skill]:
     rows = await conn.execute(text(f"SELECT {SKILL_COLUMNS} FROM skills ORDER BY name"))
     return [skill_from_row(r) for r in rows]
 
 
-async def catalogue(conn: AsyncConnection) -> tuple[int, list[Skill]]:
+async def catalogue(conn: Connection) -> tuple[int, list[Skill]]:
     """Active skills plus a stamp that grows with every create and edit (sum of versions)."""
     rows = (
         await conn.execute(
@@ -88,7 +96,7 @@ async def catalogue(conn: AsyncConnection) -> tuple[int, list[Skill]]:
     return stamp, []
 
 
-async def update(conn: AsyncConnection, skill_id: str, values: dict[str, Any]) -> Skill:
+async def update(conn: Connection, skill_id: str, values: dict[str, Any]) -> Skill:
     assignments = ", ".join(f"{column} = :{column}" for column in values)
     row = (
         await conn.execute(
@@ -103,7 +111,7 @@ async def update(conn: AsyncConnection, skill_id: str, values: dict[str, Any]) -
 
 
 async def insert_history(
-    conn: AsyncConnection, skill: Skill, actor: str, changes: dict[str, list[Any]]
+    conn: Connection, skill: Skill, actor: str, changes: dict[str, list[Any]]
 ) -> None:
     await conn.execute(
         text(
@@ -121,7 +129,7 @@ async def insert_history(
     )
 
 
-async def history(conn: AsyncConnection, skill_id: str) -> list[SkillEdit]:
+async def history(conn: Connection, skill_id: str) -> list[SkillEdit]:
     rows = await conn.execute(
         text(
             "SELECT version, changed_at, actor, changes::text AS changes FROM skill_history"

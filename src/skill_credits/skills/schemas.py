@@ -44,6 +44,8 @@ class SkillCreate(Struct, forbid_unknown_fields=True):
 
 
 class SkillPatch(Struct, forbid_unknown_fields=True):
+    """The editable fields (every field of ``SkillCreate`` but ``name``), each optional."""
+
     display_name: DisplayName | UnsetType = UNSET
     description: Description | None | UnsetType = UNSET
     cost: Cost | UnsetType = UNSET
@@ -51,9 +53,7 @@ class SkillPatch(Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if all(getattr(self, f) is UNSET for f in self.__struct_fields__):
-            raise ValueError(
-                "body: name at least one of display_name, description, cost, is_active"
-            )
+            raise ValueError(f"body: name at least one of {', '.join(EDITABLE)}")
         if self.display_name is not UNSET:
             check_text(self.display_name, "display_name")
         if self.description is not UNSET:
@@ -106,8 +106,12 @@ class SkillHistory(Struct):
     items: list[SkillEdit]
 
 
+# What an edit may change, in the order the history records it.
+EDITABLE: tuple[str, ...] = SkillPatch.__struct_fields__
+
+
 def catalogue_item(skill: Skill) -> CatalogueItem:
-    return CatalogueItem(skill.name, skill.display_name, skill.description, skill.cost)
+    return CatalogueItem(*(getattr(skill, f) for f in CatalogueItem.__struct_fields__))
 
 
 _encoder = msgspec.json.Encoder()

@@ -1,31 +1,48 @@
-"""Skill catalogue logic. Functions take the connection; the caller owns the transaction."""
+"""Skill catalogue logic. Functions take the ``Database`` and open the connection they
+need: an edit is one transaction (the skill and its history row), a read is autocommit."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from skill_credits.cache import SkillCache
-from skill_credits.db import Database
-from skill_credits.errors import ApiError
+from skill_credits import errors
+from skill_credits.db import Connection, Database
 from skill_credits.skills import repository as repo
-from skill_credits.skills.schemas import Skill, SkillCreate, SkillPatch
-
-FIELDS = ("display_name", "description", "cost", "is_active")
-
-
-def skill_not_found(name: str) -> ApiError:
-    return ApiError(404, "skill_not_found", f"no skill named {name}")
+from skill_credits.skills.cache import SkillCache
+from skill_credits.skills.schemas import EDITABLE, Skill, SkillCreate, SkillEdit, SkillPatch
 
 
-async def create(conn: AsyncConnection, data: SkillCreate, actor: str) -> Skill:
-    values = {"name": data.name, **{f: getattr(data, f) for f in FIELDS}}
-    skill = await repo.insert(conn, values)
-    if skill is None:
-        raise ApiError(409, "skill_exists", f"a skill named {data.name} exists already")
-    await repo.insert_history(conn, skill, actor, {f: [None, values[f]] for f in FIELDS})
+async def create(db: Database, data: SkillCreate, actor: str) -> Skill:
+    values = {f: getattr(data, f) for f in SkillCreate.__struct_fields__}
+    async with db.transaction() as conn:
+        skill = await repo.insert(conn, values)
+        if skill is None:
+            raise errors.skill_exists(data.name)
+        await repo.insert_history(conn, skill, actor, {f: [None, values[f]] for f in EDITABLE})
     return skill
+
+
+async def list_all(db: Database) -> list[Skill]:
+    async with db.connect() as conn:
+        return await repo.list_all(conn)
+
+
+async def get(db: Database, name: str) -> Skill:
+    """The skill named ``name``; 404 if there is none."""
+    async with db.connect() as conn:
+        skill = await repo.get(conn, name)
+    if skill is None:
+        raise errors.skill_not_found(name)
+    return skill
+
+
+async def history(db: Database, name: str) -> tuple[Skill, list[SkillEdit]]:
+    """The skill named ``name`` and every edit of it, newest first; 404 if there is none."""
+    async with db.connect() as conn:
+        skill = await repo.get(conn, name)
+        if skill is None:
+            raise errors.skill_not_found(name)
+        return skill, await repo.history(conn, skill.id)
 
 
 def parse_if_match(header: str | None) -> str | None:
@@ -38,24 +55,26 @@ def parse_if_match(header: str | None) -> str | None:
 
 
 async def update(
-    conn: AsyncConnection, name: str, data: SkillPatch, actor: str, if_match: str | None
+    db: Database, name: str, data: SkillPatch, actor: str, if_match: str | None
 ) -> tuple[Skill, dict[str, list[Any]]]:
-    """Apply ``data`` under a row lock; values equal to the current ones change nothing.
+    """Apply ``data`` under a row lock, in one transaction; values equal to the current
+    ones change nothing.
 
     Returns the skill and what changed (``{field: [old, new]}``, as its history holds it).
     """
+    async with db.transaction() as conn:
+        return await _update(conn, name, data, actor, if_match)
+
+
+async def _update(
+    conn: Connection, name: str, data: SkillPatch, actor: str, if_match: str | None
+) -> tuple[Skill, dict[str, list[Any]]]:
     skill = await repo.get(conn, name, for_update=True)
     if skill is None:
-        raise skill_not_found(name)
+        raise errors.skill_not_found(name)
     expected = parse_if_match(if_match)
     if expected is not None and expected != "*" and expected != str(skill.version):
-        raise ApiError(
-            412,
-            "version_conflict",
-            f"{name} is at version {skill.version}, not {expected}: it changed meanwhile",
-            extra={"current_version": skill.version},
-            headers={"ETag": f'"{skill.version}"'},
-        )
+        raise errors.version_conflict(name, skill.version, expected)
     changes: dict[str, list[Any]] = {}
     for field, new in data.given().items():
         old = getattr(skill, field)
@@ -82,7 +101,7 @@ async def publish(db: Database, cache: SkillCache, skill: Skill) -> None:
 
 
 async def refresh_catalogue(db: Database, cache: SkillCache) -> list[Skill]:
-    async with db.autocommit.connect() as conn:
+    async with db.connect() as conn:
         stamp, skills = await repo.catalogue(conn)
     await cache.put_catalogue(stamp, skills)
     return skills
@@ -95,12 +114,17 @@ async def active_catalogue(db: Database, cache: SkillCache) -> list[Skill]:
     return await refresh_catalogue(db, cache)
 
 
+async def cache_prefix(db: Database, prefix: str) -> str:
+    """``prefix`` (REDIS_PREFIX) bound to this database: what its cache keys start with
+    (see migration 0005)."""
+    async with db.connect() as conn:
+        return f"{prefix}{await repo.cache_namespace(conn)}:"
+
+
 async def bind_cache(db: Database, cache: SkillCache, prefix: str) -> None:
-    """Point ``cache`` at this database's own keys (see migration 0005); until then it
-    answers every read with a miss and leaves writes to the repair."""
-    async with db.autocommit.connect() as conn:
-        namespace = await repo.cache_namespace(conn)
-    cache.bind(f"{prefix}{namespace}:")
+    """Point ``cache`` at this database's own keys; until then it answers every read
+    with a miss and leaves writes to the repair."""
+    cache.bind(await cache_prefix(db, prefix))
 
 
 async def republish_all(db: Database, cache: SkillCache) -> None:
@@ -109,7 +133,7 @@ async def republish_all(db: Database, cache: SkillCache) -> None:
     The compare-and-set keeps this from ever replacing a newer entry.
     """
     cache.needs_repair = False
-    async with db.autocommit.connect() as conn:
+    async with db.connect() as conn:
         skills = await repo.list_all(conn)
     for skill in skills:
         await cache.put(skill)

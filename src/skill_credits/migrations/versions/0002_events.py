@@ -1,16 +1,10 @@
 """Events outbox: low-balance thresholds, events, webhook endpoints and deliveries.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-24
 """
 
 from alembic import op
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 UPGRADE = r"""
 ALTER TABLE users ADD COLUMN low_balance_threshold bigint

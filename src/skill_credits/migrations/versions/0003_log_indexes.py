@@ -6,18 +6,12 @@
   (user_id, seq DESC). Identity values are unique without an index.
 - Time-ordered UUIDv7 ids for new transactions, holds and events: inserts land at the
   right edge of the primary-key index instead of anywhere in it.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-24
 """
 
 from alembic import op
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 UUID_V7 = r"""
 CREATE FUNCTION skill_credits_uuid_v7() RETURNS uuid LANGUAGE sql VOLATILE AS $$

@@ -9,18 +9,12 @@ concern only.
 
 The new indexes are built CONCURRENTLY, so a live log keeps taking charges while they
 build; the swap to the old names is one short transaction.
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-11-24
 """
 
 from alembic import op
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 # name: the columns and the rows the rule concerns
 PARTIAL = {

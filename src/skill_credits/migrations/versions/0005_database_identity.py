@@ -5,18 +5,12 @@ running Redis) must never read, or be refused by, each other's cached skills: th
 entries carry version numbers, and another database's version 7 is not this one's.
 Every cache key therefore starts with this identity and the database's OID (which a
 dump restored into a new database does not keep).
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-11-28
 """
 
 from alembic import op
 
 revision = "0005"
 down_revision = "0004"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -22,6 +22,10 @@ that is down.
 Every call is bounded by ``timeout``; after a failure Redis is skipped for
 ``retry_after`` seconds, so a dead or hung Redis costs one request at most one
 timeout, and writes that could not be made are repaired once Redis answers again.
+
+An entry this release cannot read (written by an older one, before a field was added;
+or by a newer one that changed a type) is a miss, never an error: the reader goes to
+PostgreSQL, and its write replaces the entry at the next version.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import msgspec
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -39,10 +44,23 @@ from redis.retry import Retry
 from skill_credits.observability import CACHE_LOOKUPS
 from skill_credits.skills.schemas import Skill, decode_skill, decode_skills, encode
 
+D = TypeVar("D")
+
 _HIT, _MISS = CACHE_LOOKUPS.labels("hit"), CACHE_LOOKUPS.labels("miss")
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def _readable(decode: Callable[[bytes], D], raw: bytes | None) -> D | None:
+    """``decode(raw)``, or None (a miss) for no entry or one of another release's shape."""
+    if raw is None:
+        return None
+    try:
+        return decode(raw)
+    except msgspec.ValidationError:
+        return None
+
 
 # KEYS[1] = entry; ARGV = version, payload, ttl seconds. Writes only a newer version.
 _CAS = """
@@ -56,6 +74,11 @@ return 1
 """
 
 ENTRY_TTL_SECONDS = 300
+
+
+def entry_key(prefix: str, name: str) -> str:
+    """The Redis key of the skill ``name`` under a bound ``prefix`` (``cache_prefix``)."""
+    return f"{prefix}skill:{name}"
 
 
 class RedisUnavailable(Exception):
@@ -99,7 +122,7 @@ class SkillCache:
         self.misses = 0
 
     def _key(self, name: str) -> str:
-        return f"{self.prefix}skill:{name}"
+        return entry_key(self.prefix, name)
 
     @property
     def _catalogue_key(self) -> str:
@@ -142,8 +165,8 @@ class SkillCache:
         skill = None
         try:
             raw = await self._call(lambda: self.redis.hget(self._key(name), "d"))
-            if raw is not None:
-                skill = self._remember(decode_skill(raw))
+            if (found := _readable(decode_skill, raw)) is not None:
+                skill = self._remember(found)
         except RedisUnavailable:
             pass
         finally:
@@ -192,7 +215,7 @@ class SkillCache:
             raw = await self._call(lambda: self.redis.hget(self._catalogue_key, "d"))
         except RedisUnavailable:
             raw = None
-        return self._count(decode_skills(raw) if raw is not None else None)
+        return self._count(_readable(decode_skills, raw))
 
     async def put_catalogue(self, stamp: int, skills: list[Skill]) -> bool:
         try:

@@ -10,6 +10,8 @@ and the charge statement itself refuses to write unless the key's row is still l
 round trip on the way to a successful charge. Every refusal or validation error on
 such a route first confirms the key in PostgreSQL (``confirm``), so 401 keeps its
 precedence.
+
+The package's public names live here; the ``api_keys`` statements in ``repository.py``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import secrets
 from dataclasses import dataclass
 
 from litestar.connection import ASGIConnection
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from skill_credits.errors import ApiError
+from skill_credits import errors
+from skill_credits.auth import repository as repo
+from skill_credits.db import Connection
 
 ROLES = ("admin", "service")
 PREFIX = "sck"
@@ -60,31 +62,21 @@ def _split(token: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-async def create_key(conn: AsyncConnection, name: str, role: str) -> NewKey:
+async def create_key(conn: Connection, name: str, role: str) -> NewKey:
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
     key_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32).replace("_", "-")
-    await conn.execute(
-        text("INSERT INTO api_keys (id, name, role, key_hash) VALUES (:id, :name, :role, :hash)"),
-        {"id": key_id, "name": name, "role": role, "hash": _hash(secret)},
-    )
+    await repo.insert(conn, key_id, name, role, _hash(secret))
     return NewKey(name=name, role=role, token=f"{PREFIX}_{key_id}_{secret}")
 
 
-async def revoke_key(conn: AsyncConnection, name: str) -> bool:
-    result = await conn.execute(
-        text("UPDATE api_keys SET revoked_at = now() WHERE name = :name AND revoked_at IS NULL"),
-        {"name": name},
-    )
-    return result.rowcount > 0
+async def revoke_key(conn: Connection, name: str) -> bool:
+    return await repo.revoke(conn, name)
 
 
-async def has_admin_key(conn: AsyncConnection) -> bool:
-    row = await conn.execute(
-        text("SELECT 1 FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL LIMIT 1")
-    )
-    return row.first() is not None
+async def has_admin_key(conn: Connection) -> bool:
+    return await repo.has_live_admin(conn)
 
 
 class KeyCache:
@@ -114,18 +106,13 @@ class KeyCache:
 
 
 async def verify_token(
-    conn: AsyncConnection, token: str, cache: KeyCache | None = None
+    conn: Connection, token: str, cache: KeyCache | None = None
 ) -> Principal | None:
     parts = _split(token)
     if parts is None:
         return None
     key_id, secret = parts
-    row = (
-        await conn.execute(
-            text("SELECT name, role, key_hash FROM api_keys WHERE id = :id AND revoked_at IS NULL"),
-            {"id": key_id},
-        )
-    ).first()
+    row = await repo.live(conn, key_id)
     presented = _hash(secret)
     stored = row.key_hash if row else b"\0" * len(presented)
     if hmac.compare_digest(presented, stored) and row is not None:
@@ -135,6 +122,14 @@ async def verify_token(
     if cache is not None:
         cache.drop(token)
     return None
+
+
+async def live_admin(conn: Connection, key_id: str) -> Principal | None:
+    """The admin key ``key_id`` if it is still live (an admin UI session's key), else None."""
+    row = await repo.live(conn, key_id)
+    if row is None or row.role != "admin":
+        return None
+    return Principal(name=row.name, role=row.role, key_id=key_id)
 
 
 def bearer_token(connection: ASGIConnection) -> str | None:
@@ -160,20 +155,11 @@ async def authenticate(connection: ASGIConnection) -> None:
         if connection.route_handler.opt.get("deferred_auth"):
             principal = keys.check(token)
         if principal is None:
-            async with connection.app.state.db.autocommit.connect() as conn:
+            async with connection.app.state.db.connect() as conn:
                 principal = await verify_token(conn, token, keys)
     if principal is None:
-        raise _unauthorized()
+        raise errors.unauthorized()
     connection.scope["auth"] = principal
-
-
-def _unauthorized() -> ApiError:
-    return ApiError(
-        401,
-        "unauthorized",
-        "a valid API key is required (Authorization: Bearer <key>)",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
 
 
 async def confirm(connection: ASGIConnection) -> None:
@@ -182,10 +168,10 @@ async def confirm(connection: ASGIConnection) -> None:
     if principal is None or principal.confirmed:
         return
     token = bearer_token(connection) or ""
-    async with connection.app.state.db.autocommit.connect() as conn:
+    async with connection.app.state.db.connect() as conn:
         live = await verify_token(conn, token, connection.app.state.key_cache)
     if live is None:
-        raise _unauthorized()
+        raise errors.unauthorized()
     connection.scope["auth"] = live
 
 
@@ -196,5 +182,5 @@ def principal_of(connection: ASGIConnection) -> Principal:
 def require_admin(connection: ASGIConnection) -> Principal:
     principal = principal_of(connection)
     if not principal.is_admin:
-        raise ApiError(403, "forbidden", "this needs an admin key")
+        raise errors.forbidden("this needs an admin key")
     return principal

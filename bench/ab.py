@@ -1,0 +1,122 @@
+"""Two checkouts of skill-credits, A and B, under the same load in one run: did a change
+make charges slower?
+
+Each checkout runs as deployed (its own `.venv/bin/skill-credits serve`) on a database of
+its own, migrated by its own code and seeded through its own HTTP API (so whatever a
+release keeps beside a balance, grants included, is made the way users make it). Rounds
+alternate A and B (B first every other round); the answer is the median charges/s of
+each and their ratio, per load pattern. Nothing else is compared: run it on a machine
+that is as quiet as it can be, and read the spread of the rounds before the ratio.
+
+    uv run --group bench python bench/ab.py --a ../old-checkout --b . [--rounds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.databases import delete_prefix, drop_databases  # noqa: E402
+from tests.support.processes import AppServer  # noqa: E402
+
+from bench.databases import PG, REDIS_URL, SKILL, USERS  # noqa: E402
+from bench.phases import charges, log  # noqa: E402
+
+BIG = 10**15
+
+
+class Side:
+    """One checkout: its CLI, its database, its server."""
+
+    def __init__(self, label: str, checkout: Path, run: str, workers: int) -> None:
+        self.label, self.checkout = label, checkout.resolve()
+        self.cli = [str(self.checkout / ".venv" / "bin" / "skill-credits")]
+        self.database = f"sc_ab_{run}_{label.lower()}"
+        self.env = {
+            "DATABASE_URL": f"{PG}/{self.database}",
+            "REDIS_URL": REDIS_URL,
+            "REDIS_PREFIX": f"sc_ab_{run}_{label.lower()}:",
+        }
+        self.server = AppServer(self.env, workers, command=self.cli, cwd=self.checkout, quiet=True)
+        self.token = ""
+
+    def cli_run(self, *args: str) -> str:
+        out = subprocess.run(
+            [*self.cli, *args], env={**self.server.env}, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    async def seed(self, users: int) -> None:
+        """The bench's skill, ``users`` users and a hot one, each with a big PURCHASE."""
+        self.cli_run("migrate")
+        admin = self.cli_run("keys", "create", "--role", "admin", "--name", "ab-admin")
+        self.token = admin
+        auth = {"Authorization": f"Bearer {admin}"}
+        async with httpx.AsyncClient(base_url=self.server.url, headers=auth, timeout=30) as http:
+            body = {"name": SKILL, "display_name": "bench", "cost": 1}
+            r = await http.post("/v1/admin/skills", json=body)
+            assert r.status_code == 201, r.text
+            names = [f"bench_{i}" for i in range(users)] + ["bench_hot"]
+            purchase = {"amount": BIG, "type": "PURCHASE"}
+            for start in range(0, len(names), 50):
+                batch = names[start : start + 50]
+                answers = await asyncio.gather(
+                    *(http.post(f"/v1/users/{n}/credits", json=purchase) for n in batch)
+                )
+                assert all(a.status_code == 201 for a in answers), answers[0].text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--a", type=Path, required=True, help="the checkout before the change")
+    parser.add_argument("--b", type=Path, default=ROOT, help="the checkout after it")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    run = uuid.uuid4().hex[:8]
+    sides = [Side("A", args.a, run, args.workers), Side("B", args.b, run, args.workers)]
+    rates: dict[str, dict[str, list[float]]] = {s.label: {"spread": [], "hot": []} for s in sides}
+    try:
+        for side in sides:
+            side.server.start()
+            asyncio.run(side.seed(USERS))
+            log(f"{side.label}: {side.checkout} seeded ({USERS} users)")
+        for round_ in range(args.rounds):
+            order = sides if round_ % 2 == 0 else sides[::-1]
+            for pattern in ("spread", "hot"):
+                for side in order:
+                    result = charges(side.server.url, side.token, pattern, args.seconds)
+                    bad = {s: n for s, n in result["statuses"].items() if s not in (201, 402)}
+                    assert not bad, f"{side.label} answered {bad}"
+                    rates[side.label][pattern].append(round(result["rate"]))
+            log(f"round {round_ + 1}/{args.rounds}: {json.dumps(rates)}")
+    finally:
+        for side in sides:
+            side.server.stop()
+        asyncio.run(drop_databases(PG, *(s.database for s in sides)))
+        for side in sides:
+            delete_prefix(REDIS_URL, side.env["REDIS_PREFIX"])
+    print("| pattern | A median charges/s (rounds) | B median (rounds) | B ÷ A |")
+    print("|---|---:|---:|---:|")
+    for pattern in ("spread", "hot"):
+        a, b = (statistics.median(rates[s][pattern]) for s in ("A", "B"))
+        print(
+            f"| {pattern} | {a:.0f} ({', '.join(map(str, rates['A'][pattern]))})"
+            f" | {b:.0f} ({', '.join(map(str, rates['B'][pattern]))}) | {b / a:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
