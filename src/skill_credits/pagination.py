@@ -1,4 +1,5 @@
-"""The cursors of keyset pagination (newest first, over an identity ``seq`` column).
+"""The cursors of keyset pagination: newest first over an identity ``seq`` column, or
+after a row named by its id (a user's grants, in spending order).
 
 Cursors are opaque to clients. The page's query is ``db.keyset_page``: SQL lives in the
 repositories and db.py only.
@@ -20,12 +21,29 @@ def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> int | None:
+def _raw(cursor: str) -> str | None:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
-    match = _CURSOR.fullmatch(raw)
+
+
+def decode_cursor(cursor: str) -> int | None:
+    raw = _raw(cursor)
+    match = _CURSOR.fullmatch(raw) if raw is not None else None
     if match is None or int(match[1]) > MAX_INT64:  # seq is a bigint: 2^63 would reach SQL
         return None
     return int(match[1])
+
+
+_ID_CURSOR = re.compile(r"i([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+
+
+def encode_id_cursor(row_id: str) -> str:
+    return base64.urlsafe_b64encode(f"i{row_id}".encode()).decode().rstrip("=")
+
+
+def decode_id_cursor(cursor: str) -> str | None:
+    raw = _raw(cursor)
+    match = _ID_CURSOR.fullmatch(raw) if raw is not None else None
+    return match[1] if match else None

@@ -11,10 +11,12 @@ from skill_credits.auth import confirm, principal_of
 from skill_credits.db import Database
 from skill_credits.ledger import service
 from skill_credits.ledger.schemas import (
+    GRANT_STATUSES,
     TRANSACTION_TYPES,
     CaptureIn,
     ChargeIn,
     CreditIn,
+    GrantPage,
     Hold,
     HoldIn,
     RefundIn,
@@ -32,7 +34,7 @@ from skill_credits.openapi import (
     documented,
     optional_string,
 )
-from skill_credits.pagination import decode_cursor
+from skill_credits.pagination import decode_cursor, decode_id_cursor
 from skill_credits.skills.cache import SkillCache
 from skill_credits.validation import (
     IDEMPOTENCY_KEY_RE,
@@ -147,6 +149,32 @@ class LedgerController(Controller):
             raise errors.validation_error("type", f"must be one of {', '.join(TRANSACTION_TYPES)}")
         items, next_cursor = await service.transactions(db, user_id, limit, before, tx_type)
         return TransactionPage(items, next_cursor)
+
+    @get(
+        "/users/{user_id:str}/grants",
+        summary="A user's grants in spending order",
+        **documented("listGrants", 400, 404),
+    )
+    async def list_grants(
+        self,
+        user_id: PathUserId,
+        db: Db,
+        status: Annotated[
+            str | None, QueryParameter(schema_extra=optional_string(enum=GRANT_STATUSES))
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        cursor: Annotated[
+            str | None, QueryParameter(max_length=64, schema_extra=optional_string())
+        ] = None,
+    ) -> GrantPage:
+        path_user_id(user_id)
+        after = None
+        if cursor is not None and (after := decode_id_cursor(cursor)) is None:
+            raise errors.validation_error("cursor", "is not a cursor this API returned")
+        if status is not None and status not in GRANT_STATUSES:
+            raise errors.validation_error("status", f"must be one of {', '.join(GRANT_STATUSES)}")
+        items, next_cursor = await service.grants(db, user_id, status or "active", limit, after)
+        return GrantPage(items, next_cursor)
 
     @get(
         "/transactions/{tx_id:str}",

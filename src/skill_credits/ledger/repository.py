@@ -1,127 +1,95 @@
 """Every query of the ledger.
 
-The writes are single statements (CTEs): each guards the balance in its WHERE,
-changes it and inserts the log row, so in autocommit each is its own transaction and
-one round trip. ``users.hold_seq`` makes them safe against concurrent hold changes: a
-statement that waited for a hold change sees a new ``hold_seq`` on re-check and writes
-nothing, and its caller retries with a fresh snapshot.
+The writes are calls of the ledger's database functions (``ledger/sql/ledger_v1.sql``,
+loaded by migration 0006): one per write, the user id first, each its own transaction
+in autocommit and one round trip. A function locks the user, writes off what expired,
+does its work and answers with its outcome row; ``outcome`` is ``written``, ``replay`` or
+the refusal, and the row carries the transaction (or hold), the skill (``s_`` columns,
+see skills.repository.skill_columns) and the facts of a 402.
+
+Reads that show a balance, the log or grants call ``sc_touch`` (or ``sc_user``) first,
+so an expired grant is written off before anything counts it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from sqlalchemy import text
 
 from skill_credits.db import Connection, keyset_page
-from skill_credits.ledger.schemas import Hold, Transaction, User
-from skill_credits.pagination import decode_cursor, encode_cursor
+from skill_credits.ledger.schemas import (
+    CreditsByCategory,
+    Grant,
+    Hold,
+    Source,
+    Transaction,
+    User,
+)
+from skill_credits.pagination import decode_cursor, encode_cursor, encode_id_cursor
 from skill_credits.skills.repository import skill_columns
 
 Row = Any  # a row of Connection.execute: attribute access by column name
 
 TX_COLUMNS = (
     "id::text AS id, user_id, type, amount, balance_after, skill, units, unit_cost,"
-    " description, refund_of::text AS refund_of, created_at"
+    " description, refund_of::text AS refund_of, grant_id::text AS grant_id,"
+    " sources::text AS sources, created_at"
 )
-RESERVED = (
-    "(SELECT coalesce(sum(h.amount), 0)::bigint FROM holds h"
-    " WHERE h.user_id = :user_id AND h.status = 'held' AND h.expires_at > now())"
+# An outcome row of a function answering with a transaction.
+TX_OUTCOME = (
+    "o.outcome, o.id, o.user_id, o.type, o.amount, o.balance_after, o.skill, o.units,"
+    " o.unit_cost, o.description, o.refund_of, o.grant_id, o.sources::text AS sources,"
+    " o.created_at, o.request_hash, o.credits, o.available, o.required, o.hold_status"
 )
-UNCHANGED_HOLDS = "users.hold_seq = (SELECT u0.hold_seq FROM users u0 WHERE u0.user_id = :user_id)"
-KEY_UNUSED = (
-    "NOT EXISTS (SELECT 1 FROM transactions k"
-    " WHERE k.user_id = :user_id AND k.idempotency_key = CAST(:key AS text))"
+HOLD_OUTCOME = (
+    "o.outcome, o.id, o.user_id, o.skill, o.skill_version, o.units, o.unit_cost, o.amount,"
+    " o.status, o.expires_at, o.created_at, o.request_hash, o.credits, o.available, o.required"
 )
+SKILL = skill_columns("(o.sk)", "s_")
 
-# The caller's API key is still live (see skill_credits.auth: deferred auth on the charge route).
-KEY_LIVE = (
-    "EXISTS (SELECT 1 FROM api_keys a"
-    " WHERE a.id = CAST(:api_key_id AS text) AND a.revoked_at IS NULL)"
-)
 
-# The charge answers with the skill it was priced at (``s_``-prefixed columns, see
-# skills.repository.skill_columns), so a cache that was behind can be refreshed.
-CHARGE = text(f"""
-WITH s AS (
-    SELECT * FROM skills
-    WHERE name = :skill AND is_active
-      AND (CAST(:version AS integer) IS NULL OR version = CAST(:version AS integer))
-), u AS (
-    UPDATE users SET credits = users.credits - s.cost * CAST(:units AS integer)
-    FROM s
-    WHERE users.user_id = :user_id
-      AND {UNCHANGED_HOLDS}
-      AND users.credits - {RESERVED} >= s.cost * CAST(:units AS integer)
-      AND {KEY_UNUSED}
-      AND {KEY_LIVE}
-    RETURNING users.credits AS u_credits, s.*
-), t AS (
-    INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill, units,
-                              unit_cost, description, idempotency_key, request_hash)
-    SELECT :user_id, 'CONSUMPTION', -(u.cost * CAST(:units AS integer)), u.u_credits, u.id,
-           u.name, CAST(:units AS integer), u.cost, CAST(:description AS text),
-           CAST(:key AS text), CAST(:hash AS bytea)
-    FROM u
-    RETURNING {TX_COLUMNS}
-)
-SELECT t.*, {skill_columns("u", "s_")}
-FROM t, u
-""")
+def _call(function: str, args: str, columns: str) -> Any:
+    return text(f"SELECT {columns}, {SKILL} FROM {function}({args}) o")
 
-CREDIT = text(f"""
-WITH u AS (
-    INSERT INTO users AS usr (user_id, credits)
-    SELECT :user_id, CAST(:amount AS bigint)
-    WHERE {KEY_UNUSED}
-    ON CONFLICT (user_id) DO UPDATE SET credits = usr.credits + EXCLUDED.credits
-    RETURNING usr.credits
-)
-INSERT INTO transactions (user_id, type, amount, balance_after, description, idempotency_key,
-                          request_hash)
-SELECT :user_id, :type, CAST(:amount AS bigint), u.credits, CAST(:description AS text),
-       CAST(:key AS text), CAST(:hash AS bytea)
-FROM u
-RETURNING {TX_COLUMNS}
-""")
 
-DEBIT = text(f"""
-WITH u AS (
-    UPDATE users SET credits = users.credits + CAST(:amount AS bigint)
-    WHERE users.user_id = :user_id
-      AND {UNCHANGED_HOLDS}
-      AND users.credits - {RESERVED} >= -CAST(:amount AS bigint)
-      AND {KEY_UNUSED}
-    RETURNING users.credits
+CHARGE = _call(
+    "sc_charge",
+    "CAST(:user_id AS text), CAST(:skill AS text), CAST(:version AS integer),"
+    " CAST(:units AS integer), CAST(:description AS text), CAST(:key AS text),"
+    " CAST(:hash AS bytea), CAST(:api_key_id AS text)",
+    TX_OUTCOME,
 )
-INSERT INTO transactions (user_id, type, amount, balance_after, description, idempotency_key,
-                          request_hash)
-SELECT :user_id, :type, CAST(:amount AS bigint), u.credits, CAST(:description AS text),
-       CAST(:key AS text), CAST(:hash AS bytea)
-FROM u
-RETURNING {TX_COLUMNS}
-""")
+CREDIT = _call(
+    "sc_credit",
+    "CAST(:user_id AS text), CAST(:type AS text), CAST(:amount AS bigint),"
+    " CAST(:description AS text), CAST(:key AS text), CAST(:hash AS bytea),"
+    " CAST(:expires_at AS timestamptz), CAST(:priority AS integer), CAST(:category AS text)",
+    TX_OUTCOME,
+)
+REFUND = _call(
+    "sc_refund",
+    "CAST(:user_id AS text), CAST(:id AS uuid), CAST(:description AS text),"
+    " CAST(:key AS text), CAST(:hash AS bytea)",
+    TX_OUTCOME,
+)
+HOLD = _call(
+    "sc_hold",
+    "CAST(:user_id AS text), CAST(:skill AS text), CAST(:version AS integer),"
+    " CAST(:units AS integer), CAST(:ttl AS integer), CAST(:description AS text),"
+    " CAST(:key AS text), CAST(:hash AS bytea)",
+    HOLD_OUTCOME,
+)
+CAPTURE = _call(
+    "sc_capture",
+    "CAST(:user_id AS text), CAST(:id AS uuid), CAST(:units AS integer),"
+    " CAST(:description AS text), CAST(:key AS text), CAST(:hash AS bytea)",
+    TX_OUTCOME,
+)
+RELEASE = _call("sc_release", "CAST(:user_id AS text), CAST(:id AS uuid)", HOLD_OUTCOME)
 
-REFUND = text(f"""
-WITH o AS (
-    SELECT o.id, o.user_id, o.amount FROM transactions o
-    WHERE o.id = CAST(:id AS uuid) AND o.type = 'CONSUMPTION'
-      AND NOT EXISTS (SELECT 1 FROM transactions r WHERE r.refund_of = o.id)
-      AND NOT EXISTS (SELECT 1 FROM transactions k
-                      WHERE k.user_id = o.user_id AND k.idempotency_key = CAST(:key AS text))
-), u AS (
-    UPDATE users SET credits = users.credits - o.amount
-    FROM o
-    WHERE users.user_id = o.user_id
-    RETURNING users.user_id, users.credits, o.id AS refund_of, o.amount
-)
-INSERT INTO transactions (user_id, type, amount, balance_after, refund_of, description,
-                          idempotency_key, request_hash)
-SELECT u.user_id, 'REFUND', -u.amount, u.credits, u.refund_of, CAST(:description AS text),
-       CAST(:key AS text), CAST(:hash AS bytea)
-FROM u
-RETURNING {TX_COLUMNS}
-""")
+_SOURCES = msgspec.json.Decoder(list[Source])
 
 
 def transaction_from_row(row: Any) -> Transaction:
@@ -136,31 +104,95 @@ def transaction_from_row(row: Any) -> Transaction:
         unit_cost=row.unit_cost,
         description=row.description,
         refund_of=row.refund_of,
+        grant_id=row.grant_id,
+        sources=_SOURCES.decode(row.sources),
         created_at=row.created_at,
     )
 
 
-async def charge(conn: Connection, params: dict[str, Any]) -> Row | None:
-    return (await conn.execute(CHARGE, params)).first()
+async def charge(conn: Connection, params: dict[str, Any]) -> Row:
+    return (await conn.execute(CHARGE, params)).one()
 
 
-async def credit(conn: Connection, params: dict[str, Any]) -> Row | None:
-    statement = CREDIT if params["amount"] > 0 else DEBIT
-    return (await conn.execute(statement, params)).first()
+async def credit(conn: Connection, params: dict[str, Any]) -> Row:
+    return (await conn.execute(CREDIT, params)).one()
 
 
-async def refund(conn: Connection, params: dict[str, Any]) -> Row | None:
-    return (await conn.execute(REFUND, params)).first()
+async def refund(conn: Connection, params: dict[str, Any]) -> Row:
+    return (await conn.execute(REFUND, params)).one()
 
 
-BY_IDEMPOTENCY_KEY = text(
-    f"SELECT {TX_COLUMNS}, request_hash FROM transactions"
-    " WHERE user_id = :user_id AND idempotency_key = :key"
+async def hold(conn: Connection, params: dict[str, Any]) -> Row:
+    return (await conn.execute(HOLD, params)).one()
+
+
+async def capture(conn: Connection, params: dict[str, Any]) -> Row:
+    return (await conn.execute(CAPTURE, params)).one()
+
+
+async def release(conn: Connection, user_id: str, hold_id: str) -> Row:
+    return (await conn.execute(RELEASE, {"user_id": user_id, "id": hold_id})).one()
+
+
+async def touch(conn: Connection, user_id: str) -> bool:
+    """Write off what expired for the user; False if there is no such user."""
+    return bool(
+        (await conn.execute(text("SELECT sc_touch(CAST(:u AS text))"), {"u": user_id})).scalar()
+    )
+
+
+async def due_users(conn: Connection, limit: int) -> list[str]:
+    """Users with a grant or hold past its expiry that nothing has written off yet."""
+    rows = await conn.execute(text("SELECT sc_due_users(:n) AS user_id"), {"n": limit})
+    return [r.user_id for r in rows]
+
+
+async def get_user(conn: Connection, user_id: str) -> User | None:
+    """The balance, after writing off what expired."""
+    row = (
+        await conn.execute(text("SELECT * FROM sc_user(CAST(:u AS text))"), {"u": user_id})
+    ).first()
+    if row is None:
+        return None
+    return User(
+        user_id=row.user_id,
+        credits=row.credits,
+        reserved=row.reserved,
+        available=row.available,
+        credits_by_category=CreditsByCategory(paid=row.paid, promotional=row.promotional),
+        created_at=row.created_at,
+    )
+
+
+GRANT_COLUMNS = (
+    "id::text AS id, user_id, transaction_id::text AS transaction_id, category, priority,"
+    " amount, remaining, reserved, expires_at, status, created_at"
 )
+# Spending order as a row value: priority, expiry (never last), oldest first.
+SPENDING = "priority, coalesce(expires_at, 'infinity'::timestamptz), created_at, id"
 
 
-async def by_idempotency_key(conn: Connection, user_id: str, key: str) -> Row | None:
-    return (await conn.execute(BY_IDEMPOTENCY_KEY, {"user_id": user_id, "key": key})).first()
+async def grants_page(
+    conn: Connection, user_id: str, status: str, limit: int, after: str | None
+) -> tuple[list[Grant], str | None]:
+    """A page of the user's grants of ``status`` in spending order, after grant ``after``."""
+    where = "user_id = :user_id AND status = :status"
+    if after is not None:
+        where += (
+            f" AND ({SPENDING}) > (SELECT {SPENDING} FROM grants"
+            " WHERE id = CAST(:after AS uuid) AND user_id = :user_id)"
+        )
+    rows = (
+        await conn.execute(
+            text(
+                f"SELECT {GRANT_COLUMNS} FROM grants WHERE {where} ORDER BY {SPENDING} LIMIT :limit"
+            ),
+            {"user_id": user_id, "status": status, "after": after, "limit": limit + 1},
+        )
+    ).all()
+    items = [Grant(**{f: getattr(r, f) for f in Grant.__struct_fields__}) for r in rows[:limit]]
+    next_cursor = encode_id_cursor(items[-1].id) if len(rows) > limit else None
+    return items, next_cursor
 
 
 async def set_low_balance_threshold(conn: Connection, user_id: str, threshold: int | None) -> bool:
@@ -175,27 +207,6 @@ async def set_low_balance_threshold(conn: Connection, user_id: str, threshold: i
         )
     ).first()
     return row is not None
-
-
-async def get_user(conn: Connection, user_id: str) -> User | None:
-    row = (
-        await conn.execute(
-            text(
-                f"SELECT user_id, credits, {RESERVED} AS reserved, created_at"
-                " FROM users WHERE user_id = :user_id"
-            ),
-            {"user_id": user_id},
-        )
-    ).first()
-    if row is None:
-        return None
-    return User(
-        user_id=row.user_id,
-        credits=row.credits,
-        reserved=row.reserved,
-        available=row.credits - row.reserved,
-        created_at=row.created_at,
-    )
 
 
 async def get_transaction(conn: Connection, tx_id: str) -> Row | None:
@@ -272,6 +283,10 @@ async def reconcile(conn: Connection) -> list[str]:
             f"hold {r.id} ({r.status}): its capture does not match (transaction {r.tx},"
             f" {r.units} x {r.unit_cost} against {r.reserved} reserved at {r.price})"
         )
+    rows = await conn.execute(text("SELECT user_id, grant_id, problem FROM sc_grant_problems()"))
+    for r in rows:
+        where = f"grant {r.grant_id} of {r.user_id}" if r.grant_id else f"user {r.user_id}"
+        problems.append(f"{where}: {r.problem}")
     return problems
 
 
@@ -310,66 +325,6 @@ HOLD_COLUMNS = (
     " expires_at, created_at"
 )
 
-# Reserve cost x units at the current (version-checked) price. A new hold makes the
-# user's reserved sum grow, so it bumps hold_seq: a charge or hold that raced it re-reads.
-HOLD = text(f"""
-WITH s AS (
-    SELECT id, name, cost, version FROM skills
-    WHERE name = :skill AND is_active
-      AND (CAST(:version AS integer) IS NULL OR version = CAST(:version AS integer))
-), u AS (
-    UPDATE users SET hold_seq = users.hold_seq + 1
-    FROM s
-    WHERE users.user_id = :user_id
-      AND {UNCHANGED_HOLDS}
-      AND users.credits - {RESERVED} >= s.cost * CAST(:units AS integer)
-      AND NOT EXISTS (SELECT 1 FROM holds k
-                      WHERE k.user_id = :user_id AND k.idempotency_key = CAST(:key AS text))
-    RETURNING s.id AS s_id, s.name AS s_name, s.cost AS s_cost, s.version AS s_version
-)
-INSERT INTO holds (user_id, skill_id, skill, skill_version, units, unit_cost, amount,
-                        description, expires_at, idempotency_key, request_hash)
-SELECT :user_id, u.s_id, u.s_name, u.s_version, CAST(:units AS integer), u.s_cost,
-       u.s_cost * CAST(:units AS integer), CAST(:description AS text),
-       now() + make_interval(secs => CAST(:ttl AS integer)), CAST(:key AS text),
-       CAST(:hash AS bytea)
-FROM u
-RETURNING {HOLD_COLUMNS}
-""")
-
-# Capture: the hold row is claimed first (a second capture waits for it and then finds it
-# no longer 'held'), then the balance changes and the CONSUMPTION row is written at the
-# hold's price. The reservation covered the amount, so the balance cannot go short.
-CAPTURE = text(f"""
-WITH h AS (
-    UPDATE holds SET status = 'captured', resolved_at = clock_timestamp(),
-                     transaction_id = CAST(:tx_id AS uuid)
-    WHERE id = CAST(:id AS uuid) AND status = 'held' AND expires_at > now()
-      AND units >= CAST(:units AS integer)
-      AND NOT EXISTS (SELECT 1 FROM transactions k
-                      WHERE k.user_id = holds.user_id AND k.idempotency_key = CAST(:key AS text))
-    RETURNING user_id, skill_id, skill, unit_cost, description
-), u AS (
-    UPDATE users SET credits = users.credits - h.unit_cost * CAST(:units AS integer)
-    FROM h WHERE users.user_id = h.user_id
-    RETURNING users.user_id, users.credits, h.skill_id, h.skill, h.unit_cost, h.description
-)
-INSERT INTO transactions (id, user_id, type, amount, balance_after, skill_id, skill, units,
-                          unit_cost, description, idempotency_key, request_hash)
-SELECT CAST(:tx_id AS uuid), u.user_id, 'CONSUMPTION', -(u.unit_cost * CAST(:units AS integer)),
-       u.credits, u.skill_id, u.skill, CAST(:units AS integer), u.unit_cost,
-       coalesce(CAST(:description AS text), u.description), CAST(:key AS text),
-       CAST(:hash AS bytea)
-FROM u
-RETURNING {TX_COLUMNS}
-""")
-
-RELEASE = text(f"""
-UPDATE holds SET status = 'released', resolved_at = clock_timestamp()
-WHERE id = CAST(:id AS uuid) AND status = 'held' AND expires_at > now()
-RETURNING {HOLD_COLUMNS}
-""")
-
 
 def hold_from_row(row: Any) -> Hold:
     return Hold(
@@ -386,18 +341,6 @@ def hold_from_row(row: Any) -> Hold:
     )
 
 
-async def hold(conn: Connection, params: dict[str, Any]) -> Row | None:
-    return (await conn.execute(HOLD, params)).first()
-
-
-async def capture(conn: Connection, params: dict[str, Any]) -> Row | None:
-    return (await conn.execute(CAPTURE, params)).first()
-
-
-async def release(conn: Connection, hold_id: str) -> Row | None:
-    return (await conn.execute(RELEASE, {"id": hold_id})).first()
-
-
 async def get_hold(conn: Connection, hold_id: str) -> Row | None:
     return (
         await conn.execute(
@@ -405,48 +348,6 @@ async def get_hold(conn: Connection, hold_id: str) -> Row | None:
             {"id": hold_id},
         )
     ).first()
-
-
-async def hold_by_idempotency_key(conn: Connection, user_id: str, key: str) -> Row | None:
-    return (
-        await conn.execute(
-            text(
-                f"SELECT {HOLD_COLUMNS}, request_hash FROM holds"
-                " WHERE user_id = :user_id AND idempotency_key = :key"
-            ),
-            {"user_id": user_id, "key": key},
-        )
-    ).first()
-
-
-def _refusal(key_table: str) -> Any:
-    """Everything a refused priced write needs to be explained, in one round trip: the
-    caller's key, the idempotency key, the skill (``s_`` columns) and the user."""
-    return text(f"""
-SELECT
-    (SELECT a.revoked_at IS NULL FROM api_keys a
-     WHERE a.id = CAST(:api_key_id AS text)) AS key_live,
-    EXISTS (SELECT 1 FROM {key_table} k
-            WHERE k.user_id = :user_id AND k.idempotency_key = CAST(:key AS text)) AS key_used,
-    {skill_columns("s", "s_")},
-    u.credits AS u_credits, CASE WHEN u.user_id IS NULL THEN NULL ELSE {RESERVED} END
-        AS u_reserved
-FROM (SELECT 1) AS one
-LEFT JOIN skills s ON s.name = :skill
-LEFT JOIN users u ON u.user_id = :user_id
-""")
-
-
-REFUSAL_OF_CHARGE = _refusal("transactions")
-REFUSAL_OF_HOLD = _refusal("holds")
-
-
-async def refusal_of_charge(conn: Connection, params: dict[str, Any]) -> Row:
-    return (await conn.execute(REFUSAL_OF_CHARGE, params)).first()
-
-
-async def refusal_of_hold(conn: Connection, params: dict[str, Any]) -> Row:
-    return (await conn.execute(REFUSAL_OF_HOLD, {"api_key_id": None, **params})).first()
 
 
 __all__ = ["decode_cursor", "encode_cursor"]  # the cursor of history pages, for callers

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
@@ -36,8 +36,14 @@ Amount = Annotated[
     schema_only(minimum=-MAX_INT64, maximum=MAX_INT64),  # exact, not rounded to a float
 ]
 Id = Annotated[str, UUID_FORMAT]
-TransactionType = Literal["CONSUMPTION", "PURCHASE", "GRANT", "REFUND", "ADJUSTMENT"]
-TRANSACTION_TYPES = ("CONSUMPTION", "PURCHASE", "GRANT", "REFUND", "ADJUSTMENT")
+TransactionType = Literal["CONSUMPTION", "PURCHASE", "GRANT", "REFUND", "ADJUSTMENT", "EXPIRY"]
+TRANSACTION_TYPES = ("CONSUMPTION", "PURCHASE", "GRANT", "REFUND", "ADJUSTMENT", "EXPIRY")
+Priority = Annotated[int, Meta(ge=0, le=100)]
+Category = Literal["paid", "promotional"]
+GrantStatus = Literal["active", "depleted", "expired"]
+GRANT_STATUSES = ("active", "depleted", "expired")
+ExpiresAt = Annotated[datetime, Meta(tz=True)]
+MAX_GRANT_LIFE = timedelta(days=3653)  # ten years
 
 
 class ChargeIn(Struct, forbid_unknown_fields=True):
@@ -53,9 +59,16 @@ class ChargeIn(Struct, forbid_unknown_fields=True):
 
 
 class CreditIn(Struct, forbid_unknown_fields=True):
+    """A credit. With ``amount > 0`` it makes a grant: ``priority`` and ``category`` are
+    filled in when absent (50; promotional for GRANT, else paid), so an explicit default
+    and an absent field are the same request for an Idempotency-Key."""
+
     amount: Amount
     type: Literal["PURCHASE", "GRANT", "ADJUSTMENT"]
     description: TxDescription | None = None
+    expires_at: ExpiresAt | None = None
+    priority: Priority | None = None
+    category: Category | None = None
 
     def __post_init__(self) -> None:
         if self.type in ("PURCHASE", "GRANT") and self.amount <= 0:
@@ -63,6 +76,21 @@ class CreditIn(Struct, forbid_unknown_fields=True):
         if self.amount == 0:
             raise ValueError("amount: must not be 0")
         check_text(self.description, "description")
+        if self.amount < 0:
+            for name in ("expires_at", "priority", "category"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: only a positive amount makes a grant")
+            return
+        if self.expires_at is not None:
+            now = datetime.now(UTC)
+            if self.expires_at <= now:
+                raise ValueError("expires_at: must be in the future")
+            if self.expires_at > now + MAX_GRANT_LIFE:
+                raise ValueError("expires_at: must be at most 10 years ahead")
+        if self.priority is None:
+            self.priority = 50
+        if self.category is None:
+            self.category = "promotional" if self.type == "GRANT" else "paid"
 
 
 class RefundIn(Struct, forbid_unknown_fields=True):
@@ -123,7 +151,40 @@ class Transaction(Struct, kw_only=True):
     unit_cost: int | None
     description: str | None
     refund_of: Id | None
+    grant_id: Id | None
+    sources: list[Source]
     created_at: datetime
+
+
+class Source(Struct):
+    """What one row drew from, gave back to or wrote off in one grant."""
+
+    grant_id: Id
+    amount: int
+
+
+class Grant(Struct, kw_only=True):
+    id: Id
+    user_id: str
+    transaction_id: Id | None
+    category: Category
+    priority: int
+    amount: int
+    remaining: int
+    reserved: int
+    expires_at: datetime | None
+    status: GrantStatus
+    created_at: datetime
+
+
+class GrantPage(Struct):
+    items: list[Grant]
+    next_cursor: str | None
+
+
+class CreditsByCategory(Struct):
+    paid: int
+    promotional: int
 
 
 class TransactionPage(Struct):
@@ -136,4 +197,5 @@ class User(Struct, kw_only=True):
     credits: int
     reserved: int
     available: int
+    credits_by_category: CreditsByCategory
     created_at: datetime

@@ -1,21 +1,20 @@
-"""Money moves here. Each write is one statement in autocommit (its own transaction).
+"""Money moves here. Each write is one call of a database function, in autocommit.
 
-When a statement writes nothing, the failure path reads what it needs to answer
-precisely (replay, 404, 403, 402) and, when the answer is "something changed under
-us" (a new skill version, a concurrent hold), runs the statement again.
+The functions (``ledger/sql/ledger_v1.sql``) lock the user, write off what has expired,
+do the work and return the outcome: written, or which check refused it with the facts
+the answer needs, in the contract's order. This module only maps an outcome to the
+answer; it never reads again to find out why nothing was written.
 
 A charge and a hold are priced: they run at the skill version the cache knows. The
 cache is read before a connection is taken and told of a newer version only after the
-connection is given back, so no connection waits on Redis. The statement is the judge:
-it writes only at the version it was given, and ``explain_refusal`` reads the answer off
-the one row ``repo.refusal_of_*`` returns.
+connection is given back, so no connection waits on Redis. When the function finds the
+cache behind (outcome ``version``), it answers with the current skill and the write runs
+again at it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +22,14 @@ import msgspec
 from sqlalchemy import exc as sa_exc
 
 from skill_credits import errors
-from skill_credits.db import Connection, Database, constraint_name, sqlstate
+from skill_credits.db import Connection, Database, sqlstate
 from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger.schemas import (
     CaptureIn,
     ChargeIn,
     CreditIn,
+    Grant,
     Hold,
     HoldIn,
     RefundIn,
@@ -41,14 +41,17 @@ from skill_credits.skills.repository import skill_from_row
 from skill_credits.skills.schemas import Skill
 
 MAX_ATTEMPTS = 5
-IDEMPOTENCY_CONSTRAINTS = {"transactions_idempotency"}
-HOLD_IDEMPOTENCY_CONSTRAINTS = {"holds_idempotency"}
-REFUND_CONSTRAINTS = IDEMPOTENCY_CONSTRAINTS | {"transactions_refund_once"}
 
 
 @dataclass(frozen=True, slots=True)
 class Written:
     transaction: Transaction
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HoldWritten:
+    hold: Hold
     replayed: bool = False
 
 
@@ -78,34 +81,16 @@ def request_hash(
     return hashlib.sha256(f"{method} {path}\n".encode() + encoded).digest()
 
 
-def _same_request(stored: Any, digest: bytes | None) -> bool:
-    """True if ``stored`` (the row kept under an Idempotency-Key) answers this request;
-    False if there is none; 422 if the key was used for another request."""
-    if stored is None:
-        return False
+def _same_request(stored: Any, digest: bytes | None) -> None:
+    """A replayed row answers this request only if it was made by the same one: else 422."""
     if bytes(stored.request_hash) != digest:
         raise errors.idempotency_key_reused()
-    return True
 
 
-async def _replay(conn: Connection, user_id: str, key: str | None, digest: bytes | None):
-    """The stored transaction for ``key``, 422 if it was used for another request, else None."""
-    stored = await repo.by_idempotency_key(conn, user_id, key) if key is not None else None
-    if not _same_request(stored, digest):
-        return None
-    return Written(repo.transaction_from_row(stored), replayed=True)
-
-
-async def _write(statement: Awaitable[Any], unique: set[str]) -> Any:
-    """The row a guarded write returns, or None when it wrote nothing: its guard refused,
-    or a concurrent request took one of the ``unique`` keys first (then it is answered as
-    that request was). A balance past 64 bits is a 400."""
+async def _call(statement: Any) -> Any:
+    """The outcome row of a ledger function; a balance past 64 bits is a 400."""
     try:
         return await statement
-    except sa_exc.IntegrityError as exc:
-        if sqlstate(exc) == "23505" and constraint_name(exc) in unique:
-            return None
-        raise
     except sa_exc.DBAPIError as exc:
         if sqlstate(exc) == "22003":
             raise errors.validation_error(
@@ -114,29 +99,46 @@ async def _write(statement: Awaitable[Any], unique: set[str]) -> Any:
         raise
 
 
-def explain_refusal(facts: Any, data: ChargeIn | HoldIn, version: int | None) -> Skill | None:
-    """Why a priced write wrote nothing, from its facts row, in the contract's order (the
-    caller has answered a revoked key and a replay first): skill 404; then, when the
-    price moved since the cache's version, the skill at its current version (run again
-    at it); 403; user 404; 402. None: a hold changed meanwhile (run again)."""
-    if facts.s_id is None:
-        raise errors.skill_not_found(data.skill)
-    if version is not None and facts.s_version != version:
-        return skill_from_row(facts, "s_")
-    if not facts.s_is_active:
-        raise errors.skill_disabled(data.skill)
-    if facts.u_credits is None:
-        raise errors.user_not_found(data.user_id)
-    required = facts.s_cost * data.units
-    available = facts.u_credits - facts.u_reserved
-    if available < required:
-        raise errors.insufficient_credits(facts.u_credits, available, required)
-    return None
+def refused(row: Any, subject: str) -> ApiError:
+    """The answer to a refusal outcome; ``subject`` names what the request was about
+    (the skill, user, transaction or hold its 404 names)."""
+    outcome = row.outcome
+    if outcome == "insufficient":
+        return errors.insufficient_credits(row.credits, row.available, row.required)
+    if outcome == "not_refundable":
+        return errors.not_refundable(row.type)
+    if outcome == "hold_not_active":
+        return errors.hold_not_active(getattr(row, "hold_status", None) or row.status)
+    about = REFUSALS.get(outcome)
+    if about is None:
+        raise RuntimeError(f"unknown ledger outcome {outcome!r}")
+    return about(subject)
+
+
+# The refusals whose answer names only what the request was about.
+REFUSALS = {
+    "skill_not_found": errors.skill_not_found,
+    "skill_disabled": errors.skill_disabled,
+    "user_not_found": errors.user_not_found,
+    "not_found": errors.transaction_not_found,
+    "already_refunded": errors.already_refunded,
+    "hold_not_found": errors.hold_not_found,
+}
+
+
+def _transaction(row: Any, digest: bytes | None, subject: str) -> Written:
+    """A written or replayed transaction outcome, else its refusal."""
+    if row.outcome == "written":
+        return Written(repo.transaction_from_row(row))
+    if row.outcome == "replay":
+        _same_request(row, digest)
+        return Written(repo.transaction_from_row(row), replayed=True)
+    raise refused(row, subject)
 
 
 class _Price:
     """The skill version a priced write runs at: the cache's, then PostgreSQL's if the
-    statement found the cache behind. ``publish`` tells the cache of the newer one (call
+    function found the cache behind. ``publish`` tells the cache of the newer one (call
     it once the connection is back)."""
 
     __slots__ = ("skill", "newer")
@@ -149,13 +151,23 @@ class _Price:
     def version(self) -> int | None:
         return self.skill.version if self.skill is not None else None
 
-    def moved(self, current: Skill | None) -> None:
-        if current is not None:
-            self.skill = self.newer = current
+    def moved(self, current: Skill) -> None:
+        self.skill = self.newer = current
 
     async def publish(self, cache: SkillCache) -> None:
         if self.newer is not None:
             await cache.put(self.newer)
+
+
+async def _priced(conn: Connection, write: Any, params: dict[str, Any], price: _Price) -> Any:
+    """Run a priced write at ``price``'s version until it is not behind."""
+    for _ in range(MAX_ATTEMPTS):
+        params["version"] = price.version
+        row = await write(conn, params)
+        if row.outcome != "version":
+            return row
+        price.moved(skill_from_row(row, "s_"))
+    raise errors.contention()
 
 
 async def charge(
@@ -167,7 +179,7 @@ async def charge(
     *,
     api_key_id: str,
 ) -> Written:
-    """Charge at the cached price (one statement on the hot-path pool); raises
+    """Charge at the cached price (one function call on the hot-path pool); raises
     ``KeyNotLive`` when the caller's key was revoked."""
     params = {
         "api_key_id": api_key_id,
@@ -177,29 +189,21 @@ async def charge(
         "description": data.description,
         "key": key,
         "hash": digest,
-        "version": None,
     }
     price = _Price(await cache.get(data.skill))
     try:
         async with db.statements() as conn:
-            for _ in range(MAX_ATTEMPTS):
-                params["version"] = price.version
-                row = await _write(repo.charge(conn, params), IDEMPOTENCY_CONSTRAINTS)
-                if row is not None:
-                    break
-                facts = await repo.refusal_of_charge(conn, params)
-                if facts.key_live is not True:
-                    raise KeyNotLive()
-                if facts.key_used and (done := await _replay(conn, data.user_id, key, digest)):
-                    return done
-                price.moved(explain_refusal(facts, data, price.version))
-            else:
-                raise errors.contention()
+            row = await _priced(conn, repo.charge, params, price)
     finally:
         await price.publish(cache)
-    if price.version != row.s_version:
-        await cache.put(skill_from_row(row, "s_"))
-    return Written(repo.transaction_from_row(row))
+    if row.outcome == "written":
+        if price.version != row.s_version:
+            await cache.put(skill_from_row(row, "s_"))
+        return Written(repo.transaction_from_row(row))
+    if row.outcome == "key_revoked":
+        raise KeyNotLive()
+    subject = data.user_id if row.outcome == "user_not_found" else data.skill
+    return _transaction(row, digest, subject)
 
 
 async def add_credits(
@@ -212,52 +216,35 @@ async def add_credits(
         "description": data.description,
         "key": key,
         "hash": digest,
+        "expires_at": data.expires_at,
+        "priority": data.priority,
+        "category": data.category,
     }
     async with db.connect() as conn:
-        for _ in range(MAX_ATTEMPTS):
-            row = await _write(repo.credit(conn, params), IDEMPOTENCY_CONSTRAINTS)
-            if row is not None:
-                return Written(repo.transaction_from_row(row))
-            if done := await _replay(conn, user_id, key, digest):
-                return done
-            if data.amount > 0:
-                continue  # only a concurrent key could stop an upsert
-            user = await repo.get_user(conn, user_id)
-            if user is None:
-                raise errors.user_not_found(user_id)
-            if user.available < -data.amount:
-                raise errors.insufficient_credits(user.credits, user.available, -data.amount)
-    raise errors.contention()
+        row = await _call(repo.credit(conn, params))
+    return _transaction(row, digest, user_id)
 
 
 async def refund(
     db: Database, tx_id: str, data: RefundIn, key: str | None, digest: bytes | None
 ) -> Written:
-    params = {"id": tx_id, "description": data.description, "key": key, "hash": digest}
     async with db.connect() as conn:
-        for _ in range(MAX_ATTEMPTS):
-            row = await _write(repo.refund(conn, params), REFUND_CONSTRAINTS)
-            if row is not None:
-                return Written(repo.transaction_from_row(row))
-            original = await repo.get_transaction(conn, tx_id)
-            if original is None:
-                raise errors.transaction_not_found(tx_id)
-            if done := await _replay(conn, original.user_id, key, digest):
-                return done
-            _check_refundable(original, tx_id)
-    raise errors.contention()
-
-
-def _check_refundable(row: Any, tx_id: str) -> None:
-    """409 unless the transaction ``row`` is a CONSUMPTION not refunded yet."""
-    if row.type != "CONSUMPTION":
-        raise errors.not_refundable(row.type)
-    if row.refunded:
-        raise errors.already_refunded(tx_id)
+        original = await repo.get_transaction(conn, tx_id)
+        if original is None:
+            raise errors.transaction_not_found(tx_id)
+        params = {
+            "user_id": original.user_id,
+            "id": tx_id,
+            "description": data.description,
+            "key": key,
+            "hash": digest,
+        }
+        row = await _call(repo.refund(conn, params))
+    return _transaction(row, digest, tx_id)
 
 
 async def get_user(db: Database, user_id: str) -> User:
-    """The user's balance; 404 if there is none."""
+    """The user's balance, after writing off what expired; 404 if there is none."""
     async with db.connect() as conn:
         user = await repo.get_user(conn, user_id)
     if user is None:
@@ -268,11 +255,23 @@ async def get_user(db: Database, user_id: str) -> User:
 async def transactions(
     db: Database, user_id: str, limit: int, before: int | None, tx_type: str | None
 ) -> tuple[list[Transaction], str | None]:
-    """A page of the user's log, newest first; 404 if there is no such user."""
+    """A page of the user's log, newest first, after writing off what expired; 404 if
+    there is no such user."""
     async with db.connect() as conn:
-        if await repo.get_user(conn, user_id) is None:
+        if not await repo.touch(conn, user_id):
             raise errors.user_not_found(user_id)
         return await repo.page(conn, user_id, limit, before, tx_type)
+
+
+async def grants(
+    db: Database, user_id: str, status: str, limit: int, after: str | None
+) -> tuple[list[Grant], str | None]:
+    """A page of the user's grants in spending order, after writing off what expired;
+    404 if there is no such user."""
+    async with db.connect() as conn:
+        if not await repo.touch(conn, user_id):
+            raise errors.user_not_found(user_id)
+        return await repo.grants_page(conn, user_id, status, limit, after)
 
 
 async def get_transaction(db: Database, tx_id: str) -> Transaction:
@@ -283,18 +282,23 @@ async def get_transaction(db: Database, tx_id: str) -> Transaction:
     return repo.transaction_from_row(row)
 
 
-@dataclass(frozen=True, slots=True)
-class HoldWritten:
-    hold: Hold
-    replayed: bool = False
+async def expire_due(db: Database, batch: int = 500) -> int:
+    """Write off what has expired for every user with something due (the worker's sweep):
+    each user in a transaction of its own. How many users were touched."""
+    async with db.connect() as conn:
+        users = await repo.due_users(conn, batch)
+        for user_id in users:
+            await repo.touch(conn, user_id)
+    return len(users)
 
 
-async def _replay_hold(conn: Connection, user_id: str, key: str | None, digest: bytes | None):
-    """The stored hold for ``key``, 422 if it was used for another request, else None."""
-    stored = await repo.hold_by_idempotency_key(conn, user_id, key) if key is not None else None
-    if not _same_request(stored, digest):
-        return None
-    return HoldWritten(repo.hold_from_row(stored), replayed=True)
+def _hold(row: Any, digest: bytes | None, subject: str) -> HoldWritten:
+    if row.outcome == "written":
+        return HoldWritten(repo.hold_from_row(row))
+    if row.outcome == "replay":
+        _same_request(row, digest)
+        return HoldWritten(repo.hold_from_row(row), replayed=True)
+    raise refused(row, subject)
 
 
 async def create_hold(
@@ -313,18 +317,11 @@ async def create_hold(
     price = _Price(await cache.get(data.skill))
     try:
         async with db.connect() as conn:
-            for _ in range(MAX_ATTEMPTS):
-                params["version"] = price.version
-                row = await _write(repo.hold(conn, params), HOLD_IDEMPOTENCY_CONSTRAINTS)
-                if row is not None:
-                    return HoldWritten(repo.hold_from_row(row))
-                facts = await repo.refusal_of_hold(conn, params)
-                if facts.key_used and (done := await _replay_hold(conn, data.user_id, key, digest)):
-                    return done
-                price.moved(explain_refusal(facts, data, price.version))
+            row = await _priced(conn, repo.hold, params, price)
     finally:
         await price.publish(cache)
-    raise errors.contention()
+    subject = data.user_id if row.outcome == "user_not_found" else data.skill
+    return _hold(row, digest, subject)
 
 
 async def get_hold(db: Database, hold_id: str) -> Hold:
@@ -346,31 +343,32 @@ async def capture(
         if units > current.units:
             raise errors.validation_error("units", f"must be at most the {current.units} reserved")
         params = {
+            "user_id": current.user_id,
             "id": hold_id,
-            "tx_id": str(uuid.uuid4()),
             "units": units,
             "description": data.description,
             "key": key,
             "hash": digest,
         }
-        row = await _write(repo.capture(conn, params), IDEMPOTENCY_CONSTRAINTS)
-        if row is not None:
-            return Written(repo.transaction_from_row(row))
-        if done := await _replay(conn, current.user_id, key, digest):
-            return done
-        latest = await repo.get_hold(conn, hold_id)
-    raise errors.hold_not_active(latest.status)
+        row = await repo.capture(conn, params)
+    return _transaction(row, digest, hold_id)
 
 
 async def release(db: Database, hold_id: str) -> Hold:
     async with db.connect() as conn:
-        row = await repo.release(conn, hold_id)
-        if row is not None:
-            return repo.hold_from_row(row)
         current = await repo.get_hold(conn, hold_id)
-    if current is None:
-        raise errors.hold_not_found(hold_id)
-    raise errors.hold_not_active(current.status)
+        if current is None:
+            raise errors.hold_not_found(hold_id)
+        row = await repo.release(conn, current.user_id, hold_id)
+    return _hold(row, None, hold_id).hold
+
+
+def _check_refundable(row: Any, tx_id: str) -> None:
+    """409 unless the transaction ``row`` is a CONSUMPTION not refunded yet."""
+    if row.type != "CONSUMPTION":
+        raise errors.not_refundable(row.type)
+    if row.refunded:
+        raise errors.already_refunded(tx_id)
 
 
 async def refundable(db: Database, tx_id: str) -> tuple[Transaction, ApiError | None]:
@@ -389,21 +387,24 @@ async def refundable(db: Database, tx_id: str) -> tuple[Transaction, ApiError | 
 
 @dataclass(frozen=True, slots=True)
 class UserLog:
-    """A user, one page of their log, and what its rows refer to (for the admin UI)."""
+    """A user, one page of their log and their active grants, and what the log's rows
+    refer to (for the admin UI)."""
 
     user: User
     items: list[Transaction]
     next_cursor: str | None
     refunded: set[str]  # the page's charges that have a refund
     charges: dict[str, Any]  # the charges the page's refunds refunded, by id, with ``seq``
+    grants: list[Grant]  # the active grants, in spending order
 
 
 async def user_log(db: Database, user_id: str, limit: int, before: int | None) -> UserLog:
     async with db.connect() as conn:
-        user = await repo.get_user(conn, user_id)
+        user = await repo.get_user(conn, user_id)  # writes off what expired first
         if user is None:
             raise errors.user_not_found(user_id)
         items, next_cursor = await repo.page(conn, user_id, limit, before, None)
         refunded = await repo.refunded_among(conn, [t.id for t in items])
         charges = await repo.charges_among(conn, [t.refund_of for t in items if t.refund_of])
-    return UserLog(user, items, next_cursor, refunded, charges)
+        grants, _ = await repo.grants_page(conn, user_id, "active", 200, None)
+    return UserLog(user, items, next_cursor, refunded, charges, grants)

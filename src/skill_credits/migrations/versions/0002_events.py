@@ -1,5 +1,4 @@
-"""Events outbox: low-balance thresholds, events, webhook endpoints and deliveries.
-"""
+"""Events outbox: low-balance thresholds, events, webhook endpoints and deliveries."""
 
 from alembic import op
 
