@@ -187,6 +187,14 @@ BEGIN
     UPDATE users SET next_due = sc_next_due(p_user) WHERE user_id = p_user;
 END $$;
 
+-- The user's transaction written under an Idempotency-Key (NULL when there is none). The
+-- IS NOT NULL lets a generic plan use the partial unique index (keyed rows only).
+CREATE FUNCTION sc_keyed(p_user text, p_key text) RETURNS transactions
+LANGUAGE sql STABLE AS $$
+    SELECT * FROM transactions
+    WHERE user_id = p_user AND idempotency_key = p_key AND idempotency_key IS NOT NULL
+$$;
+
 -- Lock the user's row and write off what is due. False for an unknown user.
 CREATE FUNCTION sc_lock(p_user text) RETURNS boolean
 LANGUAGE plpgsql AS $$
@@ -343,8 +351,8 @@ BEGIN
     IF p_key IS NOT NULL THEN
         -- a keyed request locks first, so a concurrent repeat finds this one's row
         PERFORM sc_lock(p_user);
-        SELECT * INTO t FROM transactions WHERE user_id = p_user AND idempotency_key = p_key;
-        IF FOUND THEN
+        t := sc_keyed(p_user, p_key);
+        IF t.id IS NOT NULL THEN
             RETURN sc_tx_out('replay', t);
         END IF;
     END IF;
@@ -413,8 +421,8 @@ BEGIN
         RETURN r;
     END IF;
     IF p_key IS NOT NULL THEN
-        SELECT * INTO t FROM transactions WHERE user_id = p_user AND idempotency_key = p_key;
-        IF FOUND THEN
+        t := sc_keyed(p_user, p_key);
+        IF t.id IS NOT NULL THEN
             RETURN sc_tx_out('replay', t);
         END IF;
     END IF;
@@ -474,8 +482,8 @@ BEGIN
         RETURN r;
     END IF;
     IF p_key IS NOT NULL THEN
-        SELECT * INTO t FROM transactions WHERE user_id = p_user AND idempotency_key = p_key;
-        IF FOUND THEN
+        t := sc_keyed(p_user, p_key);
+        IF t.id IS NOT NULL THEN
             RETURN sc_tx_out('replay', t);
         END IF;
     END IF;
@@ -551,7 +559,8 @@ DECLARE
 BEGIN
     v_found := sc_lock(p_user);
     IF p_key IS NOT NULL THEN
-        SELECT * INTO h FROM holds WHERE user_id = p_user AND idempotency_key = p_key;
+        SELECT * INTO h FROM holds
+        WHERE user_id = p_user AND idempotency_key = p_key AND idempotency_key IS NOT NULL;
         IF FOUND THEN
             RETURN sc_hold_out('replay', h);
         END IF;
@@ -635,8 +644,8 @@ BEGIN
         RETURN r;
     END IF;
     IF p_key IS NOT NULL THEN
-        SELECT * INTO t FROM transactions WHERE user_id = p_user AND idempotency_key = p_key;
-        IF FOUND THEN
+        t := sc_keyed(p_user, p_key);
+        IF t.id IS NOT NULL THEN
             RETURN sc_tx_out('replay', t);
         END IF;
     END IF;

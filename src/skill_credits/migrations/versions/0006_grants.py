@@ -98,7 +98,7 @@ DOWNGRADE = [
     " sc_charge(text, text, integer, integer, text, text, bytea, text),"
     " sc_short(text, bigint, timestamptz), sc_debit(text, bigint), sc_free(text, timestamptz),"
     " sc_take(text, bigint, timestamptz, boolean), sc_due_users(integer), sc_touch(text),"
-    " sc_lock(text), sc_expire(text), sc_next_due(text),"
+    " sc_lock(text), sc_keyed(text, text), sc_expire(text), sc_next_due(text),"
     " sc_skill_out(sc_hold_outcome, skills), sc_skill_out(sc_tx_outcome, skills),"
     " sc_hold_out(text, holds), sc_tx_out(text, transactions)",
     "DROP TYPE sc_hold_outcome, sc_tx_outcome",
