@@ -20,7 +20,8 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 class Connections:
-    """A connection pool whose statement writes only at PostgreSQL's skill version."""
+    """A connection pool whose ledger function writes only at PostgreSQL's skill version
+    (else it answers the outcome ``version`` with the current skill)."""
 
     def __init__(self, version: int = 3) -> None:
         self.open = 0
@@ -39,10 +40,10 @@ class Connections:
     connect = statements  # a Database: the hot-path pool and the SQLAlchemy one alike
 
     async def execute(self, statement, params):
-        refusal = statement in (repo.REFUSAL_OF_CHARGE, repo.REFUSAL_OF_HOLD)
-        if not refusal and params["version"] not in (None, self.version):
-            return types.SimpleNamespace(first=lambda: None)  # a replaced price: no write
+        assert statement in (repo.CHARGE, repo.HOLD)
+        behind = params["version"] not in (None, self.version)
         row = types.SimpleNamespace(
+            outcome="version" if behind else "written",
             id="00000000-0000-0000-0000-000000000001",
             user_id=params["user_id"],
             type="CONSUMPTION",
@@ -53,6 +54,8 @@ class Connections:
             unit_cost=1,
             description=None,
             refund_of=None,
+            grant_id=None,
+            sources="[]",
             created_at=NOW,
             s_id="00000000-0000-0000-0000-000000000002",
             s_name=params["skill"],
@@ -66,12 +69,8 @@ class Connections:
             skill_version=self.version,
             status="held",
             expires_at=NOW,
-            key_live=True,
-            key_used=False,
-            u_credits=10,
-            u_reserved=0,
         )
-        return types.SimpleNamespace(first=lambda: row)
+        return types.SimpleNamespace(one=lambda: row)
 
 
 class Cache:
@@ -128,7 +127,7 @@ async def test_a_hold_reads_the_cache_before_it_takes_a_connection() -> None:
 
 
 async def test_a_cache_found_behind_is_refreshed_after_the_connection_is_back() -> None:
-    """The cache says version 3, PostgreSQL has 4: the statement refuses, the charge runs
+    """The cache says version 3, PostgreSQL has 4: the function refuses, the charge runs
     again at 4 on the same connection, and the cache is told of 4 only once it is returned."""
     connections = Connections(version=4)
     cache = Cache(connections)
