@@ -200,9 +200,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "reconcile", help="check balances against the log; exit 1 if any differ"
     ).set_defaults(run=cmd_reconcile)
-    sub.add_parser("worker", help="deliver events to the webhook endpoints").set_defaults(
-        run=cmd_worker
-    )
+    sub.add_parser(
+        "worker", help="deliver events to the webhook endpoints; write off expired grants"
+    ).set_defaults(run=cmd_worker)
     hooks = sub.add_parser("webhooks", help="manage webhook endpoints").add_subparsers(
         dest="webhooks", required=True
     )

@@ -12,6 +12,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from skill_credits.ledger import service
 from skill_credits.ledger.repository import reconcile
@@ -162,8 +163,6 @@ async def test_the_workers_sweep_writes_off_what_no_request_touched(api, db) -> 
     await asyncio.sleep(max(0.0, (instant - datetime.now(UTC)).total_seconds()) + 0.05)
     assert await service.expire_due(db) >= 1
     async with db.connect() as conn:
-        from sqlalchemy import text
-
         rows = (
             await conn.execute(
                 text("SELECT type, amount FROM transactions WHERE user_id = :u ORDER BY seq"),
@@ -171,4 +170,35 @@ async def test_the_workers_sweep_writes_off_what_no_request_touched(api, db) -> 
             )
         ).all()
     assert [tuple(r) for r in rows] == [("GRANT", 7), ("EXPIRY", -7)]
+    await assert_reconciled(db)
+
+
+async def test_the_worker_writes_off_an_expiry_nobody_reads(api, db) -> None:
+    """`skill-credits worker`'s loop sweeps expiries each round, well within 60 s."""
+    from skill_credits.events.worker import WorkerConfig, run
+
+    user = await api.new_user(0)
+    instant = datetime.now(UTC) + timedelta(seconds=0.5)
+    await credit(api, user, 3, "GRANT", expires_at=iso(instant))
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run(db, WorkerConfig(poll_interval=0.1), stop))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            async with db.connect() as conn:
+                written = (
+                    await conn.execute(
+                        text(
+                            "SELECT count(*) FROM transactions"
+                            " WHERE user_id = :u AND type = 'EXPIRY'"
+                        ),
+                        {"u": user},
+                    )
+                ).scalar()
+            if written:
+                break
+    finally:
+        stop.set()
+        await worker
+    assert written == 1
     await assert_reconciled(db)

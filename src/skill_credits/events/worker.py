@@ -1,4 +1,10 @@
-"""`skill-credits worker`: delivers the events outbox to the webhook endpoints.
+"""`skill-credits worker`: delivers the events outbox to the webhook endpoints, and
+writes off expired grants that no request has touched.
+
+Every round (at most ``poll_interval`` apart) first sweeps the users with a grant or hold
+past its expiry (``ledger.service.expire_due``), so an expiry is written off within a
+second or so of its instant even for a user nobody reads, and its balance events are
+delivered in the same round.
 
 At least once: a batch of due deliveries is locked in a transaction that stays open
 while they are sent, and each result is recorded in it. A worker killed mid-delivery
@@ -26,6 +32,7 @@ import httpx
 
 from skill_credits.db import Database
 from skill_credits.events import repository as repo
+from skill_credits.ledger import service as ledger_service
 from skill_credits.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -106,6 +113,10 @@ async def deliver_due(db: Database, http: httpx.AsyncClient, config: WorkerConfi
 async def run(db: Database, config: WorkerConfig, stop: asyncio.Event) -> None:
     async with httpx.AsyncClient(timeout=config.timeout) as http:
         while not stop.is_set():
+            try:
+                await ledger_service.expire_due(db)
+            except Exception:  # noqa: BLE001 - the database blinked; try again shortly
+                log.exception("expiry sweep failed")
             try:
                 sent = await deliver_due(db, http, config)
             except Exception:  # noqa: BLE001 - the database blinked; try again shortly
