@@ -193,3 +193,59 @@ async def test_a_refund_the_service_would_refuse_is_not_offered(ui, api: Api, wo
     assert r.status_code == 200 and "Yes, refund 2 credits" in r.text
     r = await ui.get("/admin/transactions/00000000-0000-0000-0000-000000000000/refund")
     assert r.status_code == 404
+
+
+async def test_the_user_page_shows_grants_by_category_and_every_rows_sources(
+    ui, api: Api, world
+) -> None:
+    """A grant made with the form's expiry, priority and category; the page lists the
+    active grants in spending order, the balance by category, each debit's sources and
+    the EXPIRY rows."""
+    import asyncio
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    user = await api.new_user(10)  # a GRANT: promotional, priority 50, never expires
+    soon = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M")
+    form = {
+        "type": "PURCHASE",
+        "amount": "7",
+        "expires_at": soon,
+        "priority": "5",
+        "category": "promotional",
+        "idem": "grant-form-1",
+    }
+    r = await ui.post(
+        f"/admin/users/{user}/credits", data=form, headers=world["csrf"], follow_redirects=False
+    )
+    assert r.status_code == 303, r.text
+    wrong = await ui.post(
+        f"/admin/users/{user}/credits",
+        data=form | {"priority": "101", "expires_at": "tomorrow", "idem": "grant-form-2"},
+        headers=world["csrf"],
+    )
+    assert wrong.status_code == 400
+    assert "Priority must be a whole number from 0 to 100." in wrong.text
+    assert "Expiry must be a date and time (UTC)." in wrong.text
+    charged = (await api.charge(user, world["skill"], units=4)).json()
+    assert [s["amount"] for s in charged["sources"]] == [7, 1]
+    page = (await ui.get(f"/admin/users?user_id={user}")).text
+    assert re.search(r'id="credits-paid">0<', page) and re.search(
+        r'id="credits-promotional">9<', page
+    )
+    grants_table = page.split('id="grants"', 1)[1].split("</table>", 1)[0]
+    assert grants_table.count("<tr data-id=") == 1  # the 7 is used up; the 10 is left
+    assert ">9<" in grants_table and "never" in grants_table
+    row = page.split(f'data-id="{charged["id"]}"', 1)[1].split("</tr>", 1)[0]
+    for s in charged["sources"]:
+        assert s["grant_id"][:8] in row
+    # an EXPIRY row in the log
+    lapsing = datetime.now(UTC) + timedelta(seconds=1)
+    await api.c.post(
+        f"/v1/users/{user}/credits",
+        json={"amount": 2, "type": "GRANT", "expires_at": lapsing.isoformat()},
+        headers=api.keys.auth("admin"),
+    )
+    await asyncio.sleep(max(0.0, (lapsing - datetime.now(UTC)).total_seconds()) + 0.05)
+    page = (await ui.get(f"/admin/users?user_id={user}")).text
+    assert 'data-type="EXPIRY"' in page and "badge t-expiry" in page

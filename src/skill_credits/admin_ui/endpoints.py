@@ -266,6 +266,7 @@ class AdminPagesController(Controller):
                         next_cursor=log.next_cursor,
                         refunded=log.refunded,
                         charges=_charge_links(user_id, log.items, log.charges),
+                        grants=log.grants,
                     )
         return Template("users.html", context=context, status_code=status)
 

@@ -28,6 +28,8 @@ from skill_credits.validation import SKILL_NAME_RE, SKILL_NAME_RULE
 
 T = TypeVar("T", bound=msgspec.Struct)
 WHOLE_NUMBER = re.compile(r"-?\d{1,19}")
+# what a browser's datetime-local input sends: minutes, optionally seconds
+LOCAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Field:
     required: bool = False
     number: bool = False
     pattern: re.Pattern[str] | None = None
+    utc: bool = False  # a datetime-local value, read as UTC
 
 
 def _thousands(n: int) -> str:
@@ -60,6 +63,9 @@ CREDIT_FORM = {
     "type": Field("Type", "GRANT, PURCHASE or ADJUSTMENT", required=True),
     "amount": Field("Amount", "a whole number", required=True, number=True),
     "description": Field("Description", f"at most {TX_DESCRIPTION_MAX_LENGTH} characters"),
+    "expires_at": Field("Expiry", "a date and time (UTC)", utc=True, pattern=LOCAL_TIME),
+    "priority": Field("Priority", "a whole number from 0 to 100", number=True),
+    "category": Field("Category", "paid or promotional"),
 }
 
 
@@ -74,6 +80,8 @@ def _value(field: Field, raw: str, type_: Any) -> Any:
     if field.pattern is not None and not field.pattern.fullmatch(raw):
         return None
     value: Any = raw
+    if field.utc:
+        value = f"{raw}:00Z" if len(raw) == 16 else f"{raw}Z"
     if field.number:
         if not WHOLE_NUMBER.fullmatch(raw):
             return None
