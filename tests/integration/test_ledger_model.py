@@ -1,10 +1,17 @@
 """Model-based test: random sequences against a real server, checked against a tiny model.
 
-Rules create and edit skills, add and adjust credits, charge (with and without
-Idempotency-Keys, reusing keys on purpose), refund, and fire concurrent bursts. After
-every step each touched user's balance must equal the model's, and at the end the log
-must reconcile. A failing sequence Hypothesis finds is to be copied into
-test_ledger.py as a plain regression test.
+Rules create and edit skills, add credits as grants (with expiries, priorities and
+categories), adjust them down, charge (with and without Idempotency-Keys, reusing keys on
+purpose), refund, let grants expire, and fire concurrent bursts. The model keeps every
+user's grants and spends them in the contract's order. After every step each touched
+user's balance, balance by category, every grant (status, remaining, order) and every log
+row with its sources must equal the model's; at the end the whole ledger must reconcile.
+A failing sequence Hypothesis finds is to be copied into test_ledger.py as a plain
+regression test.
+
+Time is the one thing the model does not wait for: the ``expire`` rule moves a grant's
+``expires_at`` to the instant just past (as the clock would), and the next request that
+reads the user must write it off.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -26,15 +35,83 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.support.databases import problems
+from tests.support.databases import connection, problems
 from tests.support.processes import AppServer
 from tests.support.run import record, run_in_thread
+
+NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
 def model_server(server_env):
-    with AppServer(server_env, workers=1) as server:
-        yield server
+    server = AppServer(server_env, workers=1)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _lapse(url: str, grant_id: str) -> None:
+    """The clock passes the grant's expires_at (and the user's next_due knows it)."""
+
+    async def go():
+        async with connection(url) as conn:
+            await conn.execute(
+                "WITH g AS (UPDATE grants SET expires_at = clock_timestamp()"
+                "           WHERE id = $1::uuid RETURNING user_id, expires_at)"
+                " UPDATE users u SET next_due = least(u.next_due, g.expires_at)"
+                " FROM g WHERE u.user_id = g.user_id",
+                grant_id,
+            )
+
+    asyncio.run(go())
+
+
+@dataclass
+class ModelGrant:
+    id: str
+    category: str
+    priority: int
+    amount: int
+    expires_at: datetime | None
+    order: int
+    remaining: int = 0
+    status: str = "active"
+    lapsed: bool = False  # its expires_at has passed
+
+    def key(self) -> tuple:
+        return (self.priority, self.expires_at or NEVER, self.order)
+
+
+@dataclass
+class ModelUser:
+    grants: list[ModelGrant] = field(default_factory=list)
+    # the log, oldest first: (type, amount, balance_after, sources)
+    log: list[tuple[str, int, int, list[tuple[str, int]]]] = field(default_factory=list)
+
+    @property
+    def credits(self) -> int:
+        return sum(g.remaining for g in self.grants)
+
+    def active(self) -> list[ModelGrant]:
+        return sorted((g for g in self.grants if g.status == "active"), key=ModelGrant.key)
+
+    def draw(self, amount: int) -> list[tuple[str, int]]:
+        """Take ``amount`` in spending order; the sources."""
+        taken = []
+        for g in self.active():
+            if amount == 0:
+                break
+            take = min(g.remaining, amount)
+            g.remaining -= take
+            amount -= take
+            if g.remaining == 0:
+                g.status = "depleted"
+            taken.append((g.id, take))
+        assert amount == 0
+        return taken
+
+    def write(self, type_: str, amount: int, sources: list[tuple[str, int]]) -> None:
+        self.log.append((type_, amount, self.credits, sources))
 
 
 @pytest.fixture
@@ -49,10 +126,10 @@ def machine(model_server, keys, database_url):
             self.run = uuid.uuid4().hex[:8]
             self.cost: dict[str, int] = {}
             self.active: dict[str, bool] = {}
-            self.credits: dict[str, int] = {}
-            # the log the model expects, oldest first: (type, amount, balance_after)
-            self.log: dict[str, list[tuple[str, int, int]]] = {}
-            self.charges: dict[str, tuple[str, int]] = {}  # tx id -> (user, amount)
+            self.model: dict[str, ModelUser] = {}
+            self.touched: set[str] = set()
+            self.made = 0  # grants made, for the oldest-first order
+            self.charges: dict[str, tuple[str, list[tuple[str, int]]]] = {}  # id -> user, sources
             self.refunded: set[str] = set()
             self.answers: dict[tuple[str, str], tuple[tuple, dict]] = {}
 
@@ -67,16 +144,40 @@ def machine(model_server, keys, database_url):
             return self.make_user(25)
 
         def make_user(self, amount: int) -> str:
-            user = f"m{self.run}_{len(self.credits)}"
-            r = self.http.post(
-                f"/v1/users/{user}/credits",
-                headers=self.admin(),
-                json={"amount": amount, "type": "GRANT"},
-            )
-            assert r.status_code == 201 and r.json()["balance_after"] == amount
-            self.credits[user] = amount
-            self.log[user] = [("GRANT", amount, amount)]
+            user = f"m{self.run}_{len(self.model)}"
+            self.model[user] = ModelUser()
+            self.grant(user, amount, "GRANT", None, None, None)
             return user
+
+        def grant(self, user, amount, kind, lives, priority, category) -> None:
+            body: dict = {"amount": amount, "type": kind}
+            expires_at = None
+            if lives is not None:
+                # distinct instants a day or more ahead: none lapses by itself in the run
+                expires_at = datetime.now(UTC) + timedelta(days=1 + lives, microseconds=self.made)
+                body["expires_at"] = expires_at.isoformat()
+            if priority is not None:
+                body["priority"] = priority
+            if category is not None:
+                body["category"] = category
+            r = self.http.post(f"/v1/users/{user}/credits", headers=self.admin(), json=body)
+            assert r.status_code == 201, r.text
+            tx = r.json()
+            m = self.model[user]
+            g = ModelGrant(
+                id=tx["grant_id"],
+                category=category or ("promotional" if kind == "GRANT" else "paid"),
+                priority=50 if priority is None else priority,
+                amount=amount,
+                expires_at=expires_at,
+                order=self.made,
+                remaining=amount,
+            )
+            self.made += 1
+            m.grants.append(g)
+            m.write(kind, amount, [])
+            assert (tx["balance_after"], tx["sources"]) == (m.credits, [])
+            self.touched.add(user)
 
         @rule(target=users, amount=st.integers(1, 60))
         def new_user(self, amount):
@@ -108,22 +209,17 @@ def machine(model_server, keys, database_url):
             assert r.status_code == 200, r.text
             self.cost[skill] = cost if cost is not None else self.cost[skill]
             self.active[skill] = active if active is not None else self.active[skill]
-            assert (r.json()["cost"], r.json()["is_active"]) == (
-                self.cost[skill],
-                self.active[skill],
-            )
 
-        @rule(user=users, amount=st.integers(1, 40), kind=st.sampled_from(["GRANT", "PURCHASE"]))
-        def add_credits(self, user, amount, kind):
-            r = self.http.post(
-                f"/v1/users/{user}/credits",
-                headers=self.admin(),
-                json={"amount": amount, "type": kind},
-            )
-            assert r.status_code == 201
-            self.credits[user] += amount
-            self.log[user].append((kind, amount, self.credits[user]))
-            assert r.json()["balance_after"] == self.credits[user]
+        @rule(
+            user=users,
+            amount=st.integers(1, 40),
+            kind=st.sampled_from(["GRANT", "PURCHASE", "ADJUSTMENT"]),
+            lives=st.none() | st.integers(0, 3),
+            priority=st.none() | st.sampled_from([0, 10, 50, 90]),
+            category=st.none() | st.sampled_from(["paid", "promotional"]),
+        )
+        def add_credits(self, user, amount, kind, lives, priority, category):
+            self.grant(user, amount, kind, lives, priority, category)
 
         @rule(user=users, amount=st.integers(1, 50))
         def adjust_down(self, user, amount):
@@ -132,14 +228,34 @@ def machine(model_server, keys, database_url):
                 headers=self.admin(),
                 json={"amount": -amount, "type": "ADJUSTMENT"},
             )
-            if amount > self.credits[user]:
+            m = self.model[user]
+            self.touched.add(user)
+            if amount > m.credits:
                 assert (r.status_code, r.json()["code"]) == (402, "insufficient_credits")
                 assert r.json()["required"] == amount
-            else:
-                assert r.status_code == 201, r.text
-                self.credits[user] -= amount
-                self.log[user].append(("ADJUSTMENT", -amount, self.credits[user]))
-                assert r.json()["balance_after"] == self.credits[user]
+                return
+            assert r.status_code == 201, r.text
+            sources = m.draw(amount)
+            m.write("ADJUSTMENT", -amount, sources)
+            tx = r.json()
+            assert (tx["balance_after"], tx["grant_id"]) == (m.credits, None)
+            assert [(s["grant_id"], s["amount"]) for s in tx["sources"]] == sources
+
+        @rule(user=users, data=st.data())
+        def expire(self, user, data):
+            """The instant of one of the user's grants passes."""
+            m = self.model[user]
+            lapsing = [g for g in m.grants if g.expires_at is not None and not g.lapsed]
+            if not lapsing:
+                return
+            g = data.draw(st.sampled_from(lapsing))
+            STEPS.append("expire")
+            run_in_thread(_lapse, database_url, g.id)
+            g.lapsed = True
+            if g.status == "active":  # written off by the next request that reads the user
+                left, g.remaining, g.status = g.remaining, 0, "expired"
+                m.write("EXPIRY", -left, [(g.id, left)])
+            self.touched.add(user)
 
         @rule(
             user=users,
@@ -149,6 +265,7 @@ def machine(model_server, keys, database_url):
         )
         def charge(self, user, skill, units, key):
             STEPS.append("charge")
+            self.touched.add(user)
             headers = keys.auth("service") | ({"Idempotency-Key": key} if key else {})
             r = self.http.post(
                 "/v1/charges",
@@ -165,21 +282,23 @@ def machine(model_server, keys, database_url):
                     assert (r.status_code, r.json()["code"]) == (422, "idempotency_key_reused")
                 return
             price = self.cost[skill] * units
+            m = self.model[user]
             if not self.active[skill]:
                 assert (r.status_code, r.json()["code"]) == (403, "skill_disabled")
-            elif price > self.credits[user]:
+            elif price > m.credits:
                 assert (r.status_code, r.json()["code"]) == (402, "insufficient_credits")
             else:
                 assert r.status_code == 201, r.text
-                self.credits[user] -= price
-                self.log[user].append(("CONSUMPTION", -price, self.credits[user]))
+                sources = m.draw(price)
+                m.write("CONSUMPTION", -price, sources)
                 tx = r.json()
                 assert (tx["amount"], tx["balance_after"], tx["unit_cost"]) == (
                     -price,
-                    self.credits[user],
+                    m.credits,
                     self.cost[skill],
                 )
-                self.charges[tx["id"]] = (user, price)
+                assert [(s["grant_id"], s["amount"]) for s in tx["sources"]] == sources
+                self.charges[tx["id"]] = (user, sources)
                 if key:
                     self.answers[(user, key)] = (signature, tx)
 
@@ -189,20 +308,38 @@ def machine(model_server, keys, database_url):
                 return
             tx = data.draw(st.sampled_from(sorted(self.charges)))
             STEPS.append("refund")
+            user, sources = self.charges[tx]
+            self.touched.add(user)
             r = self.http.post(f"/v1/transactions/{tx}/refund", headers=keys.auth("service"))
             if tx in self.refunded:
                 assert (r.status_code, r.json()["code"]) == (409, "already_refunded")
                 return
             assert r.status_code == 201, r.text
-            user, amount = self.charges[tx]
-            self.credits[user] += amount
-            self.log[user].append(("REFUND", amount, self.credits[user]))
+            m = self.model[user]
+            by_id = {g.id: g for g in m.grants}
+            lapsed = []
+            for grant_id, amount in sources:
+                g = by_id[grant_id]
+                if g.lapsed:
+                    g.status = "expired"
+                    lapsed.append((grant_id, amount))
+                else:
+                    g.remaining += amount
+                    g.status = "active"
+            total = sum(a for _, a in sources)
+            # the REFUND's balance counts the lapsed part until the EXPIRY after it
+            gone = sum(a for _, a in lapsed)
+            m.log.append(("REFUND", total, m.credits + gone, sources))
+            if lapsed:
+                m.write("EXPIRY", -gone, lapsed)
             self.refunded.add(tx)
-            assert r.json()["balance_after"] == self.credits[user]
+            assert r.json()["balance_after"] == m.credits + gone
+            assert [(s["grant_id"], s["amount"]) for s in r.json()["sources"]] == sources
 
         @rule(user=users, skill=skills, n=st.integers(2, 12))
         def burst(self, user, skill, n):
             STEPS.append("burst")
+            self.touched.add(user)
 
             def one(_):
                 with httpx.Client(base_url=model_server.url, timeout=20) as c:
@@ -219,28 +356,67 @@ def machine(model_server, keys, database_url):
                 assert set(codes) == {403}
                 return
             cost = self.cost[skill]
-            fits = n if cost == 0 else min(n, self.credits[user] // cost)
+            m = self.model[user]
+            fits = n if cost == 0 else min(n, m.credits // cost)
             assert codes.count(201) == fits and codes.count(402) == n - fits, codes
-            before = self.credits[user]
-            self.credits[user] -= cost * fits
-            for n in range(1, fits + 1):  # concurrent, but written one after another
-                self.log[user].append(("CONSUMPTION", -cost, before - cost * n))
-            for a in answers:
-                if a.status_code == 201:
-                    self.charges[a.json()["id"]] = (user, cost)
+            written = sorted(
+                (a.json() for a in answers if a.status_code == 201),
+                key=lambda t: -t["balance_after"],
+            )
+            for tx in written:  # concurrent, but written one after another
+                sources = m.draw(cost)
+                m.write("CONSUMPTION", -cost, sources)
+                assert [(s["grant_id"], s["amount"]) for s in tx["sources"]] == sources
+                self.charges[tx["id"]] = (user, sources)
+
+        def check(self, user: str) -> None:
+            m = self.model[user]
+            auth = keys.auth("service")
+            view = self.http.get(f"/v1/users/{user}", headers=auth).json()
+            by_category = {"paid": 0, "promotional": 0}
+            for g in m.active():
+                by_category[g.category] += g.remaining
+            assert (view["credits"], view["credits_by_category"]) == (m.credits, by_category), (
+                user,
+                view,
+            )
+            for status in ("active", "depleted", "expired"):
+                items = self.http.get(
+                    f"/v1/users/{user}/grants",
+                    params={"status": status, "limit": 200},
+                    headers=auth,
+                ).json()["items"]
+                seen = [
+                    (g["id"], g["category"], g["priority"], g["amount"], g["remaining"])
+                    for g in items
+                ]
+                expected = [
+                    (g.id, g.category, g.priority, g.amount, g.remaining)
+                    for g in sorted(m.grants, key=ModelGrant.key)
+                    if g.status == status
+                ]
+                if status != "active":  # a lapsed grant's expires_at moved: order apart
+                    seen, expected = sorted(seen), sorted(expected)
+                assert seen == expected, (user, status, seen, expected)
+            items = self.http.get(
+                f"/v1/users/{user}/transactions", params={"limit": 200}, headers=auth
+            ).json()["items"]
+            seen = [
+                (
+                    t["type"],
+                    t["amount"],
+                    t["balance_after"],
+                    [(s["grant_id"], s["amount"]) for s in t["sources"]],
+                )
+                for t in items
+            ]
+            assert seen == list(reversed(m.log))[:200], (user, seen[:5])
 
         @invariant()
-        def balances_match(self):
-            for user, credits in self.credits.items():
-                r = self.http.get(f"/v1/users/{user}", headers=keys.auth("service"))
-                assert r.json()["credits"] == credits, (user, r.json(), credits)
-                items = self.http.get(
-                    f"/v1/users/{user}/transactions",
-                    params={"limit": 200},
-                    headers=keys.auth("service"),
-                ).json()["items"]
-                seen = [(t["type"], t["amount"], t["balance_after"]) for t in items]
-                assert seen == list(reversed(self.log[user]))[:200], (user, seen[:5])
+        def touched_users_match(self):
+            for user in sorted(self.touched):
+                self.check(user)
+            self.touched.clear()
 
     return Ledger
 
@@ -254,7 +430,7 @@ def test_ledger_matches_its_model(machine, database_url) -> None:
         run_state_machine_as_test(
             machine,
             settings=settings(
-                max_examples=25,
+                max_examples=40,
                 stateful_step_count=40,
                 deadline=None,
                 derandomize=True,
@@ -263,7 +439,7 @@ def test_ledger_matches_its_model(machine, database_url) -> None:
         )
     finally:
         assert run_in_thread(asyncio.run, problems(database_url)) == []
-    # the machine really ran: many charges, some bursts and refunds
+    # the machine really ran: many charges, some bursts, refunds and expiries
     record(
         "model-based ledger",
         {
@@ -271,6 +447,10 @@ def test_ledger_matches_its_model(machine, database_url) -> None:
             "charges": STEPS.count("charge"),
             "bursts": STEPS.count("burst"),
             "refunds": STEPS.count("refund"),
+            "expiries": STEPS.count("expire"),
         },
     )
-    assert STEPS.count("charge") >= 10 and "burst" in STEPS and "refund" in STEPS, STEPS
+    assert STEPS.count("charge") >= 10 and "burst" in STEPS and "refund" in STEPS, (
+        {s: STEPS.count(s) for s in set(STEPS)}
+    )
+    assert "expire" in STEPS, STEPS
