@@ -66,7 +66,7 @@ def create_app() -> Litestar:
         }
         async with state["pool"].acquire() as con:
             row = await con.fetchrow(SQL, *(values[name] for name in ORDER))
-        if row is None:
+        if row["outcome"] != "written":  # the charge function says why it wrote nothing
             return Response(b'{"code":"insufficient_credits"}', status_code=402)
         return Response(
             msgspec.json.encode({"id": row["id"], "balance_after": row["balance_after"]}),

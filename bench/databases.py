@@ -46,6 +46,10 @@ def fresh_database(base: str, name: str) -> str:
             "INSERT INTO transactions (user_id, type, amount, balance_after)"
             " SELECT 'bench_deep', 'GRANT', 1, k FROM generate_series(1, 200) k ORDER BY k",
             "UPDATE users SET credits = 200 WHERE user_id = 'bench_deep'",
+            # each balance is one grant that never expires, as the upgrade to grants made it
+            "INSERT INTO grants (user_id, category, amount, remaining, status)"
+            " SELECT user_id, 'paid', credits, credits,"
+            "        CASE WHEN credits > 0 THEN 'active' ELSE 'depleted' END FROM users",
         )
     )
     return url
@@ -64,11 +68,15 @@ async def grow_log(url: str, rows: int) -> None:
         " WHERE u.user_id LIKE 'bench\\_%' AND u.user_id ~ '^bench_[0-9]+$'"
         " ORDER BY k, u.user_id",
         f"UPDATE users SET credits = credits + {per_user} WHERE user_id ~ '^bench_[0-9]+$'",
+        f"UPDATE grants SET amount = amount + {per_user}, remaining = remaining + {per_user}"
+        " WHERE user_id ~ '^bench_[0-9]+$'",
         "INSERT INTO transactions (user_id, type, amount, balance_after)"
         " SELECT 'bench_deep', 'GRANT', 1, u.credits + k"
         f" FROM users u CROSS JOIN generate_series(1, {deep}) k"
         " WHERE u.user_id = 'bench_deep' ORDER BY k",
         f"UPDATE users SET credits = credits + {deep} WHERE user_id = 'bench_deep'",
+        f"UPDATE grants SET amount = amount + {deep}, remaining = remaining + {deep}"
+        " WHERE user_id = 'bench_deep'",
         "VACUUM ANALYZE transactions",
     )
 
@@ -89,13 +97,16 @@ async def deep_cursor(url: str) -> str:
 
 
 async def reset_overdraw(url: str, balance: int) -> None:
-    """bench_overdraw with ``balance`` credits, proved by one GRANT."""
+    """bench_overdraw with ``balance`` credits, proved by one GRANT, in one grant."""
     await execute(
         url,
+        "DELETE FROM grants WHERE user_id = 'bench_overdraw'",
         "DELETE FROM transactions WHERE user_id = 'bench_overdraw'",
         f"UPDATE users SET credits = {balance} WHERE user_id = 'bench_overdraw'",
         f"INSERT INTO transactions (user_id, type, amount, balance_after)"
         f" VALUES ('bench_overdraw', 'GRANT', {balance}, {balance})",
+        "INSERT INTO grants (user_id, category, amount, remaining)"
+        f" VALUES ('bench_overdraw', 'paid', {balance}, {balance})",
     )
 
 
