@@ -105,8 +105,9 @@ async def reset_overdraw(url: str, balance: int) -> None:
         f"UPDATE users SET credits = {balance} WHERE user_id = 'bench_overdraw'",
         f"INSERT INTO transactions (user_id, type, amount, balance_after)"
         f" VALUES ('bench_overdraw', 'GRANT', {balance}, {balance})",
-        "INSERT INTO grants (user_id, category, amount, remaining)"
-        f" VALUES ('bench_overdraw', 'paid', {balance}, {balance})",
+        "INSERT INTO grants (user_id, category, amount, remaining, status)"
+        f" VALUES ('bench_overdraw', 'paid', {balance}, {balance},"
+        f" '{'active' if balance > 0 else 'depleted'}')",
     )
 
 
