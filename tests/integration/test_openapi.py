@@ -24,6 +24,7 @@ OPERATION_IDS = {
     "addCredits",
     "getUser",
     "listTransactions",
+    "listGrants",
     "getTransaction",
     "refundTransaction",
     "createHold",
