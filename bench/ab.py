@@ -57,12 +57,15 @@ class Side:
         )
         return out.stdout.strip().splitlines()[-1]
 
+    def start(self) -> None:
+        """Migrate its database, make its key, and serve."""
+        self.cli_run("migrate")
+        self.token = self.cli_run("keys", "create", "--role", "admin", "--name", "ab-admin")
+        self.server.start()
+
     async def seed(self, users: int) -> None:
         """The bench's skill, ``users`` users and a hot one, each with a big PURCHASE."""
-        self.cli_run("migrate")
-        admin = self.cli_run("keys", "create", "--role", "admin", "--name", "ab-admin")
-        self.token = admin
-        auth = {"Authorization": f"Bearer {admin}"}
+        auth = {"Authorization": f"Bearer {self.token}"}
         async with httpx.AsyncClient(base_url=self.server.url, headers=auth, timeout=30) as http:
             body = {"name": SKILL, "display_name": "bench", "cost": 1}
             r = await http.post("/v1/admin/skills", json=body)
@@ -90,7 +93,7 @@ def main() -> None:
     rates: dict[str, dict[str, list[float]]] = {s.label: {"spread": [], "hot": []} for s in sides}
     try:
         for side in sides:
-            side.server.start()
+            side.start()
             asyncio.run(side.seed(USERS))
             log(f"{side.label}: {side.checkout} seeded ({USERS} users)")
         for round_ in range(args.rounds):
