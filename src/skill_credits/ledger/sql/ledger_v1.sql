@@ -188,11 +188,11 @@ BEGIN
 END $$;
 
 -- The user's transaction written under an Idempotency-Key (NULL when there is none). The
--- IS NOT NULL lets a generic plan use the partial unique index (keyed rows only).
+-- strict "=" implies the partial unique index's predicate (keyed rows only), so even a
+-- generic plan can use that index.
 CREATE FUNCTION sc_keyed(p_user text, p_key text) RETURNS transactions
 LANGUAGE sql STABLE AS $$
-    SELECT * FROM transactions
-    WHERE user_id = p_user AND idempotency_key = p_key AND idempotency_key IS NOT NULL
+    SELECT * FROM transactions WHERE user_id = p_user AND idempotency_key = p_key
 $$;
 
 -- Lock the user's row and write off what is due. False for an unknown user.
@@ -559,8 +559,7 @@ DECLARE
 BEGIN
     v_found := sc_lock(p_user);
     IF p_key IS NOT NULL THEN
-        SELECT * INTO h FROM holds
-        WHERE user_id = p_user AND idempotency_key = p_key AND idempotency_key IS NOT NULL;
+        SELECT * INTO h FROM holds WHERE user_id = p_user AND idempotency_key = p_key;
         IF FOUND THEN
             RETURN sc_hold_out('replay', h);
         END IF;
