@@ -450,7 +450,7 @@ def test_ledger_matches_its_model(machine, database_url) -> None:
             "expiries": STEPS.count("expire"),
         },
     )
-    assert STEPS.count("charge") >= 10 and "burst" in STEPS and "refund" in STEPS, (
-        {s: STEPS.count(s) for s in set(STEPS)}
-    )
+    assert STEPS.count("charge") >= 10 and "burst" in STEPS and "refund" in STEPS, {
+        s: STEPS.count(s) for s in set(STEPS)
+    }
     assert "expire" in STEPS, STEPS
