@@ -195,18 +195,15 @@ async def grants_page(
     return items, next_cursor
 
 
+SET_LOW_BALANCE_THRESHOLD = text(
+    "UPDATE users SET low_balance_threshold = :t WHERE user_id = :user_id RETURNING user_id"
+)
+
+
 async def set_low_balance_threshold(conn: Connection, user_id: str, threshold: int | None) -> bool:
     """False when there is no such user (the events' low-balance threshold is a user's)."""
-    row = (
-        await conn.execute(
-            text(
-                "UPDATE users SET low_balance_threshold = :t WHERE user_id = :user_id"
-                " RETURNING user_id"
-            ),
-            {"t": threshold, "user_id": user_id},
-        )
-    ).first()
-    return row is not None
+    params = {"t": threshold, "user_id": user_id}
+    return (await conn.execute(SET_LOW_BALANCE_THRESHOLD, params)).first() is not None
 
 
 async def get_transaction(conn: Connection, tx_id: str) -> Row | None:

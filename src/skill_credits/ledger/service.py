@@ -246,10 +246,9 @@ async def refund(
 async def get_user(db: Database, user_id: str) -> User:
     """The user's balance, after writing off what expired; 404 if there is none."""
     async with db.connect() as conn:
-        user = await repo.get_user(conn, user_id)
-    if user is None:
-        raise errors.user_not_found(user_id)
-    return user
+        if (user := await repo.get_user(conn, user_id)) is not None:
+            return user
+    raise errors.user_not_found(user_id)
 
 
 async def transactions(

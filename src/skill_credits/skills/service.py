@@ -30,10 +30,9 @@ async def list_all(db: Database) -> list[Skill]:
 async def get(db: Database, name: str) -> Skill:
     """The skill named ``name``; 404 if there is none."""
     async with db.connect() as conn:
-        skill = await repo.get(conn, name)
-    if skill is None:
-        raise errors.skill_not_found(name)
-    return skill
+        if (skill := await repo.get(conn, name)) is not None:
+            return skill
+    raise errors.skill_not_found(name)
 
 
 async def history(db: Database, name: str) -> tuple[Skill, list[SkillEdit]]:
