@@ -126,14 +126,19 @@ REFUSALS = {
 }
 
 
-def _transaction(row: Any, digest: bytes | None, subject: str) -> Written:
-    """A written or replayed transaction outcome, else its refusal."""
+def _answer(row: Any, digest: bytes | None, subject: str, from_row: Any) -> tuple[Any, bool]:
+    """What a written or replayed outcome row holds (``from_row`` reads it) and whether it
+    is a replay; else the row's refusal."""
     if row.outcome == "written":
-        return Written(repo.transaction_from_row(row))
+        return from_row(row), False
     if row.outcome == "replay":
         _same_request(row, digest)
-        return Written(repo.transaction_from_row(row), replayed=True)
+        return from_row(row), True
     raise refused(row, subject)
+
+
+def _transaction(row: Any, digest: bytes | None, subject: str) -> Written:
+    return Written(*_answer(row, digest, subject, repo.transaction_from_row))
 
 
 class _Price:
@@ -292,12 +297,7 @@ async def expire_due(db: Database, batch: int = 500) -> int:
 
 
 def _hold(row: Any, digest: bytes | None, subject: str) -> HoldWritten:
-    if row.outcome == "written":
-        return HoldWritten(repo.hold_from_row(row))
-    if row.outcome == "replay":
-        _same_request(row, digest)
-        return HoldWritten(repo.hold_from_row(row), replayed=True)
-    raise refused(row, subject)
+    return HoldWritten(*_answer(row, digest, subject, repo.hold_from_row))
 
 
 async def create_hold(
@@ -315,7 +315,7 @@ async def create_hold(
     }
     price = _Price(await cache.get(data.skill))
     try:
-        async with db.connect() as conn:
+        async with db.statements() as conn:  # one function call, like a charge
             row = await _priced(conn, repo.hold, params, price)
     finally:
         await price.publish(cache)
