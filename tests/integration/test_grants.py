@@ -136,6 +136,40 @@ async def test_the_grants_list_pages_and_refuses_bad_input(api) -> None:
         assert r.json().get("field") == field
     r = await api.c.get(f"/v1/users/{user}_nobody/grants", headers=auth)
     assert (r.status_code, r.json()["code"]) == (404, "user_not_found")
+    # a well-formed cursor of another user's grant is not a position in this list
+    other = await api.new_user(1)
+    r = await api.c.get(
+        f"/v1/users/{other}/grants", params={"cursor": first["next_cursor"]}, headers=auth
+    )
+    assert (r.status_code, r.json().get("field")) == (400, "cursor"), r.text
+
+
+async def test_a_retry_after_the_expiry_passed_gets_the_original_answer(api, db) -> None:
+    """An Idempotency-Key's replay comes before the rule that an expiry is in the future:
+    a client retrying a grant after its expiry passed learns it was written, once."""
+    user = await api.new_user(0)
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    first = await credit(api, user, 5, "GRANT", key="late", expires_at=iso(soon))
+    assert first.status_code == 201, first.text
+    await asyncio.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.1)
+    again = await credit(api, user, 5, "GRANT", key="late", expires_at=iso(soon))
+    assert (again.status_code, again.headers.get("Idempotent-Replayed")) == (201, "true")
+    assert again.json() == first.json()
+    other = await credit(api, user, 6, "GRANT", key="late", expires_at=iso(soon))
+    assert (other.status_code, other.json()["code"]) == (422, "idempotency_key_reused")
+    fresh = await credit(api, user, 5, "GRANT", key="late-2", expires_at=iso(soon))
+    assert (fresh.status_code, fresh.json()["field"]) == (400, "expires_at")
+    log = await api.c.get(f"/v1/users/{user}/transactions", headers=api.keys.auth("service"))
+    assert [t["type"] for t in log.json()["items"]] == ["EXPIRY", "GRANT"]  # one grant, once
+    await assert_reconciled(db)
+
+
+async def test_one_instant_in_any_offset_is_one_request(api) -> None:
+    user = await api.new_user(0)
+    first = await credit(api, user, 5, "GRANT", key="tz", expires_at="2030-06-01T00:00:00Z")
+    again = await credit(api, user, 5, "GRANT", key="tz", expires_at="2030-06-01T05:30:00+05:30")
+    assert (again.status_code, again.headers.get("Idempotent-Replayed")) == (201, "true")
+    assert again.json() == first.json()
 
 
 async def test_an_expired_grant_is_written_off_before_any_read_sees_it(api, db) -> None:

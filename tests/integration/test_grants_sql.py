@@ -449,6 +449,42 @@ async def test_a_refund_gives_back_and_writes_off_what_lapsed_meanwhile(pool) ->
     await assert_consistent(pool, user)
 
 
+async def test_a_refund_that_began_before_the_expiry_never_revives_the_grant(pool) -> None:
+    """A refund whose transaction began before a grant's expiry (so its now() is before
+    it) runs after another request wrote the grant off: the part that grant paid is
+    written off again at once, and the grant stays expired — never active, never written
+    off a second time later."""
+    skill = await new_skill(pool, 20)
+    user = new_user()
+    instant = datetime.now(UTC) + timedelta(seconds=1)
+    gift = await credit(pool, user, 50, expires_at=instant)
+    c = await charge(pool, user, skill)
+    assert sources(c) == [(gift["grant_id"], 20)]
+    async with pool.acquire() as early:
+        async with early.transaction():
+            await early.fetchval("SELECT now()")  # this transaction's now(): before it
+            await at(instant + timedelta(milliseconds=50))
+            assert await pool.fetchval("SELECT sc_touch($1)", user)  # writes it off
+            r = await early.fetchrow(
+                "SELECT * FROM sc_refund($1, $2::uuid, NULL, NULL, NULL)", user, c["id"]
+            )
+            assert (r["outcome"], r["type"]) == ("written", "REFUND")
+    (g,) = await grants(pool, user)
+    assert (g["status"], g["remaining"]) == ("expired", 0)
+    assert await pool.fetchval("SELECT sc_touch($1)", user)
+    log = await pool.fetch(
+        "SELECT type, amount FROM transactions WHERE user_id = $1 ORDER BY seq", user
+    )
+    assert [(t["type"], t["amount"]) for t in log] == [
+        ("PURCHASE", 50),
+        ("CONSUMPTION", -20),
+        ("EXPIRY", -30),
+        ("REFUND", 20),
+        ("EXPIRY", -20),
+    ]
+    await assert_consistent(pool, user)
+
+
 # --- reconcile ------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from skill_credits.bodies import field_and_message
-from skill_credits.ledger.schemas import TX_DESCRIPTION_MAX_LENGTH, CreditIn
+from skill_credits.ledger.schemas import TX_DESCRIPTION_MAX_LENGTH, CreditIn, expiry_passed
 from skill_credits.skills.schemas import (
     COST_MAX,
     DESCRIPTION_MAX_LENGTH,
@@ -129,4 +129,7 @@ def cost(form: dict[str, str]) -> tuple[SkillPatch | None, dict[str, str]]:
 
 
 def credit(form: dict[str, str]) -> tuple[CreditIn | None, dict[str, str]]:
-    return read(CreditIn, form, CREDIT_FORM)
+    body, errors = read(CreditIn, form, CREDIT_FORM)
+    if body is not None and expiry_passed(body):
+        return None, {"expires_at": "Expiry must be in the future."}
+    return body, errors

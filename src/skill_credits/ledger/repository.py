@@ -147,6 +147,25 @@ async def due_users(conn: Connection, limit: int) -> list[str]:
     return [r.user_id for r in rows]
 
 
+KEYED = text(
+    f"SELECT {TX_COLUMNS}, request_hash FROM transactions"
+    " WHERE user_id = :user_id AND idempotency_key = :key"
+)
+
+
+async def keyed(conn: Connection, user_id: str, key: str) -> Row | None:
+    """The transaction written under ``key`` for ``user_id``, with its request hash."""
+    return (await conn.execute(KEYED, {"user_id": user_id, "key": key})).first()
+
+
+async def has_grant(conn: Connection, user_id: str, grant_id: str) -> bool:
+    row = await conn.execute(
+        text("SELECT 1 AS one FROM grants WHERE id = CAST(:id AS uuid) AND user_id = :user_id"),
+        {"id": grant_id, "user_id": user_id},
+    )
+    return row.first() is not None
+
+
 async def get_user(conn: Connection, user_id: str) -> User | None:
     """The balance, after writing off what expired."""
     row = (

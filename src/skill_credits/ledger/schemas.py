@@ -44,6 +44,7 @@ GrantStatus = Literal["active", "depleted", "expired"]
 GRANT_STATUSES = ("active", "depleted", "expired")
 ExpiresAt = Annotated[datetime, Meta(tz=True)]
 MAX_GRANT_LIFE = timedelta(days=3653)  # ten years
+ONLY_GRANTS = "must be left out: only a positive amount makes a grant"
 
 
 class ChargeIn(Struct, forbid_unknown_fields=True):
@@ -79,18 +80,25 @@ class CreditIn(Struct, forbid_unknown_fields=True):
         if self.amount < 0:
             for name in ("expires_at", "priority", "category"):
                 if getattr(self, name) is not None:
-                    raise ValueError(f"{name}: only a positive amount makes a grant")
+                    raise ValueError(f"{name}: {ONLY_GRANTS}")
             return
         if self.expires_at is not None:
-            now = datetime.now(UTC)
-            if self.expires_at <= now:
-                raise ValueError("expires_at: must be in the future")
-            if self.expires_at > now + MAX_GRANT_LIFE:
+            # in UTC, so one instant is one request for an Idempotency-Key whatever its offset
+            self.expires_at = self.expires_at.astimezone(UTC)
+            if self.expires_at > datetime.now(UTC) + MAX_GRANT_LIFE:
                 raise ValueError("expires_at: must be at most 10 years ahead")
         if self.priority is None:
             self.priority = 50
         if self.category is None:
             self.category = "promotional" if self.type == "GRANT" else "paid"
+
+
+def expiry_passed(data: CreditIn) -> bool:
+    """True when the grant ``data`` would make has an expiry that is not in the future.
+
+    Checked when the credit is written, not when the body is read: a retry, with its
+    Idempotency-Key, of a grant whose expiry has passed since gets its original answer."""
+    return data.expires_at is not None and data.expires_at <= datetime.now(UTC)
 
 
 class RefundIn(Struct, forbid_unknown_fields=True):

@@ -35,6 +35,7 @@ from skill_credits.ledger.schemas import (
     RefundIn,
     Transaction,
     User,
+    expiry_passed,
 )
 from skill_credits.skills.cache import SkillCache
 from skill_credits.skills.repository import skill_from_row
@@ -226,6 +227,12 @@ async def add_credits(
         "category": data.category,
     }
     async with db.connect() as conn:
+        if expiry_passed(data):  # after the replay: a retry gets its original answer
+            stored = await repo.keyed(conn, user_id, key) if key is not None else None
+            if stored is None:
+                raise errors.validation_error("expires_at", "must be in the future")
+            _same_request(stored, digest)
+            return Written(repo.transaction_from_row(stored), replayed=True)
         row = await _call(repo.credit(conn, params))
     return _transaction(row, digest, user_id)
 
@@ -275,6 +282,8 @@ async def grants(
     async with db.connect() as conn:
         if not await repo.touch(conn, user_id):
             raise errors.user_not_found(user_id)
+        if after is not None and not await repo.has_grant(conn, user_id, after):
+            raise errors.validation_error("cursor", "is not a cursor of this user's grants")
         return await repo.grants_page(conn, user_id, status, limit, after)
 
 

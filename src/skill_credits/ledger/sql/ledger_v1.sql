@@ -502,19 +502,22 @@ BEGIN
         FROM grants g WHERE g.user_id = p_user AND g.transaction_id IS NULL
         ORDER BY g.created_at LIMIT 1;
     END IF;
-    -- back to the grants that still live; the lapsed parts, as they were
+    -- back to the grants that still live; the lapsed parts, as they were. A grant written
+    -- off already is lapsed whatever now() says: this transaction's now() may predate the
+    -- expiry that another request wrote off before this one had the user's lock.
     WITH parts AS (
         SELECT (e ->> 'grant_id')::uuid AS grant_id, (e ->> 'amount')::bigint AS amount, n
         FROM jsonb_array_elements(v_sources) WITH ORDINALITY AS x(e, n)
     ), back AS (
         UPDATE grants g SET remaining = g.remaining + parts.amount, status = 'active'
         FROM parts
-        WHERE g.id = parts.grant_id AND (g.expires_at IS NULL OR g.expires_at > now())
+        WHERE g.id = parts.grant_id AND g.status <> 'expired'
+          AND (g.expires_at IS NULL OR g.expires_at > now())
         RETURNING g.id
     ), lapsed AS (
         UPDATE grants g SET status = 'expired'
         FROM parts
-        WHERE g.id = parts.grant_id AND g.expires_at <= now()
+        WHERE g.id = parts.grant_id AND (g.status = 'expired' OR g.expires_at <= now())
         RETURNING parts.grant_id, parts.amount, parts.n
     )
     SELECT jsonb_agg(jsonb_build_object('grant_id', grant_id, 'amount', amount) ORDER BY n),
