@@ -1,7 +1,7 @@
 """Money moves here. Each write is one call of a database function, in autocommit.
 
-The functions (``ledger/sql/ledger_v1.sql``) lock the user, write off what has expired,
-do the work and return the outcome: written, or which check refused it with the facts
+The functions (``ledger/sql/``) lock the user, write off what has expired, do the work
+and return the outcome (a charge that passes every check is a single statement): written, or which check refused it with the facts
 the answer needs, in the contract's order. This module only maps an outcome to the
 answer; it never reads again to find out why nothing was written.
 
@@ -22,7 +22,7 @@ import msgspec
 from sqlalchemy import exc as sa_exc
 
 from skill_credits import errors
-from skill_credits.db import Connection, Database, sqlstate
+from skill_credits.db import Connection, Database, constraint_name, sqlstate
 from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger.schemas import (
@@ -166,10 +166,17 @@ class _Price:
 
 
 async def _priced(conn: Connection, write: Any, params: dict[str, Any], price: _Price) -> Any:
-    """Run a priced write at ``price``'s version until it is not behind."""
+    """Run a priced write at ``price``'s version until it is not behind. A charge that
+    lost the race to a concurrent request with its Idempotency-Key wrote nothing (the
+    unique index stopped it): the next call answers the winner's row as the replay."""
     for _ in range(MAX_ATTEMPTS):
         params["version"] = price.version
-        row = await write(conn, params)
+        try:
+            row = await write(conn, params)
+        except sa_exc.IntegrityError as exc:
+            if constraint_name(exc) != "transactions_idempotency":
+                raise
+            continue
         if row.outcome != "version":
             return row
         price.moved(skill_from_row(row, "s_"))
