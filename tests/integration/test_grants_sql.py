@@ -1,4 +1,4 @@
-"""The ledger's database functions (ledger_v1.sql), called as the service calls them.
+"""The ledger's database functions (ledger/sql/), called as the service calls them.
 
 Each test makes its own users and skills on the run's database, so the functions are
 checked against a real PostgreSQL under real concurrency: spending order, expiry written
@@ -89,8 +89,16 @@ def sources(row) -> list[tuple[str, int]]:
     return [(s["grant_id"], s["amount"]) for s in json.loads(row["sources"])]
 
 
+async def touch(pool, user: str) -> None:
+    """What a read does first: write off what is due, fold what charges took from the
+    head into its grant."""
+    await pool.execute("SELECT sc_touch($1)", user)
+
+
 async def grants(pool, user: str) -> list[asyncpg.Record]:
-    """The user's grants in spending order (active ones first in that order)."""
+    """The user's grants in spending order (active ones first in that order), as a read
+    sees them."""
+    await touch(pool, user)
     return await pool.fetch(
         "SELECT id::text AS id, category, priority, amount, remaining, reserved, expires_at,"
         " status FROM grants WHERE user_id = $1"
@@ -100,7 +108,11 @@ async def grants(pool, user: str) -> list[asyncpg.Record]:
 
 
 async def assert_consistent(pool, user: str) -> None:
-    """credits == sum(amount) == sum(remaining of grants not written off); no problems."""
+    """No problems for reconcile (which counts the head's unfolded part), and, as a read
+    sees them, credits == sum(amount) == sum(remaining of grants not written off)."""
+    problems = await pool.fetch("SELECT * FROM sc_grant_problems() WHERE user_id = $1", user)
+    assert [dict(p) for p in problems] == []
+    await touch(pool, user)
     row = await pool.fetchrow(
         "SELECT u.credits, u.reserved,"
         " (SELECT coalesce(sum(amount), 0) FROM transactions t WHERE t.user_id = u.user_id)"
@@ -111,8 +123,6 @@ async def assert_consistent(pool, user: str) -> None:
         user,
     )
     assert row["credits"] == row["logged"] == row["remaining"], dict(row)
-    problems = await pool.fetch("SELECT * FROM sc_grant_problems() WHERE user_id = $1", user)
-    assert [dict(p) for p in problems] == []
 
 
 async def at(instant: datetime) -> None:
@@ -324,15 +334,140 @@ async def test_no_grant_is_overdrawn_by_charges_holds_and_debits_racing(pool) ->
     await assert_consistent(pool, user)
 
 
-async def test_concurrent_repeats_of_one_key_write_once(pool) -> None:
+# --- the charge's one statement (ledger_v2.sql) ---------------------------------------
+
+# The functions a charge calls when it does not go the one-statement way.
+SLOW_WAY = ("sc_lock", "sc_lock_keep", "sc_take", "sc_rehead", "sc_keyed", "sc_short", "sc_tx_out")
+
+
+async def charge_counting_calls(pool, user: str, skill: str, units: int = 1):
+    """A charge, and how many times it called any of SLOW_WAY (track_functions counts
+    calls; what is not yet flushed to the statistics includes earlier transactions of the
+    connection, so the count is taken before and after)."""
+    count = (
+        "SELECT coalesce(sum(pg_stat_get_xact_function_calls(oid)), 0)::int"
+        " FROM pg_proc WHERE proname = ANY($1::text[])"
+    )
+    async with pool.acquire() as conn:
+        await conn.execute("SET track_functions = 'all'")
+        try:
+            async with conn.transaction():
+                before = await conn.fetchval(count, list(SLOW_WAY))
+                row = await conn.fetchrow(CHARGE, user, skill, None, units, None, None, None, None)
+                after = await conn.fetchval(count, list(SLOW_WAY))
+        finally:
+            await conn.execute("RESET track_functions")
+    return row, after - before
+
+
+async def test_a_charge_the_head_covers_is_one_statement(pool) -> None:
+    skill = await new_skill(pool, 3)
+    user = new_user()
+    paid = await credit(pool, user, 10)
+    first, calls = await charge_counting_calls(pool, user, skill)
+    assert first["outcome"] == "written" and calls > 0  # no head yet: it makes one
+    second, calls = await charge_counting_calls(pool, user, skill)
+    assert (second["outcome"], second["balance_after"], calls) == ("written", 4, 0)
+    assert sources(second) == [(paid["grant_id"], 3)]
+    # what the head cannot cover goes the slow way, and answers why
+    short, calls = await charge_counting_calls(pool, user, skill, units=2)
+    assert (short["outcome"], short["credits"], short["required"]) == ("insufficient", 4, 6)
+    assert calls > 0
+    await assert_consistent(pool, user)
+
+
+async def test_reads_and_reconcile_see_what_charges_took_from_the_head(pool) -> None:
+    skill = await new_skill(pool, 3)
+    user = new_user()
+    paid = await credit(pool, user, 100)
+    for _ in range(4):
+        assert (await charge(pool, user, skill))["outcome"] == "written"
+    taken = await pool.fetchval("SELECT head_taken FROM users WHERE user_id = $1", user)
+    assert taken == 9  # the first charge made the head; three more drew from it
+    assert await pool.fetch("SELECT * FROM sc_grant_problems() WHERE user_id = $1", user) == []
+    view = await pool.fetchrow("SELECT * FROM sc_user($1)", user)
+    assert (view["credits"], view["paid"]) == (88, 88)
+    assert [(g["id"], g["remaining"]) for g in await grants(pool, user)] == [
+        (paid["grant_id"], 88)
+    ]
+    await assert_consistent(pool, user)
+
+
+async def test_a_grant_that_comes_first_takes_over_from_the_head(pool) -> None:
+    skill = await new_skill(pool, 3)
+    user = new_user()
+    paid = await credit(pool, user, 100)
+    await charge(pool, user, skill)
+    await charge(pool, user, skill)
+    gift = await credit(pool, user, 4, type_="GRANT", priority=10)
+    spans = [await charge(pool, user, skill) for _ in range(2)]
+    assert sources(spans[0]) == [(gift["grant_id"], 3)]
+    assert sources(spans[1]) == [(gift["grant_id"], 1), (paid["grant_id"], 2)]
+    after = await charge(pool, user, skill)
+    assert sources(after) == [(paid["grant_id"], 3)]
+    await assert_consistent(pool, user)
+
+
+async def test_concurrent_charges_and_credits_keep_the_spending_order(pool) -> None:
+    """Charges race credits of grants that come first. In the order the user's writes
+    took effect (the log's seq), every charge drew from the first grant that had credits
+    then: a charge never used a head that a credit had just overtaken."""
     skill = await new_skill(pool, 1)
     user = new_user()
-    await credit(pool, user, 100)
-    results = await asyncio.gather(
-        *(charge(pool, user, skill, key="same", hash_=b"x") for _ in range(12))
+    await credit(pool, user, 1000, priority=50)
+    await charge(pool, user, skill)  # the head exists before the race
+
+    async def gift(priority: int) -> None:
+        await credit(pool, user, 3, type_="GRANT", priority=priority)
+
+    work = [charge(pool, user, skill) for _ in range(60)]
+    for i, priority in enumerate((40, 30, 20, 10, 5)):
+        work.insert(10 + 10 * i, gift(priority))
+    await asyncio.gather(*work)
+
+    rows = await pool.fetch(
+        "SELECT type, grant_id::text AS grant_id, amount, sources::text AS sources"
+        " FROM transactions WHERE user_id = $1 ORDER BY seq",
+        user,
     )
-    assert sorted(r["outcome"] for r in results) == ["replay"] * 11 + ["written"]
-    assert len({r["id"] for r in results}) == 1
+    made = await pool.fetch("SELECT id::text AS id, priority FROM grants WHERE user_id = $1", user)
+    priority = {g["id"]: g["priority"] for g in made}
+    left: dict[str, int] = {}
+    for row in rows:
+        if row["grant_id"] is not None:
+            left[row["grant_id"]] = row["amount"]
+            continue
+        first = min((g for g, n in left.items() if n > 0), key=priority.__getitem__)
+        assert [(s["grant_id"], s["amount"]) for s in json.loads(row["sources"])] == [(first, 1)]
+        left[first] -= 1
+    assert sum(1 for r in rows if r["type"] == "CONSUMPTION") == 61
+    await assert_consistent(pool, user)
+
+
+@pytest.mark.parametrize("head", [True, False])
+async def test_concurrent_repeats_of_one_key_write_once(pool, head: bool) -> None:
+    """Repeats of one key racing, on the one statement (a head exists) or the slow way:
+    one writes; the unique index stops the others that found no row yet, having written
+    nothing (the service then calls again, which answers the replay)."""
+    skill = await new_skill(pool, 1)
+    user = new_user()
+    await credit(pool, user, 100 + head)
+    if head:
+        await charge(pool, user, skill)
+    results = await asyncio.gather(
+        *(charge(pool, user, skill, key="raced", hash_=b"x") for _ in range(12)),
+        return_exceptions=True,
+    )
+    written = [r for r in results if not isinstance(r, BaseException) and r["outcome"] == "written"]
+    lost = [r for r in results if isinstance(r, asyncpg.UniqueViolationError)]
+    assert len(written) == 1
+    assert all(e.constraint_name == "transactions_idempotency" for e in lost)
+    assert len(written) + len(lost) + sum(
+        1 for r in results if not isinstance(r, BaseException) and r["outcome"] == "replay"
+    ) == 12
+    again = await charge(pool, user, skill, key="raced", hash_=b"x")
+    assert (again["outcome"], again["id"]) == ("replay", written[0]["id"])
+    assert await pool.fetchval("SELECT credits FROM users WHERE user_id = $1", user) == 99
     await assert_consistent(pool, user)
 
 
@@ -582,3 +717,43 @@ def test_the_upgrade_turns_each_balance_into_one_grant(fresh_database) -> None:
     run_in_thread(asyncio.run, before())
     run_in_thread(command.upgrade, alembic_config(settings), "head")
     run_in_thread(asyncio.run, after())
+
+
+def test_the_downgrade_folds_every_head_into_its_grant(fresh_database) -> None:
+    """Charges drawn from a head and not yet folded; down to 0006 (version 1's functions,
+    no head): every grant says what it has, and v1's reconcile is clean; up again."""
+    from alembic import command
+
+    from skill_credits.migrate import alembic_config, migrate
+    from skill_credits.settings import Settings
+    from tests.support.run import run_in_thread
+
+    _, url = fresh_database
+    settings = Settings(database_url=url)
+    run_in_thread(migrate, settings)
+
+    async def charged() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("INSERT INTO skills (name, display_name, cost) VALUES ('D', 'D', 2)")
+            await credit(conn, "down", 10)
+            for _ in range(3):
+                assert (await charge(conn, "down", "D"))["outcome"] == "written"
+            assert await conn.fetchval("SELECT head_taken FROM users") == 4
+        finally:
+            await conn.close()
+
+    async def folded() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            assert [tuple(r) for r in await conn.fetch("SELECT remaining FROM grants")] == [(4,)]
+            assert await conn.fetchval("SELECT credits FROM users") == 4
+            assert await conn.fetch("SELECT * FROM sc_grant_problems()") == []
+            assert (await charge(conn, "down", "D"))["balance_after"] == 2
+        finally:
+            await conn.close()
+
+    run_in_thread(asyncio.run, charged())
+    run_in_thread(command.downgrade, alembic_config(settings), "0006")
+    run_in_thread(asyncio.run, folded())
+    run_in_thread(command.upgrade, alembic_config(settings), "head")

@@ -1,18 +1,19 @@
 -- The ledger's functions, version 2 (loaded by migration 0007 over ledger_v1.sql).
 --
--- 1. A charge that passes every check is one statement: the guarded UPDATE of the user's
---    balance, the UPDATE of the grant it draws from and the log insert, in one CTE. Only
---    when that statement writes nothing does the function go on to v1's checks one by one
---    (under the user's lock) to find out why, or to finish a charge the first grant could
---    not cover alone.
+-- 1. A charge that passes every check is one statement again, the shape it had before
+--    grants: the guarded UPDATE of the user's row and the log insert. The grant it draws
+--    from is booked in that same UPDATE, on the user's row: users.head_grant is the grant
+--    a charge may draw from without reading grants (the first in spending order with free
+--    credits), head_free what it has free for charges, head_taken what charges took from
+--    it that its own row does not show yet. Charges only ever draw from the head, so the
+--    grants stay exactly as the log says once head_taken is folded into the head's row.
 --
---    The statement picks the first grant by its snapshot, which may predate the user's
---    lock. That is safe because every write that may add a grant or give one free credits
---    (credits, refunds, holds, captures, releases, expiry: all of them take sc_lock) bumps
---    users.grant_seq, and the statement's guard requires the grant_seq its snapshot saw: if
---    one of those writes committed in between, the guard fails on the locked row and the
---    function goes the slow way. Between two charges only remainders fall, so the grant the
---    snapshot saw first is still first, and its UPDATE re-checks what it has free.
+--    Folding (sc_fold) happens under the user's lock: every other write folds and clears
+--    the head first (sc_lock), so it works on exact grant rows; a read folds and keeps it
+--    (sc_touch), so what it shows is exact. A charge that finds no head, or a head that
+--    cannot cover it, goes v1's way (its checks one by one; a write under the lock) and
+--    then makes the first grant with free credits the head again (sc_rehead).
+--    reconcile (sc_grant_problems) counts the unfolded part where it compares.
 --
 -- 2. The CHECK constraints of users, grants and transactions become one each, calling an
 --    IMMUTABLE PL/pgSQL function (sc_user_valid, sc_grant_valid, sc_transaction_valid) with
@@ -21,7 +22,11 @@
 --    fifth of the database's time per charge. A PL/pgSQL function is compiled once per
 --    connection. The rules are still checked by PostgreSQL on every row written.
 
-ALTER TABLE users RENAME COLUMN hold_seq TO grant_seq;
+-- hold_seq guarded the statements of before grants; nothing reads it any more.
+ALTER TABLE users DROP COLUMN hold_seq,
+    ADD COLUMN head_grant uuid,
+    ADD COLUMN head_free bigint,
+    ADD COLUMN head_taken bigint NOT NULL DEFAULT 0;
 
 -- One per rule, each true (or unknown) as the CHECK it replaces was.
 CREATE FUNCTION sc_transaction_valid(
@@ -66,14 +71,17 @@ BEGIN
 END $$;
 
 CREATE FUNCTION sc_user_valid(
-    p_user_id text, p_credits bigint, p_reserved bigint, p_low_balance_threshold bigint)
+    p_user_id text, p_credits bigint, p_reserved bigint, p_low_balance_threshold bigint,
+    p_head_free bigint, p_head_taken bigint)
 RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     RETURN (p_user_id ~ '^[A-Za-z0-9._:@-]{1,128}$') IS NOT FALSE
        AND (p_credits >= 0) IS NOT FALSE
        AND (p_reserved >= 0 AND p_reserved <= p_credits) IS NOT FALSE
-       AND (p_low_balance_threshold >= 0) IS NOT FALSE;
+       AND (p_low_balance_threshold >= 0) IS NOT FALSE
+       AND (p_head_free >= 0 AND p_head_free <= p_credits - p_reserved) IS NOT FALSE
+       AND (p_head_taken >= 0) IS NOT FALSE;
 END $$;
 
 -- The old rows met the same rules; the migration validates the new constraints after this
@@ -110,22 +118,91 @@ ALTER TABLE users
     DROP CONSTRAINT users_reserved_range,
     DROP CONSTRAINT users_low_balance_threshold_check,
     ADD CONSTRAINT users_valid CHECK (sc_user_valid(
-        user_id, credits, reserved, low_balance_threshold)) NOT VALID;
+        user_id, credits, reserved, low_balance_threshold, head_free, head_taken)) NOT VALID;
 
--- Lock the user's row and write off what is due. False for an unknown user. Every write
--- but a charge's one statement comes here first, so this is where grant_seq moves.
-CREATE OR REPLACE FUNCTION sc_lock(p_user text) RETURNS boolean
+-- Fold what charges took from the head into its row, for a user the caller has locked;
+-- p_clear: the head is cleared too (the caller is about to change the grants).
+CREATE FUNCTION sc_fold(p_user text, p_clear boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_head uuid;
+    v_taken bigint;
+BEGIN
+    SELECT head_grant, head_taken INTO v_head, v_taken FROM users WHERE user_id = p_user;
+    IF v_taken > 0 THEN
+        UPDATE grants SET remaining = remaining - v_taken,
+                          status = CASE WHEN remaining = v_taken THEN 'depleted'
+                                        ELSE status END
+        WHERE id = v_head;
+    END IF;
+    IF v_taken > 0 OR (p_clear AND v_head IS NOT NULL) THEN
+        UPDATE users SET head_taken = 0,
+                         head_grant = CASE WHEN p_clear THEN NULL ELSE head_grant END,
+                         head_free = CASE WHEN p_clear THEN NULL ELSE head_free END
+        WHERE user_id = p_user;
+    END IF;
+END $$;
+
+-- Make the first grant with free credits the head, for a user the caller has locked and
+-- folded.
+CREATE FUNCTION sc_rehead(p_user text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE users u SET head_grant = f.id, head_free = f.remaining - f.reserved, head_taken = 0
+    FROM (SELECT g.id, g.remaining, g.reserved FROM grants g
+          WHERE g.user_id = p_user AND g.status = 'active' AND g.remaining > g.reserved
+          ORDER BY g.priority, g.expires_at, g.created_at, g.id LIMIT 1) f
+    WHERE u.user_id = p_user;
+END $$;
+
+-- Lock the user's row, fold the head into its grant and write off what is due (which
+-- clears the head: expiry changes the grants). False for an unknown user. The head stays
+-- otherwise: for reads, and for a charge that may write nothing.
+CREATE FUNCTION sc_lock_keep(p_user text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     v_due timestamptz;
+    v_taken bigint;
 BEGIN
-    UPDATE users SET grant_seq = grant_seq + 1 WHERE user_id = p_user
-    RETURNING next_due INTO v_due;
+    SELECT next_due, head_taken INTO v_due, v_taken FROM users WHERE user_id = p_user
+    FOR UPDATE;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
     IF v_due <= now() THEN
+        PERFORM sc_fold(p_user, true);
         PERFORM sc_expire(p_user);
+    ELSIF v_taken > 0 THEN
+        PERFORM sc_fold(p_user, false);
+    END IF;
+    RETURN true;
+END $$;
+
+-- sc_lock_keep, and the head cleared: for every write but a charge (it changes the grants).
+CREATE OR REPLACE FUNCTION sc_lock(p_user text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT sc_lock_keep(p_user) THEN
+        RETURN false;
+    END IF;
+    PERFORM sc_fold(p_user, true);
+    RETURN true;
+END $$;
+
+-- For reads: write off what is due and fold the head, taking the lock only for that, so
+-- the grants read exact. False for an unknown user.
+CREATE OR REPLACE FUNCTION sc_touch(p_user text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_due timestamptz;
+    v_taken bigint;
+BEGIN
+    SELECT next_due, head_taken INTO v_due, v_taken FROM users WHERE user_id = p_user;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF v_due <= now() OR v_taken > 0 THEN
+        RETURN sc_lock_keep(p_user);
     END IF;
     RETURN true;
 END $$;
@@ -140,8 +217,7 @@ BEGIN
     UPDATE users SET reserved = reserved - h.amount WHERE user_id = h.user_id;
 END $$;
 
--- POST /v1/holds (as in v1, without the hold_seq it no longer needs: sc_lock moves
--- grant_seq).
+-- POST /v1/holds (as in v1, without the hold_seq it no longer needs).
 CREATE OR REPLACE FUNCTION sc_hold(p_user text, p_skill text, p_version integer,
                                    p_units integer, p_ttl integer, p_description text,
                                    p_key text, p_hash bytea)
@@ -216,7 +292,6 @@ DECLARE
     r sc_tx_outcome;
     s skills;
     t transactions;
-    v_found boolean;
     v_need bigint;
     v_credits bigint;
     v_sources jsonb;
@@ -226,64 +301,39 @@ BEGIN
         WHERE c.name = p_skill AND c.is_active
           AND (p_version IS NULL OR c.version = p_version)
     ), bal AS (
-        UPDATE users SET credits = users.credits - (priced.s).cost * p_units
+        UPDATE users SET credits = users.credits - (priced.s).cost * p_units,
+                         head_free = users.head_free - (priced.s).cost * p_units,
+                         head_taken = users.head_taken + (priced.s).cost * p_units
         FROM priced
         WHERE users.user_id = p_user
-          AND users.credits - users.reserved >= (priced.s).cost * p_units
+          AND users.head_free >= (priced.s).cost * p_units
           AND (users.next_due IS NULL OR users.next_due > now())
-          AND users.grant_seq = (SELECT u0.grant_seq FROM users u0 WHERE u0.user_id = p_user)
           AND (p_key IS NULL OR NOT EXISTS (SELECT 1 FROM transactions x
                                             WHERE x.user_id = p_user
                                               AND x.idempotency_key = p_key))
           AND (p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
                                                WHERE a.id = p_api_key_id
                                                  AND a.revoked_at IS NULL))
-        RETURNING users.credits, (priced.s).cost * p_units AS need, priced.s
-    ), drawn AS (
-        UPDATE grants SET remaining = grants.remaining - bal.need,
-            status = CASE WHEN grants.remaining = bal.need THEN 'depleted'
-                          ELSE grants.status END
-        FROM bal
-        WHERE bal.need > 0
-          AND grants.id = (SELECT f.id FROM grants f
-                           WHERE f.user_id = p_user AND f.status = 'active'
-                             AND f.remaining > f.reserved
-                           ORDER BY f.priority, f.expires_at, f.created_at, f.id LIMIT 1)
-          AND grants.remaining - grants.reserved >= bal.need
-        RETURNING grants.id
+        RETURNING users.credits, users.head_grant, (priced.s).cost * p_units AS need,
+                  priced.s
     ), logged AS (
         INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill,
                                   units, unit_cost, description, idempotency_key,
                                   request_hash, sources)
         SELECT p_user, 'CONSUMPTION', -bal.need, bal.credits, (bal.s).id, (bal.s).name,
                p_units, (bal.s).cost, p_description, p_key, p_hash,
-               CASE WHEN drawn.id IS NULL THEN '[]'::jsonb
-                    ELSE jsonb_build_array(jsonb_build_object('grant_id', drawn.id,
+               CASE WHEN bal.need = 0 THEN '[]'::jsonb
+                    ELSE jsonb_build_array(jsonb_build_object('grant_id', bal.head_grant,
                                                               'amount', bal.need)) END
-        FROM bal LEFT JOIN drawn ON true
-        WHERE drawn.id IS NOT NULL OR bal.need = 0
+        FROM bal
         RETURNING *
     )
     SELECT 'written', l.id::text, l.user_id, l.type, l.amount, l.balance_after, l.skill,
            l.units, l.unit_cost, l.description, NULL, NULL, l.sources, l.created_at,
-           l.request_hash, bal.s, bal.credits, NULL, bal.need, NULL
-    INTO r FROM bal LEFT JOIN logged l ON true;
+           l.request_hash, bal.s, NULL, NULL, NULL, NULL
+    INTO r FROM bal, logged l;
     IF FOUND THEN
-        IF r.id IS NOT NULL THEN
-            r.credits := NULL;
-            r.required := NULL;
-            RETURN r;
-        END IF;
-        -- The balance is taken, but the first grant did not cover it all: take it across
-        -- the grants (a new statement sees each as it is now).
-        v_sources := sc_take(p_user, r.required, NULL, false);
-        INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill,
-                                  units, unit_cost, description, idempotency_key,
-                                  request_hash, sources)
-        VALUES (p_user, 'CONSUMPTION', -r.required, r.credits, (r.sk).id, (r.sk).name,
-                p_units, (r.sk).cost, p_description, p_key, p_hash, v_sources)
-        RETURNING * INTO t;
-        RETURN sc_skill_out(sc_tx_out('written', t), r.sk);
+        RETURN r;
     END IF;
 
     -- Nothing written: find out why, in the contract's order.
@@ -294,8 +344,8 @@ BEGIN
         RETURN r;
     END IF;
     IF p_key IS NOT NULL THEN
-        -- a keyed request locks first, so a concurrent repeat finds this one's row
-        v_found := sc_lock(p_user);
+        -- no lock: a repeat running while the original is in flight finds nothing here,
+        -- and the unique index stops its insert below
         t := sc_keyed(p_user, p_key);
         IF t.id IS NOT NULL THEN
             RETURN sc_tx_out('replay', t);
@@ -314,16 +364,14 @@ BEGIN
         r.outcome := 'skill_disabled';
         RETURN sc_skill_out(r, s);
     END IF;
-    IF p_key IS NULL THEN
-        v_found := sc_lock(p_user);
-    END IF;
-    IF NOT v_found THEN
+    IF NOT sc_lock_keep(p_user) THEN
         r.outcome := 'user_not_found';
         RETURN r;
     END IF;
     v_need := s.cost * p_units;
-    -- Under the lock, with what was due written off: the balance, then the grants.
-    UPDATE users SET credits = credits - v_need
+    -- Under the lock, with what was due written off and the head folded: the balance
+    -- (the head cleared: the grants change), then the grants, then the head again.
+    UPDATE users SET credits = credits - v_need, head_grant = NULL, head_free = NULL
     WHERE user_id = p_user AND credits - reserved >= v_need
     RETURNING credits INTO v_credits;
     IF NOT FOUND THEN
@@ -335,5 +383,62 @@ BEGIN
     VALUES (p_user, 'CONSUMPTION', -v_need, v_credits, s.id, s.name, p_units, s.cost,
             p_description, p_key, p_hash, v_sources)
     RETURNING * INTO t;
+    PERFORM sc_rehead(p_user);
     RETURN sc_skill_out(sc_tx_out('written', t), s);
 END $$;
+
+-- Every way the grants disagree with the log, the holds and the balances (for reconcile),
+-- each grant's remaining less what charges took from it as the head and it does not show
+-- yet.
+CREATE OR REPLACE FUNCTION sc_grant_problems()
+RETURNS TABLE (user_id text, grant_id text, problem text)
+LANGUAGE sql STABLE AS $$
+    WITH gr AS (
+        SELECT g.id, g.user_id, g.amount, g.reserved, g.status,
+               g.remaining - coalesce(u.head_taken, 0) AS remaining
+        FROM grants g LEFT JOIN users u ON u.head_grant = g.id
+    ), moved AS (
+        SELECT (e ->> 'grant_id')::uuid AS grant_id,
+               sum(sign(t.amount) * (e ->> 'amount')::bigint)::bigint AS net
+        FROM transactions t, jsonb_array_elements(t.sources) e GROUP BY 1
+    ), held AS (
+        SELECT (e ->> 'grant_id')::uuid AS grant_id, sum((e ->> 'amount')::bigint) AS amount
+        FROM holds h, jsonb_array_elements(h.sources) e
+        WHERE h.status = 'held' GROUP BY 1
+    )
+    SELECT g.user_id, g.id::text,
+           format('remaining %s but amount %s and the log''s sources give %s',
+                  g.remaining, g.amount, g.amount + coalesce(m.net, 0))
+    FROM gr g LEFT JOIN moved m ON m.grant_id = g.id
+    WHERE g.remaining <> g.amount + coalesce(m.net, 0)
+    UNION ALL
+    SELECT g.user_id, g.id::text,
+           format('reserved %s but remaining %s and live holds set aside %s',
+                  g.reserved, g.remaining, coalesce(h.amount, 0))
+    FROM gr g LEFT JOIN held h ON h.grant_id = g.id
+    WHERE g.reserved < 0 OR g.reserved > g.remaining OR g.reserved <> coalesce(h.amount, 0)
+    UNION ALL
+    SELECT u.user_id, NULL,
+           format('credits %s, reserved %s but the grants hold %s, reserve %s',
+                  u.credits, u.reserved, coalesce(sum(g.remaining), 0),
+                  coalesce(sum(g.reserved), 0))
+    FROM users u LEFT JOIN gr g ON g.user_id = u.user_id AND g.status <> 'expired'
+    GROUP BY u.user_id, u.credits, u.reserved
+    HAVING u.credits <> coalesce(sum(g.remaining), 0)
+        OR u.reserved <> coalesce(sum(g.reserved), 0)
+    UNION ALL
+    SELECT u.user_id, u.head_grant::text,
+           format('the head has %s free for charges but %s in its grant',
+                  u.head_free, g.remaining - g.reserved)
+    FROM users u JOIN gr g ON g.id = u.head_grant
+    WHERE u.head_free > g.remaining - g.reserved
+    UNION ALL
+    SELECT t.user_id, NULL,
+           format('transaction %s of %s has sources summing to %s', t.id, t.amount,
+                  (SELECT coalesce(sum((e ->> 'amount')::bigint), 0)
+                   FROM jsonb_array_elements(t.sources) e))
+    FROM transactions t
+    WHERE t.sources <> '[]'::jsonb
+      AND abs(t.amount) <> (SELECT coalesce(sum((e ->> 'amount')::bigint), 0)
+                            FROM jsonb_array_elements(t.sources) e)
+$$;

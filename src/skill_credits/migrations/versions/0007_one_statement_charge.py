@@ -1,14 +1,16 @@
 """A charge that passes every check is one statement again; CHECK constraints that
 PostgreSQL need not rebuild from text for every statement.
 
-``skill_credits/ledger/sql/ledger_v2.sql`` (see the header there) replaces ``sc_charge``
-with one that tries the whole charge as one CTE before anything else, renames
-``users.hold_seq`` to ``grant_seq`` (moved by ``sc_lock``, which every other write takes),
-and turns the CHECK constraints of users, grants and transactions into one each, calling
-a PL/pgSQL function with the same rules. The new constraints are validated after the
-change commits, so the scan of a large log holds no lock that stops charges.
+``skill_credits/ledger/sql/ledger_v2.sql`` (see the header there) books a charge's grant
+on the user's row (``users.head_grant``, ``head_free``, ``head_taken``), so a charge is
+the guarded UPDATE of that row and the log insert in one statement; it drops
+``users.hold_seq``, which nothing reads any more; and it turns the CHECK constraints of
+users, grants and transactions into one each, calling a PL/pgSQL function with the same
+rules. The new constraints are validated after the change commits, so the scan of a
+large log holds no lock that stops charges.
 
-Downgrade loads version 1's functions again and puts the old constraints back.
+Downgrade folds every head into its grant, loads version 1's functions again and puts
+the old columns and constraints back.
 
 Revision ID: 0007
 Revises: 0006
@@ -32,7 +34,9 @@ VALIDATE = [
 
 # The constraints as 0001-0006 made them (the rows met them: the rules are the same).
 DOWNGRADE = [
-    "ALTER TABLE users RENAME COLUMN grant_seq TO hold_seq",
+    """UPDATE grants g SET remaining = g.remaining - u.head_taken,
+           status = CASE WHEN g.remaining = u.head_taken THEN 'depleted' ELSE g.status END
+       FROM users u WHERE u.head_grant = g.id AND u.head_taken > 0""",
     """ALTER TABLE transactions DROP CONSTRAINT transactions_valid,
        ADD CONSTRAINT transactions_type_check CHECK (type IN
            ('CONSUMPTION', 'PURCHASE', 'GRANT', 'REFUND', 'ADJUSTMENT', 'EXPIRY')),
@@ -68,9 +72,12 @@ DOWNGRADE = [
        ADD CONSTRAINT users_credits_nonnegative CHECK (credits >= 0),
        ADD CONSTRAINT users_reserved_range CHECK (reserved >= 0 AND reserved <= credits),
        ADD CONSTRAINT users_low_balance_threshold_check CHECK (low_balance_threshold >= 0)""",
+    "ALTER TABLE users DROP COLUMN head_grant, DROP COLUMN head_free, DROP COLUMN head_taken,"
+    " ADD COLUMN hold_seq bigint NOT NULL DEFAULT 0",
     "DROP FUNCTION sc_transaction_valid(text, bigint, bigint, uuid, integer, bigint, text,"
     " text, uuid), sc_grant_valid(text, smallint, bigint, bigint, bigint, text),"
-    " sc_user_valid(text, bigint, bigint, bigint)",
+    " sc_user_valid(text, bigint, bigint, bigint, bigint, bigint), sc_fold(text, boolean),"
+    " sc_rehead(text), sc_lock_keep(text)",
 ]
 
 
