@@ -5,7 +5,10 @@ Each checkout runs as deployed (its own `.venv/bin/skill-credits serve`) on a da
 its own, migrated by its own code and seeded through its own HTTP API (so whatever a
 release keeps beside a balance, grants included, is made the way users make it). Rounds
 alternate A and B (B first every other round); the answer is the median charges/s of
-each and their ratio, per load pattern. Nothing else is compared: run it on a machine
+each and their ratio, per load pattern: 10 000 users at random ("spread"), one user
+("hot"), and users with three grants each charged once at cost 2, so that each charge
+spans the first two ("spans"; on a checkout without grants, the same credits make one
+balance). Nothing else is compared: run it on a machine
 that is as quiet as it can be, and read the spread of the rounds before the ratio.
 
     uv run --group bench python bench/ab.py --a ../old-checkout --b . [--rounds 6]
@@ -22,6 +25,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +34,18 @@ sys.path.insert(0, str(ROOT))
 from tests.support.databases import delete_prefix, drop_databases  # noqa: E402
 from tests.support.processes import AppServer  # noqa: E402
 
-from bench.databases import PG, REDIS_URL, SKILL, USERS  # noqa: E402
-from bench.phases import charges, log  # noqa: E402
+from bench.databases import PG, REDIS_URL, SKILL, SPAN_SKILL, USERS  # noqa: E402
+from bench.phases import charges, log, span_charges  # noqa: E402
 
 BIG = 10**15
+# Users with three grants, each charged once, so every charge spans the first two.
+SPAN_USERS = 20_000
+SPAN_GRANTS = (
+    {"amount": 1, "type": "GRANT", "priority": 10},
+    {"amount": BIG, "type": "PURCHASE", "priority": 20},
+    {"amount": BIG, "type": "PURCHASE"},
+)
+PATTERNS = ("spread", "hot", "spans")
 
 
 class Side:
@@ -50,6 +62,7 @@ class Side:
         }
         self.server = AppServer(self.env, workers, command=self.cli, cwd=self.checkout, quiet=True)
         self.token = ""
+        self.span_from = 0  # the next span user each wrk thread charges
 
     def cli_run(self, *args: str) -> str:
         out = subprocess.run(
@@ -70,14 +83,56 @@ class Side:
             body = {"name": SKILL, "display_name": "bench", "cost": 1}
             r = await http.post("/v1/admin/skills", json=body)
             assert r.status_code == 201, r.text
+            span = {"name": SPAN_SKILL, "display_name": "bench span", "cost": 2}
+            assert (await http.post("/v1/admin/skills", json=span)).status_code == 201
             names = [f"bench_{i}" for i in range(users)] + ["bench_hot"]
             purchase = {"amount": BIG, "type": "PURCHASE"}
-            for start in range(0, len(names), 50):
-                batch = names[start : start + 50]
+            # a checkout without grants knows no priority: the same credits, one balance
+            probe = await http.post("/v1/users/span_probe/credits", json=SPAN_GRANTS[0])
+            grants = SPAN_GRANTS
+            if probe.status_code == 400:
+                grants = tuple({k: v for k, v in g.items() if k != "priority"} for g in grants)
+            credits = [(n, purchase) for n in names] + [
+                (f"span_{i}", grant) for grant in grants for i in range(SPAN_USERS)
+            ]
+            for start in range(0, len(credits), 50):
+                batch = credits[start : start + 50]
                 answers = await asyncio.gather(
-                    *(http.post(f"/v1/users/{n}/credits", json=purchase) for n in batch)
+                    *(http.post(f"/v1/users/{n}/credits", json=body) for n, body in batch)
                 )
                 assert all(a.status_code == 201 for a in answers), answers[0].text
+            # one charge each before any round: a user's first charge after an upgrade
+            # may go a slower way once (a release's own warm-up, not its steady state)
+            charge = {"skill": SKILL}
+            for start in range(0, len(names), 50):
+                answers = await asyncio.gather(
+                    *(
+                        http.post("/v1/charges", json=charge | {"user_id": n})
+                        for n in names[start : start + 50]
+                    )
+                )
+                assert all(a.status_code == 201 for a in answers), answers[0].text
+
+    def spans(self, seconds: float) -> dict:
+        """Charges of span users not charged before."""
+        result = span_charges(self.server.url, self.token, seconds, SPAN_USERS, self.span_from)
+        self.span_from += result["requests"] // 2 + 500  # wrk's threads share the load
+        return result
+
+    async def spanned(self) -> str:
+        """How many of the span users' charges drew from two grants (B's schema only)."""
+        conn = await asyncpg.connect(f"{PG}/{self.database}")
+        try:
+            row = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE jsonb_array_length(sources) = 2) AS two,"
+                " count(*) AS all FROM transactions WHERE skill = $1",
+                SPAN_SKILL,
+            )
+        except asyncpg.UndefinedColumnError:
+            return "no grants"
+        finally:
+            await conn.close()
+        return f"{row['two']} of {row['all']} charges spanned two grants"
 
 
 def main() -> None:
@@ -90,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     run = uuid.uuid4().hex[:8]
     sides = [Side("A", args.a, run, args.workers), Side("B", args.b, run, args.workers)]
-    rates: dict[str, dict[str, list[float]]] = {s.label: {"spread": [], "hot": []} for s in sides}
+    rates = {s.label: {p: [] for p in PATTERNS} for s in sides}
     try:
         for side in sides:
             side.start()
@@ -98,13 +153,18 @@ def main() -> None:
             log(f"{side.label}: {side.checkout} seeded ({USERS} users)")
         for round_ in range(args.rounds):
             order = sides if round_ % 2 == 0 else sides[::-1]
-            for pattern in ("spread", "hot"):
+            for pattern in PATTERNS:
                 for side in order:
-                    result = charges(side.server.url, side.token, pattern, args.seconds)
+                    if pattern == "spans":
+                        result = side.spans(args.seconds)
+                    else:
+                        result = charges(side.server.url, side.token, pattern, args.seconds)
                     bad = {s: n for s, n in result["statuses"].items() if s not in (201, 402)}
                     assert not bad, f"{side.label} answered {bad}"
                     rates[side.label][pattern].append(round(result["rate"]))
             log(f"round {round_ + 1}/{args.rounds}: {json.dumps(rates)}")
+        for side in sides:
+            log(f"{side.label}: {asyncio.run(side.spanned())}")
     finally:
         for side in sides:
             side.server.stop()
@@ -113,7 +173,7 @@ def main() -> None:
             delete_prefix(REDIS_URL, side.env["REDIS_PREFIX"])
     print("| pattern | A median charges/s (rounds) | B median (rounds) | B ÷ A |")
     print("|---|---:|---:|---:|")
-    for pattern in ("spread", "hot"):
+    for pattern in PATTERNS:
         a, b = (statistics.median(rates[s][pattern]) for s in ("A", "B"))
         print(
             f"| {pattern} | {a:.0f} ({', '.join(map(str, rates['A'][pattern]))})"

@@ -1,4 +1,5 @@
--- wrk script: POST /v1/charges for random users (or one hot user); with BENCH_KEYS=1,
+-- wrk script: POST /v1/charges for random users (or one hot user, or the span users in
+-- turn); with BENCH_KEYS=1,
 -- every second request carries a fresh Idempotency-Key. Prints one JSON line at the end.
 local users = tonumber(os.getenv("BENCH_USERS") or "10000")
 local hot = os.getenv("BENCH_HOT")
@@ -8,6 +9,9 @@ local with_keys = os.getenv("BENCH_KEYS") == "1"
 local run = os.getenv("BENCH_RUN") or "r"
 local method = os.getenv("BENCH_METHOD") or "POST"
 local get_path = os.getenv("BENCH_GET_PATH")
+-- BENCH_SPAN_STRIDE: charge the users span_0 .. span_<users-1> in turn, from BENCH_SPAN_FROM
+local span_stride = tonumber(os.getenv("BENCH_SPAN_STRIDE") or "")
+local span_from = tonumber(os.getenv("BENCH_SPAN_FROM") or "0")
 
 local threads = {}
 function setup(thread)
@@ -29,6 +33,10 @@ function request()
     return wrk.format("GET", get_path, headers)
   end
   local user = hot or ("bench_" .. math.random(0, users - 1))
+  if span_stride then
+    -- each thread walks its own stretch of the span users, each user charged once
+    user = "span_" .. ((tid - 1) * span_stride + span_from + counter - 1) % users
+  end
   if with_keys and counter % 2 == 0 then
     headers["Idempotency-Key"] = run .. "-" .. tid .. "-" .. counter
   end

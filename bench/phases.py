@@ -18,7 +18,7 @@ from pathlib import Path
 from tests.support.databases import execute
 
 from bench import databases
-from bench.databases import SKILL, USERS
+from bench.databases import SKILL, SPAN_SKILL, USERS
 from bench.servers import Target
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +73,18 @@ def load_env(token: str, pattern: str, keys: bool) -> dict[str, str]:
     if pattern == "hot":
         env["BENCH_HOT"] = "bench_hot"
     return env
+
+
+def span_charges(url: str, token: str, seconds: float, users: int, start: int) -> dict:
+    """Charges of SPAN_SKILL at c=32, each to a span user not charged before (from
+    ``start`` on in each of wrk's two threads' stretches), half with a fresh key."""
+    env = load_env(token, "spread", True) | {
+        "BENCH_SKILL": SPAN_SKILL,
+        "BENCH_USERS": str(users),
+        "BENCH_SPAN_STRIDE": str(users // 2),
+        "BENCH_SPAN_FROM": str(start),
+    }
+    return wrk(url, 32, seconds, **env)
 
 
 def charges(url: str, token: str, pattern: str, seconds: float, concurrency: int = 32) -> dict:

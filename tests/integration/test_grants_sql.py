@@ -90,18 +90,17 @@ def sources(row) -> list[tuple[str, int]]:
 
 
 async def touch(pool, user: str) -> None:
-    """What a read does first: write off what is due, fold what charges took from the
-    head into its grant."""
+    """What a read does first: write off what is due."""
     await pool.execute("SELECT sc_touch($1)", user)
 
 
 async def grants(pool, user: str) -> list[asyncpg.Record]:
     """The user's grants in spending order (active ones first in that order), as a read
-    sees them."""
+    sees them (grants_now)."""
     await touch(pool, user)
     return await pool.fetch(
         "SELECT id::text AS id, category, priority, amount, remaining, reserved, expires_at,"
-        " status FROM grants WHERE user_id = $1"
+        " status FROM grants_now WHERE user_id = $1"
         " ORDER BY priority, expires_at, created_at, id",
         user,
     )
@@ -117,7 +116,7 @@ async def assert_consistent(pool, user: str) -> None:
         "SELECT u.credits, u.reserved,"
         " (SELECT coalesce(sum(amount), 0) FROM transactions t WHERE t.user_id = u.user_id)"
         "   AS logged,"
-        " (SELECT coalesce(sum(remaining), 0) FROM grants g"
+        " (SELECT coalesce(sum(remaining), 0) FROM grants_now g"
         "   WHERE g.user_id = u.user_id AND g.status <> 'expired') AS remaining"
         " FROM users u WHERE u.user_id = $1",
         user,
@@ -337,7 +336,7 @@ async def test_no_grant_is_overdrawn_by_charges_holds_and_debits_racing(pool) ->
 # --- the charge's one statement (ledger_v2.sql) ---------------------------------------
 
 # The functions a charge calls when it does not go the one-statement way.
-SLOW_WAY = ("sc_lock", "sc_lock_keep", "sc_take", "sc_rehead", "sc_keyed", "sc_short", "sc_tx_out")
+SLOW_WAY = ("sc_lock", "sc_lock_keep", "sc_take", "sc_keyed", "sc_short", "sc_tx_out")
 
 
 async def charge_counting_calls(pool, user: str, skill: str, units: int = 1):
@@ -441,6 +440,26 @@ async def test_concurrent_charges_and_credits_keep_the_spending_order(pool) -> N
         assert [(s["grant_id"], s["amount"]) for s in json.loads(row["sources"])] == [(first, 1)]
         left[first] -= 1
     assert sum(1 for r in rows if r["type"] == "CONSUMPTION") == 61
+    await assert_consistent(pool, user)
+
+
+async def test_a_repeat_that_waited_for_its_original_answers_the_replay(pool) -> None:
+    """The original takes the slow way and holds the user's lock; the repeat finds no row
+    yet, waits for the lock, and then must answer the replay, not a 402 for the credits
+    the original spent."""
+    skill = await new_skill(pool, 3)
+    user = new_user()
+    await credit(pool, user, 3)  # no head yet: both go the slow way
+    async with pool.acquire() as conn:
+        original = conn.transaction()
+        await original.start()
+        first = await conn.fetchrow(CHARGE, user, skill, None, 1, None, "K", b"x", None)
+        repeat = asyncio.create_task(charge(pool, user, skill, key="K", hash_=b"x"))
+        await asyncio.sleep(0.5)
+        assert not repeat.done()  # it waits for the original's lock
+        await original.commit()
+    again = await repeat
+    assert (first["outcome"], again["outcome"], again["id"]) == ("written", "replay", first["id"])
     await assert_consistent(pool, user)
 
 

@@ -194,17 +194,19 @@ SPENDING = "priority, coalesce(expires_at, 'infinity'::timestamptz), created_at,
 async def grants_page(
     conn: Connection, user_id: str, status: str, limit: int, after: str | None
 ) -> tuple[list[Grant], str | None]:
-    """A page of the user's grants of ``status`` in spending order, after grant ``after``."""
+    """A page of the user's grants of ``status`` in spending order, after grant ``after``
+    (as ``grants_now`` shows them: what charges took from the head counted)."""
     where = "user_id = :user_id AND status = :status"
     if after is not None:
         where += (
-            f" AND ({SPENDING}) > (SELECT {SPENDING} FROM grants"
+            f" AND ({SPENDING}) > (SELECT {SPENDING} FROM grants_now"
             " WHERE id = CAST(:after AS uuid) AND user_id = :user_id)"
         )
     rows = (
         await conn.execute(
             text(
-                f"SELECT {GRANT_COLUMNS} FROM grants WHERE {where} ORDER BY {SPENDING} LIMIT :limit"
+                f"SELECT {GRANT_COLUMNS} FROM grants_now WHERE {where}"
+                f" ORDER BY {SPENDING} LIMIT :limit"
             ),
             {"user_id": user_id, "status": status, "after": after, "limit": limit + 1},
         )

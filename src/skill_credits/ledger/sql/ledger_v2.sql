@@ -9,11 +9,11 @@
 --    grants stay exactly as the log says once head_taken is folded into the head's row.
 --
 --    Folding (sc_fold) happens under the user's lock: every other write folds and clears
---    the head first (sc_lock), so it works on exact grant rows; a read folds and keeps it
---    (sc_touch), so what it shows is exact. A charge that finds no head, or a head that
---    cannot cover it, goes v1's way (its checks one by one; a write under the lock) and
---    then makes the first grant with free credits the head again (sc_rehead).
---    reconcile (sc_grant_problems) counts the unfolded part where it compares.
+--    the head first (sc_lock), so it works on exact grant rows. Reads take no lock and
+--    fold nothing: they read the view grants_now, which is the grants less what the head
+--    has taken, in the same snapshot as the user's row. A charge that finds no head, or
+--    a head that cannot cover it, goes v1's way (its checks one by one; a write under
+--    the lock) and makes the first grant with free credits the head again.
 --
 -- 2. The CHECK constraints of users, grants and transactions become one each, calling an
 --    IMMUTABLE PL/pgSQL function (sc_user_valid, sc_grant_valid, sc_transaction_valid) with
@@ -27,6 +27,17 @@ ALTER TABLE users DROP COLUMN hold_seq,
     ADD COLUMN head_grant uuid,
     ADD COLUMN head_free bigint,
     ADD COLUMN head_taken bigint NOT NULL DEFAULT 0;
+
+-- The grants as a read must show them: the head less what charges took from it (and
+-- depleted when that is all it had).
+CREATE VIEW grants_now AS
+SELECT g.id, g.user_id, g.transaction_id, g.category, g.priority, g.amount,
+       g.remaining - coalesce(u.head_taken, 0) AS remaining, g.reserved, g.expires_at,
+       CASE WHEN g.status = 'active' AND g.remaining = coalesce(u.head_taken, 0)
+            THEN 'depleted' ELSE g.status END AS status,
+       g.created_at
+FROM grants g
+LEFT JOIN users u ON u.user_id = g.user_id AND u.head_grant = g.id;
 
 -- One per rule, each true (or unknown) as the CHECK it replaces was.
 CREATE FUNCTION sc_transaction_valid(
@@ -143,21 +154,10 @@ BEGIN
     END IF;
 END $$;
 
--- Make the first grant with free credits the head, for a user the caller has locked and
--- folded.
-CREATE FUNCTION sc_rehead(p_user text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE users u SET head_grant = f.id, head_free = f.remaining - f.reserved, head_taken = 0
-    FROM (SELECT g.id, g.remaining, g.reserved FROM grants g
-          WHERE g.user_id = p_user AND g.status = 'active' AND g.remaining > g.reserved
-          ORDER BY g.priority, g.expires_at, g.created_at, g.id LIMIT 1) f
-    WHERE u.user_id = p_user;
-END $$;
-
 -- Lock the user's row, fold the head into its grant and write off what is due (which
 -- clears the head: expiry changes the grants). False for an unknown user. The head stays
--- otherwise: for reads, and for a charge that may write nothing.
+-- otherwise: for reads, and for a charge that may write nothing (it clears the head when
+-- it writes).
 CREATE FUNCTION sc_lock_keep(p_user text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -189,19 +189,18 @@ BEGIN
     RETURN true;
 END $$;
 
--- For reads: write off what is due and fold the head, taking the lock only for that, so
--- the grants read exact. False for an unknown user.
+-- For reads: write off what is due (taking the lock only then). False for an unknown
+-- user. The head stays: reads see it through grants_now.
 CREATE OR REPLACE FUNCTION sc_touch(p_user text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     v_due timestamptz;
-    v_taken bigint;
 BEGIN
-    SELECT next_due, head_taken INTO v_due, v_taken FROM users WHERE user_id = p_user;
+    SELECT next_due INTO v_due FROM users WHERE user_id = p_user;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    IF v_due <= now() OR v_taken > 0 THEN
+    IF v_due <= now() THEN
         RETURN sc_lock_keep(p_user);
     END IF;
     RETURN true;
@@ -344,10 +343,8 @@ BEGIN
         RETURN r;
     END IF;
     IF p_key IS NOT NULL THEN
-        -- no lock: a repeat running while the original is in flight finds nothing here,
-        -- and the unique index stops its insert below
-        t := sc_keyed(p_user, p_key);
-        IF t.id IS NOT NULL THEN
+        SELECT * INTO t FROM transactions WHERE user_id = p_user AND idempotency_key = p_key;
+        IF FOUND THEN
             RETURN sc_tx_out('replay', t);
         END IF;
     END IF;
@@ -368,36 +365,45 @@ BEGIN
         r.outcome := 'user_not_found';
         RETURN r;
     END IF;
+    IF p_key IS NOT NULL THEN
+        -- a repeat that looked before the original committed looks again under the lock
+        SELECT * INTO t FROM transactions WHERE user_id = p_user AND idempotency_key = p_key;
+        IF FOUND THEN
+            RETURN sc_tx_out('replay', t);
+        END IF;
+    END IF;
     v_need := s.cost * p_units;
-    -- Under the lock, with what was due written off and the head folded: the balance
-    -- (the head cleared: the grants change), then the grants, then the head again.
-    UPDATE users SET credits = credits - v_need, head_grant = NULL, head_free = NULL
-    WHERE user_id = p_user AND credits - reserved >= v_need
-    RETURNING credits INTO v_credits;
-    IF NOT FOUND THEN
+    -- Under the lock, with what was due written off and the head folded: the balance, the
+    -- grants in spending order, then the balance and the head again in one UPDATE.
+    IF NOT EXISTS (SELECT 1 FROM users WHERE user_id = p_user
+                   AND credits - reserved >= v_need) THEN
         RETURN sc_skill_out(sc_short(p_user, v_need, NULL), s);
     END IF;
     v_sources := sc_take(p_user, v_need, NULL, false);
+    UPDATE users SET credits = credits - v_need, head_taken = 0,
+                     (head_grant, head_free) = (
+                         SELECT g.id, g.remaining - g.reserved FROM grants g
+                         WHERE g.user_id = p_user AND g.status = 'active'
+                           AND g.remaining > g.reserved
+                         ORDER BY g.priority, g.expires_at, g.created_at, g.id LIMIT 1)
+    WHERE user_id = p_user
+    RETURNING credits INTO v_credits;
     INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill, units,
                               unit_cost, description, idempotency_key, request_hash, sources)
     VALUES (p_user, 'CONSUMPTION', -v_need, v_credits, s.id, s.name, p_units, s.cost,
             p_description, p_key, p_hash, v_sources)
     RETURNING * INTO t;
-    PERFORM sc_rehead(p_user);
-    RETURN sc_skill_out(sc_tx_out('written', t), s);
+    r := sc_tx_out('written', t);
+    r.sk := s;
+    RETURN r;
 END $$;
 
 -- Every way the grants disagree with the log, the holds and the balances (for reconcile),
--- each grant's remaining less what charges took from it as the head and it does not show
--- yet.
+-- on the grants as reads see them (grants_now).
 CREATE OR REPLACE FUNCTION sc_grant_problems()
 RETURNS TABLE (user_id text, grant_id text, problem text)
 LANGUAGE sql STABLE AS $$
-    WITH gr AS (
-        SELECT g.id, g.user_id, g.amount, g.reserved, g.status,
-               g.remaining - coalesce(u.head_taken, 0) AS remaining
-        FROM grants g LEFT JOIN users u ON u.head_grant = g.id
-    ), moved AS (
+    WITH moved AS (
         SELECT (e ->> 'grant_id')::uuid AS grant_id,
                sum(sign(t.amount) * (e ->> 'amount')::bigint)::bigint AS net
         FROM transactions t, jsonb_array_elements(t.sources) e GROUP BY 1
@@ -409,20 +415,20 @@ LANGUAGE sql STABLE AS $$
     SELECT g.user_id, g.id::text,
            format('remaining %s but amount %s and the log''s sources give %s',
                   g.remaining, g.amount, g.amount + coalesce(m.net, 0))
-    FROM gr g LEFT JOIN moved m ON m.grant_id = g.id
+    FROM grants_now g LEFT JOIN moved m ON m.grant_id = g.id
     WHERE g.remaining <> g.amount + coalesce(m.net, 0)
     UNION ALL
     SELECT g.user_id, g.id::text,
            format('reserved %s but remaining %s and live holds set aside %s',
                   g.reserved, g.remaining, coalesce(h.amount, 0))
-    FROM gr g LEFT JOIN held h ON h.grant_id = g.id
+    FROM grants_now g LEFT JOIN held h ON h.grant_id = g.id
     WHERE g.reserved < 0 OR g.reserved > g.remaining OR g.reserved <> coalesce(h.amount, 0)
     UNION ALL
     SELECT u.user_id, NULL,
            format('credits %s, reserved %s but the grants hold %s, reserve %s',
                   u.credits, u.reserved, coalesce(sum(g.remaining), 0),
                   coalesce(sum(g.reserved), 0))
-    FROM users u LEFT JOIN gr g ON g.user_id = u.user_id AND g.status <> 'expired'
+    FROM users u LEFT JOIN grants_now g ON g.user_id = u.user_id AND g.status <> 'expired'
     GROUP BY u.user_id, u.credits, u.reserved
     HAVING u.credits <> coalesce(sum(g.remaining), 0)
         OR u.reserved <> coalesce(sum(g.reserved), 0)
@@ -430,7 +436,7 @@ LANGUAGE sql STABLE AS $$
     SELECT u.user_id, u.head_grant::text,
            format('the head has %s free for charges but %s in its grant',
                   u.head_free, g.remaining - g.reserved)
-    FROM users u JOIN gr g ON g.id = u.head_grant
+    FROM users u JOIN grants_now g ON g.id = u.head_grant
     WHERE u.head_free > g.remaining - g.reserved
     UNION ALL
     SELECT t.user_id, NULL,
@@ -442,3 +448,24 @@ LANGUAGE sql STABLE AS $$
       AND abs(t.amount) <> (SELECT coalesce(sum((e ->> 'amount')::bigint), 0)
                             FROM jsonb_array_elements(t.sources) e)
 $$;
+
+-- GET /v1/users/{id}: written off first, then read (the grants as grants_now, in the same
+-- snapshot as the user's row). No row for an unknown user.
+CREATE OR REPLACE FUNCTION sc_user(p_user text)
+RETURNS TABLE (user_id text, credits bigint, reserved bigint, available bigint, paid bigint,
+               promotional bigint, created_at timestamptz)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT sc_touch(p_user) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT u.user_id, u.credits, u.reserved, u.credits - u.reserved,
+           (SELECT coalesce(sum(g.remaining), 0) FROM grants_now g
+            WHERE g.user_id = p_user AND g.status = 'active' AND g.category = 'paid')::bigint,
+           (SELECT coalesce(sum(g.remaining), 0) FROM grants_now g
+            WHERE g.user_id = p_user AND g.status = 'active'
+              AND g.category = 'promotional')::bigint,
+           u.created_at
+    FROM users u WHERE u.user_id = p_user;
+END $$;

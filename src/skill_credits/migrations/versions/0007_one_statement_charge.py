@@ -34,6 +34,9 @@ VALIDATE = [
 
 # The constraints as 0001-0006 made them (the rows met them: the rules are the same).
 DOWNGRADE = [
+    # no charge may add to a head between the fold and the columns' end
+    "LOCK TABLE users IN EXCLUSIVE MODE",
+    "DROP VIEW grants_now",
     """UPDATE grants g SET remaining = g.remaining - u.head_taken,
            status = CASE WHEN g.remaining = u.head_taken THEN 'depleted' ELSE g.status END
        FROM users u WHERE u.head_grant = g.id AND u.head_taken > 0""",
@@ -77,7 +80,7 @@ DOWNGRADE = [
     "DROP FUNCTION sc_transaction_valid(text, bigint, bigint, uuid, integer, bigint, text,"
     " text, uuid), sc_grant_valid(text, smallint, bigint, bigint, bigint, text),"
     " sc_user_valid(text, bigint, bigint, bigint, bigint, bigint), sc_fold(text, boolean),"
-    " sc_rehead(text), sc_lock_keep(text)",
+    " sc_lock_keep(text)",
 ]
 
 
