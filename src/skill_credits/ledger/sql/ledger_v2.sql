@@ -469,3 +469,45 @@ BEGIN
            u.created_at
     FROM users u WHERE u.user_id = p_user;
 END $$;
+
+-- sc_take as in v1 without its one-grant shortcut: charges that one grant covers no longer
+-- come here (the head does), so the shortcut was a statement that failed before the walk.
+CREATE OR REPLACE FUNCTION sc_take(p_user text, p_need bigint, p_until timestamptz,
+                                   p_reserve boolean)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_sources jsonb;
+    v_total bigint;
+BEGIN
+    IF p_need = 0 THEN
+        RETURN '[]'::jsonb;
+    END IF;
+    -- each grant takes what the ones before it left
+    WITH o AS (
+        SELECT f.id, f.remaining - f.reserved AS free,
+               sum(f.remaining - f.reserved) OVER w AS upto, row_number() OVER w AS n
+        FROM grants f
+        WHERE f.user_id = p_user AND f.status = 'active' AND f.remaining > f.reserved
+          AND (p_until IS NULL OR f.expires_at IS NULL OR f.expires_at >= p_until)
+        WINDOW w AS (ORDER BY f.priority, f.expires_at, f.created_at, f.id)
+    ), d AS (
+        SELECT o.id, o.n, least(o.free, p_need - (o.upto - o.free)) AS take
+        FROM o WHERE o.upto - o.free < p_need
+    ), u AS (
+        UPDATE grants g
+        SET remaining = g.remaining - CASE WHEN p_reserve THEN 0 ELSE d.take END,
+            reserved = g.reserved + CASE WHEN p_reserve THEN d.take ELSE 0 END,
+            status = CASE WHEN NOT p_reserve AND g.remaining = d.take THEN 'depleted'
+                          ELSE g.status END
+        FROM d WHERE g.id = d.id
+        RETURNING g.id, d.take, d.n
+    )
+    SELECT jsonb_agg(jsonb_build_object('grant_id', u.id, 'amount', u.take) ORDER BY u.n),
+           sum(u.take)
+    INTO v_sources, v_total FROM u;
+    IF v_total IS DISTINCT FROM p_need THEN
+        RAISE EXCEPTION 'grants of % cover % of %', p_user, coalesce(v_total, 0), p_need;
+    END IF;
+    RETURN v_sources;
+END $$;
