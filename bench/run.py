@@ -114,7 +114,8 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, prefix: str, sc_db: str, original_db: str, scale_db: str):
     log("seeding databases")
-    sc_url, original_url = fresh_database(PG, sc_db), fresh_database(PG, original_db)
+    sc_url = fresh_database(PG, sc_db)
+    original_url = fresh_database(PG, original_db, charged=False)
     [token] = asyncio.run(create_keys(sc_url, "service"))
     bench_key = {"BENCH_KEY_ID": token.split("_")[1]}  # the ceiling's statement checks it
     skill_key = asyncio.run(skill_cache_key(sc_url, prefix, SKILL))  # what the app reads
