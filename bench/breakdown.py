@@ -273,7 +273,7 @@ def ablations(db_url: str, redis_url: str, prefix: str, token: str, users: int, 
 
 
 def _fixed_answer(service, skill: str):
-    from skill_credits.ledger.schemas import Transaction
+    from skill_credits.ledger.schemas import Source, Transaction
 
     return service.Written(
         Transaction(
@@ -287,6 +287,8 @@ def _fixed_answer(service, skill: str):
             unit_cost=1,
             description=None,
             refund_of=None,
+            grant_id=None,
+            sources=[Source(grant_id="00000000-0000-7000-8000-000000000001", amount=1)],
             created_at=dt.datetime.now(dt.UTC),
         )
     )
