@@ -22,8 +22,9 @@
 --    fifth of the database's time per charge. A PL/pgSQL function is compiled once per
 --    connection. The rules are still checked by PostgreSQL on every row written.
 
--- hold_seq guarded the statements of before grants; nothing reads it any more.
-ALTER TABLE users DROP COLUMN hold_seq,
+-- (users.hold_seq guarded the statements of before grants; v1's sc_hold and sc_unreserve
+-- still move it, and nothing reads it.)
+ALTER TABLE users
     ADD COLUMN head_grant uuid,
     ADD COLUMN head_free bigint,
     ADD COLUMN head_taken bigint NOT NULL DEFAULT 0;
@@ -204,74 +205,6 @@ BEGIN
         RETURN sc_lock_keep(p_user);
     END IF;
     RETURN true;
-END $$;
-
--- Give a hold's reservations back to its grants and the user (the caller holds the lock).
-CREATE OR REPLACE FUNCTION sc_unreserve(h holds) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE grants g SET reserved = g.reserved - (e ->> 'amount')::bigint
-    FROM jsonb_array_elements(h.sources) e
-    WHERE g.id = (e ->> 'grant_id')::uuid;
-    UPDATE users SET reserved = reserved - h.amount WHERE user_id = h.user_id;
-END $$;
-
--- POST /v1/holds (as in v1, without the hold_seq it no longer needs).
-CREATE OR REPLACE FUNCTION sc_hold(p_user text, p_skill text, p_version integer,
-                                   p_units integer, p_ttl integer, p_description text,
-                                   p_key text, p_hash bytea)
-RETURNS sc_hold_outcome
-LANGUAGE plpgsql AS $$
-DECLARE
-    r sc_hold_outcome;
-    s skills;
-    h holds;
-    v_found boolean;
-    v_need bigint;
-    v_until timestamptz := now() + make_interval(secs => p_ttl);
-    v_short sc_tx_outcome;
-BEGIN
-    v_found := sc_lock(p_user);
-    IF p_key IS NOT NULL THEN
-        SELECT * INTO h FROM holds WHERE user_id = p_user AND idempotency_key = p_key;
-        IF FOUND THEN
-            RETURN sc_hold_out('replay', h);
-        END IF;
-    END IF;
-    SELECT * INTO s FROM skills WHERE name = p_skill;
-    IF NOT FOUND THEN
-        r.outcome := 'skill_not_found';
-        RETURN r;
-    END IF;
-    IF p_version IS NOT NULL AND s.version <> p_version THEN
-        r.outcome := 'version';
-        RETURN sc_skill_out(r, s);
-    END IF;
-    IF NOT s.is_active THEN
-        r.outcome := 'skill_disabled';
-        RETURN sc_skill_out(r, s);
-    END IF;
-    IF NOT v_found THEN
-        r.outcome := 'user_not_found';
-        RETURN r;
-    END IF;
-    v_need := s.cost * p_units;
-    IF sc_free(p_user, v_until) < v_need THEN
-        v_short := sc_short(p_user, v_need, v_until);
-        r.outcome := v_short.outcome;
-        r.credits := v_short.credits;
-        r.available := v_short.available;
-        r.required := v_short.required;
-        RETURN sc_skill_out(r, s);
-    END IF;
-    INSERT INTO holds (user_id, skill_id, skill, skill_version, units, unit_cost, amount,
-                       description, expires_at, idempotency_key, request_hash, sources)
-    VALUES (p_user, s.id, s.name, s.version, p_units, s.cost, v_need, p_description, v_until,
-            p_key, p_hash, sc_take(p_user, v_need, v_until, true))
-    RETURNING * INTO h;
-    UPDATE users SET reserved = reserved + v_need, next_due = least(next_due, v_until)
-    WHERE user_id = p_user;
-    RETURN sc_skill_out(sc_hold_out('written', h), s);
 END $$;
 
 -- POST /v1/charges. The one statement first (see the header); when it wrote nothing, the

@@ -3,14 +3,13 @@ PostgreSQL need not rebuild from text for every statement.
 
 ``skill_credits/ledger/sql/ledger_v2.sql`` (see the header there) books a charge's grant
 on the user's row (``users.head_grant``, ``head_free``, ``head_taken``), so a charge is
-the guarded UPDATE of that row and the log insert in one statement; it drops
-``users.hold_seq``, which nothing reads any more; and it turns the CHECK constraints of
+the guarded UPDATE of that row and the log insert in one statement; and it turns the CHECK constraints of
 users, grants and transactions into one each, calling a PL/pgSQL function with the same
 rules. The new constraints are validated after the change commits, so the scan of a
 large log holds no lock that stops charges.
 
 Downgrade folds every head into its grant, loads version 1's functions again and puts
-the old columns and constraints back.
+the old constraints back.
 
 Revision ID: 0007
 Revises: 0006
@@ -75,8 +74,7 @@ DOWNGRADE = [
        ADD CONSTRAINT users_credits_nonnegative CHECK (credits >= 0),
        ADD CONSTRAINT users_reserved_range CHECK (reserved >= 0 AND reserved <= credits),
        ADD CONSTRAINT users_low_balance_threshold_check CHECK (low_balance_threshold >= 0)""",
-    "ALTER TABLE users DROP COLUMN head_grant, DROP COLUMN head_free, DROP COLUMN head_taken,"
-    " ADD COLUMN hold_seq bigint NOT NULL DEFAULT 0",
+    "ALTER TABLE users DROP COLUMN head_grant, DROP COLUMN head_free, DROP COLUMN head_taken",
     "DROP FUNCTION sc_transaction_valid(text, bigint, bigint, uuid, integer, bigint, text,"
     " text, uuid), sc_grant_valid(text, smallint, bigint, bigint, bigint, text),"
     " sc_user_valid(text, bigint, bigint, bigint, bigint, bigint), sc_fold(text, boolean),"
