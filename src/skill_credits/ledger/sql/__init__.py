@@ -35,15 +35,17 @@ def statements(name: str) -> list[str]:
 
 
 _REPLACED = re.compile(r"^CREATE OR REPLACE FUNCTION (\w+)\(", re.MULTILINE)
-_CREATED = re.compile(r"^CREATE FUNCTION (\w+)\(", re.MULTILINE)
+_CREATED = re.compile(r"^CREATE (?:OR REPLACE )?FUNCTION (\w+)\(", re.MULTILINE)
 
 
 def functions(name: str, *, replaced_by: str) -> list[str]:
     """The functions of ``name`` that ``replaced_by`` replaces (CREATE OR REPLACE), as
-    CREATE OR REPLACE commands: what a downgrade runs to put the older version back."""
+    CREATE OR REPLACE commands: what a downgrade runs to put the older version back.
+    (A function ``name`` itself replaced comes back as ``name`` has it.)"""
     replaced = set(_REPLACED.findall("\n".join(statements(replaced_by))))
     return [
-        command.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+        re.sub(r"^CREATE (?:OR REPLACE )?FUNCTION", "CREATE OR REPLACE FUNCTION", command,
+               count=1, flags=re.MULTILINE)
         for command in statements(name)
         if (found := _CREATED.search(command)) and found.group(1) in replaced
     ]
