@@ -776,3 +776,44 @@ def test_the_downgrade_folds_every_head_into_its_grant(fresh_database) -> None:
     run_in_thread(command.downgrade, alembic_config(settings), "0006")
     run_in_thread(asyncio.run, folded())
     run_in_thread(command.upgrade, alembic_config(settings), "head")
+
+
+def test_down_to_0007_the_charge_is_version_2s_again(fresh_database) -> None:
+    """0008 replaces only sc_charge: down to 0007 its body is ledger_v2.sql's, word for
+    word, and a charge that spans grants is still exact; up again, ledger_v3.sql's."""
+    from alembic import command
+
+    from skill_credits.ledger.sql import statements
+    from skill_credits.migrate import alembic_config, migrate
+    from skill_credits.settings import Settings
+    from tests.support.run import run_in_thread
+
+    def body(name: str) -> str:
+        (command_,) = [c for c in statements(name) if "FUNCTION sc_charge(" in c]
+        return command_.split("$$")[1]
+
+    _, url = fresh_database
+    settings = Settings(database_url=url)
+    run_in_thread(migrate, settings)
+
+    async def check(version: str, user: str) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'sc_charge'")
+            assert source == body(version)
+            if not await conn.fetchval("SELECT count(*) FROM skills"):
+                await conn.execute("INSERT INTO skills (name, display_name, cost) VALUES ('S', 'S', 2)")
+            await credit(conn, user, 1, type_="GRANT", priority=10)
+            await credit(conn, user, 10)
+            r = await charge(conn, user, "S")
+            assert (r["outcome"], r["balance_after"]) == ("written", 9)
+            assert [s["amount"] for s in json.loads(r["sources"])] == [1, 1]
+            assert await conn.fetch("SELECT * FROM sc_grant_problems()") == []
+        finally:
+            await conn.close()
+
+    run_in_thread(asyncio.run, check("ledger_v3.sql", "up"))
+    run_in_thread(command.downgrade, alembic_config(settings), "0007")
+    run_in_thread(asyncio.run, check("ledger_v2.sql", "down"))
+    run_in_thread(command.upgrade, alembic_config(settings), "head")
+    run_in_thread(asyncio.run, check("ledger_v3.sql", "again"))

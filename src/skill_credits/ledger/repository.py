@@ -1,7 +1,7 @@
 """Every query of the ledger.
 
 The writes are calls of the ledger's database functions (``ledger/sql/ledger_v*.sql``,
-loaded by migrations 0006 and 0007): one per write, the user id first, each its own transaction
+loaded by migrations 0006-0008): one per write, the user id first, each its own transaction
 in autocommit and one round trip. A function locks the user, writes off what expired,
 does its work and answers with its outcome row; ``outcome`` is ``written``, ``replay`` or
 the refusal, and the row carries the transaction (or hold), the skill (``s_`` columns,
