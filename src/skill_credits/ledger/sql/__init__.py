@@ -36,16 +36,30 @@ def statements(name: str) -> list[str]:
 
 _REPLACED = re.compile(r"^CREATE OR REPLACE FUNCTION (\w+)\(", re.MULTILINE)
 _CREATED = re.compile(r"^CREATE (?:OR REPLACE )?FUNCTION (\w+)\(", re.MULTILINE)
+_VERSION = re.compile(r"ledger_v(\d+)\.sql")
 
 
-def functions(name: str, *, replaced_by: str) -> list[str]:
-    """The functions of ``name`` that ``replaced_by`` replaces (CREATE OR REPLACE), as
-    CREATE OR REPLACE commands: what a downgrade runs to put the older version back.
-    (A function ``name`` itself replaced comes back as ``name`` has it.)"""
-    replaced = set(_REPLACED.findall("\n".join(statements(replaced_by))))
-    return [
-        re.sub(r"^CREATE (?:OR REPLACE )?FUNCTION", "CREATE OR REPLACE FUNCTION", command,
-               count=1, flags=re.MULTILINE)
-        for command in statements(name)
-        if (found := _CREATED.search(command)) and found.group(1) in replaced
-    ]
+def previous(name: str) -> list[str]:
+    """The functions that ``name`` (``ledger_vN.sql``) replaces (CREATE OR REPLACE), each
+    as the newest earlier file defines it, as CREATE OR REPLACE commands: what the
+    downgrade of the migration that loads ``name`` runs to put them back."""
+    found = _VERSION.fullmatch(name)
+    if found is None:
+        raise ValueError(f"{name}: not a ledger_vN.sql")
+    wanted = set(_REPLACED.findall("\n".join(statements(name))))
+    commands: list[str] = []
+    for version in range(int(found.group(1)) - 1, 0, -1):
+        here = [
+            (created.group(1), command)
+            for command in statements(f"ledger_v{version}.sql")
+            if (created := _CREATED.search(command)) and created.group(1) in wanted
+        ]
+        commands += [
+            re.sub(r"^CREATE (?:OR REPLACE )?FUNCTION", "CREATE OR REPLACE FUNCTION", command,
+                   count=1, flags=re.MULTILINE)
+            for _, command in here
+        ]
+        wanted -= {function for function, _ in here}
+    if wanted:
+        raise ValueError(f"{name} replaces functions no earlier file has: {sorted(wanted)}")
+    return commands

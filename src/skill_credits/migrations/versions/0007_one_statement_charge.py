@@ -18,7 +18,7 @@ Create Date: 2026-11-28
 
 from alembic import op
 
-from skill_credits.ledger.sql import functions, statements
+from skill_credits.ledger.sql import previous, statements
 
 revision = "0007"
 down_revision = "0006"
@@ -91,5 +91,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for statement in [*DOWNGRADE, *functions("ledger_v1.sql", replaced_by="ledger_v2.sql")]:
+    for statement in [*DOWNGRADE, *previous("ledger_v2.sql")]:
         op.execute(statement)

@@ -11,7 +11,7 @@ Create Date: 2026-11-28
 
 from alembic import op
 
-from skill_credits.ledger.sql import functions, statements
+from skill_credits.ledger.sql import previous, statements
 
 revision = "0008"
 down_revision = "0007"
@@ -25,5 +25,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for statement in functions("ledger_v2.sql", replaced_by="ledger_v3.sql"):
+    for statement in previous("ledger_v3.sql"):
         op.execute(statement)
