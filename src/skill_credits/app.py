@@ -31,6 +31,7 @@ from skill_credits.errors import internal_error_handler, problem_details_plugin
 from skill_credits.events.endpoints import EventController
 from skill_credits.health import healthz, readyz
 from skill_credits.ledger.endpoints import HoldController, LedgerController
+from skill_credits.limits.endpoints import LimitController
 from skill_credits.observability import (
     RequestIdMiddleware,
     configure_logging,
@@ -128,6 +129,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             LedgerController,
             HoldController,
+            LimitController,
             CatalogueController,
             AdminSkillController,
             EventController,

@@ -19,6 +19,7 @@ from skill_credits.ledger.schemas import Hold, Transaction
 class BillingError(Exception):
     status: int
     problem: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # Retry-After of a 429 or 503
 
     @property
     def code(self) -> str:
@@ -60,7 +61,12 @@ class SkillCreditsClient:
                 problem = response.json()
             except ValueError:
                 problem = {"detail": response.text}
-            raise BillingError(response.status_code, problem)
+            passed_on = {
+                name: response.headers[name]
+                for name in ("Retry-After",)
+                if name in response.headers
+            }
+            raise BillingError(response.status_code, problem, passed_on)
         return response.content
 
     async def charge(
@@ -70,13 +76,11 @@ class SkillCreditsClient:
         *,
         units: int = 1,
         description: str | None = None,
+        member: str | None = None,
         idempotency_key: str | None = None,
     ) -> Transaction:
-        raw = await self._post(
-            "/v1/charges",
-            {"user_id": user_id, "skill": skill, "units": units, "description": description},
-            idempotency_key,
-        )
+        body = {"user_id": user_id, "skill": skill, "units": units, "description": description}
+        raw = await self._post("/v1/charges", {**body, "member": member}, idempotency_key)
         return msgspec.json.decode(raw, type=Transaction)
 
     async def refund(
@@ -101,6 +105,7 @@ class SkillCreditsClient:
         units: int = 1,
         ttl_seconds: int | None = None,
         description: str | None = None,
+        member: str | None = None,
         idempotency_key: str | None = None,
     ) -> Hold:
         raw = await self._post(
@@ -111,6 +116,7 @@ class SkillCreditsClient:
                 "units": units,
                 "ttl_seconds": ttl_seconds,
                 "description": description,
+                "member": member,
             },
             idempotency_key,
         )

@@ -53,12 +53,16 @@ CODES: dict[str, Code] = {
     "user_not_found": Code(404, "User not found", "no user of that id"),
     "transaction_not_found": Code(404, "Transaction not found", "no transaction of that id"),
     "hold_not_found": Code(404, "Hold not found", "no hold of that id"),
+    "limit_not_found": Code(404, "Limit not found", "the user has no limit of that id"),
     "not_found": Code(404, "Not found"),
     "method_not_allowed": Code(405, "Method not allowed"),
     "skill_exists": Code(409, "Skill exists", "a skill of that name exists already"),
     "already_refunded": Code(409, "Already refunded", "the transaction was refunded already"),
     "not_refundable": Code(409, "Not refundable", "only a CONSUMPTION can be refunded"),
     "hold_not_active": Code(409, "Hold not active", "the hold was captured, released or expired"),
+    "limit_exists": Code(
+        409, "Limit exists", "the user has a limit of that member, skill and window already"
+    ),
     "version_conflict": Code(
         412, "Version conflict", "the skill is at another version than If-Match"
     ),
@@ -72,6 +76,12 @@ CODES: dict[str, Code] = {
         "this Idempotency-Key was used with a different request",
     ),
     "rate_limited": Code(429, "Too many requests"),
+    "spend_limit_exceeded": Code(
+        429,
+        "Spend limit exceeded",
+        "a spend limit would be passed; `limit` is the limit, `required` what the request"
+        " would count, `Retry-After` the seconds until that limit resets",
+    ),
     "service_unavailable": Code(
         503,
         "Service unavailable",
@@ -174,6 +184,7 @@ skill_not_found = _about("skill_not_found", "no skill named {}")
 user_not_found = _about("user_not_found", "no user {}")
 transaction_not_found = _about("transaction_not_found", "no transaction {}")
 hold_not_found = _about("hold_not_found", "no hold {}")
+limit_not_found = _about("limit_not_found", "no limit {} of this user")
 skill_exists = _about("skill_exists", "a skill named {} exists already")
 already_refunded = _about("already_refunded", "transaction {} was refunded already")
 not_refundable = _about("not_refundable", "only CONSUMPTION can be refunded, not {}")
@@ -182,6 +193,24 @@ forbidden = _about("forbidden", "{}")
 unsupported_media_type = _about(
     "unsupported_media_type", "the body must be application/json, not {}"
 )
+
+
+def limit_exists(member: str | None, skill: str | None, window: str) -> ApiError:
+    who = f"member {member}" if member is not None else "everyone"
+    what = f"skill {skill}" if skill is not None else "every skill"
+    return problem("limit_exists", f"the user has a {window} limit for {who} and {what} already")
+
+
+def spend_limit_exceeded(limit: dict[str, Any], required: int, retry_after: int) -> ApiError:
+    """429: ``limit`` (the limit's JSON) would be passed by ``required``; ``retry_after``
+    whole seconds until it resets."""
+    return problem(
+        "spend_limit_exceeded",
+        f"the {limit['window']} limit of {limit['max_credits']} has {limit['spent']} spent:"
+        f" {required} more would pass it",
+        extra={"limit": limit, "required": required},
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 def version_conflict(name: str, current: int, expected: str) -> ApiError:

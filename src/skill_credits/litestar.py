@@ -10,8 +10,12 @@
 
 ``charge`` charges before the handler runs and refunds if the handler raises;
 ``hold`` reserves before, captures the units the handler reports on success, and
-releases on failure. Refusals (402/403/404) answer the client with the same problem
-details as the HTTP API.
+releases on failure. Refusals (402/403/404/429) answer the client with the same problem
+details as the HTTP API (a 429 with its ``Retry-After``).
+
+Both take the ``member`` who spends from the user's balance, as a function of the
+request (for instance ``member=lambda request: request.user.name``); the plugin's
+``member`` is the default for every route.
 """
 
 from __future__ import annotations
@@ -34,7 +38,12 @@ STATE_KEY = "skill_credits"
 
 
 def _problem_response(_: Request, exc: BillingError) -> Response:
-    return Response(exc.problem, status_code=exc.status, media_type="application/problem+json")
+    return Response(
+        exc.problem,
+        status_code=exc.status,
+        media_type="application/problem+json",
+        headers=exc.headers,
+    )
 
 
 @dataclass
@@ -65,11 +74,13 @@ class SkillCredits(InitPluginProtocol):
         base_url: str,
         api_key: str,
         user_id: Callable[[Request], str],
+        member: Callable[[Request], str | None] | None = None,
         http: Any = None,
     ) -> None:
         self.base_url = base_url
         self.api_key = api_key
         self.user_id = user_id
+        self.member = member
         self.http = http
         self.client: SkillCreditsClient | None = None
 
@@ -88,28 +99,36 @@ class SkillCredits(InitPluginProtocol):
             await self.client.close()
 
 
+Member = Callable[[Request], str | None]
+
+
 def _billed(
-    request: Request, kind: str, description: str | None
+    request: Request, kind: str, description: str | None, member: Member | None
 ) -> tuple[SkillCreditsClient, str, dict[str, Any]]:
     """The client, the request's user, and the arguments a charge and a hold share: a
-    description, and the request's Idempotency-Key made one per ``kind`` of call."""
+    description, the member (the route's, else the plugin's), and the request's
+    Idempotency-Key made one per ``kind`` of call."""
     billing: SkillCredits = request.app.state[STATE_KEY]
     key = request.headers.get("Idempotency-Key")
+    who = member or billing.member
     return (
         cast(SkillCreditsClient, billing.client),  # set on startup
         billing.user_id(request),
         {
             "description": description or f"{request.method} {request.url.path}",
+            "member": who(request) if who is not None else None,
             "idempotency_key": f"{key}:{kind}" if key else None,
         },
     )
 
 
-def charge(skill: str, *, units: int = 1, description: str | None = None) -> Provide:
+def charge(
+    skill: str, *, units: int = 1, description: str | None = None, member: Member | None = None
+) -> Provide:
     """A dependency that charges ``skill`` before the handler and refunds if it raises."""
 
     async def dependency(request: Request) -> AsyncGenerator[Charged, None]:
-        client, user_id, shared = _billed(request, "charge", description)
+        client, user_id, shared = _billed(request, "charge", description, member)
         tx = await client.charge(user_id, skill, units=units, **shared)
         try:
             yield Charged(tx)
@@ -123,13 +142,18 @@ def charge(skill: str, *, units: int = 1, description: str | None = None) -> Pro
 
 
 def hold(
-    skill: str, *, units: int, ttl_seconds: int = 900, description: str | None = None
+    skill: str,
+    *,
+    units: int,
+    ttl_seconds: int = 900,
+    description: str | None = None,
+    member: Member | None = None,
 ) -> Provide:
     """A dependency that reserves ``units`` before the handler, captures what it used
     (``held.use(n)``; all reserved units by default) and releases everything if it raises."""
 
     async def dependency(request: Request) -> AsyncGenerator[Held, None]:
-        client, user_id, shared = _billed(request, "hold", description)
+        client, user_id, shared = _billed(request, "hold", description, member)
         reserved = await client.hold(user_id, skill, units=units, ttl_seconds=ttl_seconds, **shared)
         held = Held(reserved)
         try:

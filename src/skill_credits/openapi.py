@@ -6,7 +6,8 @@ application/json) that this service never sends: every error goes through errors
 as ``application/problem+json``. So every /v1 handler declares here, with
 ``documented(operation_id, *statuses)``, each error status it can answer; each is
 documented as one shared ``Problem`` schema (``InsufficientCredits`` and
-``VersionConflict`` add the extras of 402 and 412), and the headers some errors carry.
+``VersionConflict``, ``SpendLimitExceeded`` add the extras of 402, 412 and 429), and the
+headers some errors carry.
 A declared 400 replaces Litestar's default one. A client generated from the document
 then gets a type for every answer.
 """
@@ -23,6 +24,7 @@ from litestar.params import PathParameter
 from msgspec import UNSET, Struct, UnsetType
 
 from skill_credits.errors import CODES
+from skill_credits.limits.schemas import Limit
 from skill_credits.validation import IDEMPOTENCY_KEY_RE, SKILL_NAME_RE, USER_ID_RE, anchored
 
 PROBLEM_JSON = "application/problem+json"
@@ -72,8 +74,20 @@ class VersionConflict(Problem, kw_only=True):
     current_version: int
 
 
+class SpendLimitExceeded(Problem, kw_only=True):
+    """429: the request would take ``limit`` past its ``max_credits``; it would count
+    ``required``."""
+
+    limit: Limit
+    required: int
+
+
 # The statuses whose problem carries extras beyond ``Problem``'s.
-_SCHEMAS: dict[int, type[Problem]] = {402: InsufficientCredits, 412: VersionConflict}
+_SCHEMAS: dict[int, type[Problem]] = {
+    402: InsufficientCredits,
+    412: VersionConflict,
+    429: SpendLimitExceeded,
+}
 
 
 def _description(status: int) -> str:
@@ -110,6 +124,13 @@ _PROBLEM_HEADERS = {
     "401": {"WWW-Authenticate": _header(OpenAPIType.STRING, "`Bearer`", required=True)},
     "412": {
         "ETag": _header(OpenAPIType.STRING, 'The current version, quoted: `"3"`', required=True)
+    },
+    "429": {
+        "Retry-After": _header(
+            OpenAPIType.INTEGER,
+            "Whole seconds until the limit that refused resets (at least 1)",
+            required=True,
+        )
     },
     "503": {
         "Retry-After": _header(

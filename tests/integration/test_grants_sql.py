@@ -802,7 +802,9 @@ def test_down_to_0007_the_charge_is_version_2s_again(fresh_database) -> None:
             source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'sc_charge'")
             assert source == body(version)
             if not await conn.fetchval("SELECT count(*) FROM skills"):
-                await conn.execute("INSERT INTO skills (name, display_name, cost) VALUES ('S', 'S', 2)")
+                await conn.execute(
+                    "INSERT INTO skills (name, display_name, cost) VALUES ('S', 'S', 2)"
+                )
             await credit(conn, user, 1, type_="GRANT", priority=10)
             await credit(conn, user, 10)
             r = await charge(conn, user, "S")

@@ -38,6 +38,9 @@ from skill_credits.pagination import decode_cursor, decode_id_cursor
 from skill_credits.skills.cache import SkillCache
 from skill_credits.validation import (
     IDEMPOTENCY_KEY_RE,
+    USER_ID_RE,
+    USER_ID_RULE,
+    anchored,
     idempotency_key,
     path_user_id,
     path_uuid,
@@ -68,7 +71,7 @@ class LedgerController(Controller):
         "/charges",
         summary="Charge a skill at its current cost",
         opt={"deferred_auth": True, "counts_charges": True},
-        **documented("createCharge", *BODY, 402, 403, 404, 422, headers=(REPLAYED,)),
+        **documented("createCharge", *BODY, 402, 403, 404, 422, 429, headers=(REPLAYED,)),
     )
     async def charge(
         self,
@@ -140,14 +143,22 @@ class LedgerController(Controller):
             str | None,
             QueryParameter(name="type", schema_extra=optional_string(enum=TRANSACTION_TYPES)),
         ] = None,
+        member: Annotated[
+            str | None,
+            QueryParameter(
+                max_length=128, schema_extra=optional_string(pattern=anchored(USER_ID_RE))
+            ),
+        ] = None,
     ) -> TransactionPage:
         path_user_id(user_id)
+        if member is not None and not USER_ID_RE.fullmatch(member):
+            raise errors.validation_error("member", f"must be {USER_ID_RULE}")
         before = None
         if cursor is not None and (before := decode_cursor(cursor)) is None:
             raise errors.validation_error("cursor", "is not a cursor this API returned")
         if tx_type is not None and tx_type not in TRANSACTION_TYPES:
             raise errors.validation_error("type", f"must be one of {', '.join(TRANSACTION_TYPES)}")
-        items, next_cursor = await service.transactions(db, user_id, limit, before, tx_type)
+        items, next_cursor = await service.transactions(db, user_id, limit, before, tx_type, member)
         return TransactionPage(items, next_cursor)
 
     @get(
@@ -211,7 +222,7 @@ class HoldController(Controller):
     @post(
         "/",
         summary="Reserve cost x units at the current price",
-        **documented("createHold", *BODY, 402, 403, 404, 422, headers=(REPLAYED,)),
+        **documented("createHold", *BODY, 402, 403, 404, 422, 429, headers=(REPLAYED,)),
     )
     async def create(
         self,

@@ -34,18 +34,20 @@ Row = Any  # a row of Connection.execute: attribute access by column name
 
 TX_COLUMNS = (
     "id::text AS id, user_id, type, amount, balance_after, skill, units, unit_cost,"
-    " description, refund_of::text AS refund_of, grant_id::text AS grant_id,"
+    " description, refund_of::text AS refund_of, member, grant_id::text AS grant_id,"
     " sources::text AS sources, created_at"
 )
 # An outcome row of a function answering with a transaction.
 TX_OUTCOME = (
     "o.outcome, o.id, o.user_id, o.type, o.amount, o.balance_after, o.skill, o.units,"
     " o.unit_cost, o.description, o.refund_of, o.grant_id, o.sources::text AS sources,"
-    " o.created_at, o.request_hash, o.credits, o.available, o.required, o.hold_status"
+    " o.created_at, o.request_hash, o.credits, o.available, o.required, o.hold_status,"
+    " o.member, o.lim::text AS lim"
 )
 HOLD_OUTCOME = (
     "o.outcome, o.id, o.user_id, o.skill, o.skill_version, o.units, o.unit_cost, o.amount,"
-    " o.status, o.expires_at, o.created_at, o.request_hash, o.credits, o.available, o.required"
+    " o.status, o.member, o.expires_at, o.created_at, o.request_hash, o.credits, o.available,"
+    " o.required, o.lim::text AS lim"
 )
 SKILL = skill_columns("(o.sk)", "s_")
 
@@ -58,7 +60,7 @@ CHARGE = _call(
     "sc_charge",
     "CAST(:user_id AS text), CAST(:skill AS text), CAST(:version AS integer),"
     " CAST(:units AS integer), CAST(:description AS text), CAST(:key AS text),"
-    " CAST(:hash AS bytea), CAST(:api_key_id AS text)",
+    " CAST(:hash AS bytea), CAST(:api_key_id AS text), CAST(:member AS text)",
     TX_OUTCOME,
 )
 CREDIT = _call(
@@ -78,7 +80,7 @@ HOLD = _call(
     "sc_hold",
     "CAST(:user_id AS text), CAST(:skill AS text), CAST(:version AS integer),"
     " CAST(:units AS integer), CAST(:ttl AS integer), CAST(:description AS text),"
-    " CAST(:key AS text), CAST(:hash AS bytea)",
+    " CAST(:key AS text), CAST(:hash AS bytea), CAST(:member AS text)",
     HOLD_OUTCOME,
 )
 CAPTURE = _call(
@@ -104,6 +106,7 @@ def transaction_from_row(row: Any) -> Transaction:
         unit_cost=row.unit_cost,
         description=row.description,
         refund_of=row.refund_of,
+        member=row.member,
         grant_id=row.grant_id,
         sources=_SOURCES.decode(row.sources),
         created_at=row.created_at,
@@ -241,11 +244,18 @@ async def get_transaction(conn: Connection, tx_id: str) -> Row | None:
 
 
 async def page(
-    conn: Connection, user_id: str, limit: int, before_seq: int | None, tx_type: str | None
+    conn: Connection,
+    user_id: str,
+    limit: int,
+    before_seq: int | None,
+    tx_type: str | None,
+    member: str | None = None,
 ) -> tuple[list[Transaction], str | None]:
-    """Keyset page, newest first: an index range scan on (user_id, seq DESC)."""
+    """Keyset page, newest first: an index range scan on (user_id, seq DESC), or on
+    (user_id, member, seq DESC) for one member's rows."""
+    equal = {"user_id": user_id, "member": member, "type": tx_type}
     rows, next_cursor = await keyset_page(
-        conn, "transactions", TX_COLUMNS, {"user_id": user_id, "type": tx_type}, before_seq, limit
+        conn, "transactions", TX_COLUMNS, equal, before_seq, limit
     )
     return [transaction_from_row(r) for r in rows], next_cursor
 
@@ -301,6 +311,20 @@ async def reconcile(conn: Connection) -> list[str]:
             f"hold {r.id} ({r.status}): its capture does not match (transaction {r.tx},"
             f" {r.units} x {r.unit_cost} against {r.reserved} reserved at {r.price})"
         )
+    rows = await conn.execute(
+        text(
+            "SELECT l.id::text AS id, l.user_id, sc_spent(l, now()) AS spent,"
+            "       sc_spent_so_far(l.user_id, l.member, l.skill_id, l.period, now()) AS logged"
+            " FROM limits l"
+            " WHERE sc_spent(l, now())"
+            "       <> sc_spent_so_far(l.user_id, l.member, l.skill_id, l.period, now())"
+        )
+    )
+    for r in rows:
+        problems.append(
+            f"limit {r.id} of {r.user_id}: spent {r.spent} but the log and the holds"
+            f" say {r.logged} in its window"
+        )
     rows = await conn.execute(text("SELECT user_id, grant_id, problem FROM sc_grant_problems()"))
     for r in rows:
         where = f"grant {r.grant_id} of {r.user_id}" if r.grant_id else f"user {r.user_id}"
@@ -340,7 +364,7 @@ async def charges_among(conn: Connection, tx_ids: list[str]) -> dict[str, Row]:
 HOLD_COLUMNS = (
     "id::text AS id, user_id, skill, skill_version, units, unit_cost, amount,"
     " CASE WHEN status = 'held' AND expires_at <= now() THEN 'expired' ELSE status END AS status,"
-    " expires_at, created_at"
+    " member, expires_at, created_at"
 )
 
 
@@ -354,6 +378,7 @@ def hold_from_row(row: Any) -> Hold:
         unit_cost=row.unit_cost,
         amount=row.amount,
         status=row.status,
+        member=row.member,
         expires_at=row.expires_at,
         created_at=row.created_at,
     )

@@ -22,6 +22,12 @@ UserId = Annotated[
     Meta(min_length=1, max_length=128, examples=["user_42"]),
     schema_only(pattern=anchored(USER_ID_RE)),
 ]
+# Who spends from a user's balance (a teammate, an agent): a user id's characters.
+Member = Annotated[
+    str,
+    Meta(min_length=1, max_length=128, examples=["agent_7"]),
+    schema_only(pattern=anchored(USER_ID_RE)),
+]
 SkillRef = Annotated[
     str,
     Meta(min_length=1, max_length=64, examples=["GEO_WRITER_FULL"]),
@@ -47,16 +53,23 @@ MAX_GRANT_LIFE = timedelta(days=3653)  # ten years
 ONLY_GRANTS = "must be left out: only a positive amount makes a grant"
 
 
+def check_member(value: str | None) -> None:
+    if value is not None:
+        check_user_id(value, "member")
+
+
 class ChargeIn(Struct, forbid_unknown_fields=True):
     user_id: UserId
     skill: SkillRef
     description: TxDescription | None = None
     units: Units = 1
+    member: Member | None = None
 
     def __post_init__(self) -> None:
         check_user_id(self.user_id)
         check_skill_name(self.skill, "skill")
         check_text(self.description, "description")
+        check_member(self.member)
 
 
 class CreditIn(Struct, forbid_unknown_fields=True):
@@ -118,11 +131,13 @@ class HoldIn(Struct, forbid_unknown_fields=True):
     units: Units = 1
     ttl_seconds: TtlSeconds = 900
     description: TxDescription | None = None
+    member: Member | None = None
 
     def __post_init__(self) -> None:
         check_user_id(self.user_id)
         check_skill_name(self.skill, "skill")
         check_text(self.description, "description")
+        check_member(self.member)
 
 
 class CaptureIn(Struct, forbid_unknown_fields=True):
@@ -144,6 +159,7 @@ class Hold(Struct, kw_only=True):
     unit_cost: int
     amount: int
     status: HoldStatus
+    member: str | None
     expires_at: datetime
     created_at: datetime
 
@@ -159,6 +175,7 @@ class Transaction(Struct, kw_only=True):
     unit_cost: int | None
     description: str | None
     refund_of: Id | None
+    member: str | None
     grant_id: Id | None
     sources: list[Source]
     created_at: datetime

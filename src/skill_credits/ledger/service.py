@@ -1,8 +1,9 @@
 """Money moves here. Each write is one call of a database function, in autocommit.
 
 The functions (``ledger/sql/``) lock the user, write off what has expired, do the work
-and return the outcome (a charge that passes every check is a single statement): written, or which check refused it with the facts
-the answer needs, in the contract's order. This module only maps an outcome to the
+and return the outcome (a charge that passes every check is a single statement):
+written, or which check refused it with the facts the answer needs, in the contract's
+order. This module only maps an outcome to the
 answer; it never reads again to find out why nothing was written.
 
 A charge and a hold are priced: they run at the skill version the cache knows. The
@@ -15,7 +16,9 @@ again at it.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -37,6 +40,7 @@ from skill_credits.ledger.schemas import (
     User,
     expiry_passed,
 )
+from skill_credits.limits.repository import limit_from_json
 from skill_credits.skills.cache import SkillCache
 from skill_credits.skills.repository import skill_from_row
 from skill_credits.skills.schemas import Skill
@@ -106,6 +110,8 @@ def refused(row: Any, subject: str) -> ApiError:
     outcome = row.outcome
     if outcome == "insufficient":
         return errors.insufficient_credits(row.credits, row.available, row.required)
+    if outcome == "limited":
+        return spend_limit_exceeded(row.lim, row.required)
     if outcome == "not_refundable":
         return errors.not_refundable(row.type)
     if outcome == "hold_not_active":
@@ -114,6 +120,16 @@ def refused(row: Any, subject: str) -> ApiError:
     if about is None:
         raise RuntimeError(f"unknown ledger outcome {outcome!r}")
     return about(subject)
+
+
+def spend_limit_exceeded(lim: str, required: int) -> ApiError:
+    """429 for the limit ``lim`` (its JSON, as the database made it), with Retry-After:
+    whole seconds until it resets, rounded up, at least 1."""
+    limit = limit_from_json(lim)
+    wait = (limit.resets_at - datetime.now(UTC)).total_seconds()
+    return errors.spend_limit_exceeded(
+        msgspec.to_builtins(limit), required, max(1, math.ceil(wait))
+    )
 
 
 # The refusals whose answer names only what the request was about.
@@ -202,6 +218,7 @@ async def charge(
         "description": data.description,
         "key": key,
         "hash": digest,
+        "member": data.member,
     }
     price = _Price(await cache.get(data.skill))
     try:
@@ -271,14 +288,19 @@ async def get_user(db: Database, user_id: str) -> User:
 
 
 async def transactions(
-    db: Database, user_id: str, limit: int, before: int | None, tx_type: str | None
+    db: Database,
+    user_id: str,
+    limit: int,
+    before: int | None,
+    tx_type: str | None,
+    member: str | None = None,
 ) -> tuple[list[Transaction], str | None]:
-    """A page of the user's log, newest first, after writing off what expired; 404 if
-    there is no such user."""
+    """A page of the user's log (of one member's rows, when given), newest first, after
+    writing off what expired; 404 if there is no such user."""
     async with db.connect() as conn:
         if not await repo.touch(conn, user_id):
             raise errors.user_not_found(user_id)
-        return await repo.page(conn, user_id, limit, before, tx_type)
+        return await repo.page(conn, user_id, limit, before, tx_type, member)
 
 
 async def grants(
@@ -328,6 +350,7 @@ async def create_hold(
         "description": data.description,
         "key": key,
         "hash": digest,
+        "member": data.member,
     }
     price = _Price(await cache.get(data.skill))
     try:

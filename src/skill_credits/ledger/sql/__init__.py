@@ -55,8 +55,13 @@ def previous(name: str) -> list[str]:
             if (created := _CREATED.search(command)) and created.group(1) in wanted
         ]
         commands += [
-            re.sub(r"^CREATE (?:OR REPLACE )?FUNCTION", "CREATE OR REPLACE FUNCTION", command,
-                   count=1, flags=re.MULTILINE)
+            re.sub(
+                r"^CREATE (?:OR REPLACE )?FUNCTION",
+                "CREATE OR REPLACE FUNCTION",
+                command,
+                count=1,
+                flags=re.MULTILINE,
+            )
             for _, command in here
         ]
         wanted -= {function for function, _ in here}

@@ -27,6 +27,9 @@
 CREATE DOMAIN sc_member AS text CHECK (VALUE ~ '^[A-Za-z0-9._:@-]{1,128}$');
 
 ALTER TABLE transactions ADD COLUMN member sc_member;
+-- GET /v1/users/{id}/transactions?member=: one member's rows, newest first
+CREATE INDEX transactions_member ON transactions (user_id, member, seq DESC)
+    WHERE member IS NOT NULL;
 ALTER TABLE holds ADD COLUMN member sc_member;
 ALTER TABLE users ADD COLUMN limited boolean NOT NULL DEFAULT false;
 
@@ -313,7 +316,8 @@ DROP FUNCTION sc_charge(text, text, integer, integer, text, text, bytea, text);
 -- and its caller calls again, which answers the first one's row as the replay.
 CREATE OR REPLACE FUNCTION sc_charge(p_user text, p_skill text, p_version integer,
                                      p_units integer, p_description text, p_key text,
-                                     p_hash bytea, p_api_key_id text, p_member text)
+                                     p_hash bytea, p_api_key_id text,
+                                     p_member text DEFAULT NULL)
 RETURNS sc_tx_outcome
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -485,7 +489,8 @@ DROP FUNCTION sc_hold(text, text, integer, integer, integer, text, text, bytea);
 -- 402 (available = what the grants that outlive the hold have free), 429.
 CREATE OR REPLACE FUNCTION sc_hold(p_user text, p_skill text, p_version integer,
                                    p_units integer, p_ttl integer, p_description text,
-                                   p_key text, p_hash bytea, p_member text)
+                                   p_key text, p_hash bytea,
+                                   p_member text DEFAULT NULL)
 RETURNS sc_hold_outcome
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -3,10 +3,10 @@ PostgreSQL need not rebuild from text for every statement.
 
 ``skill_credits/ledger/sql/ledger_v2.sql`` (see the header there) books a charge's grant
 on the user's row (``users.head_grant``, ``head_free``, ``head_taken``), so a charge is
-the guarded UPDATE of that row and the log insert in one statement; and it turns the CHECK constraints of
-users, grants and transactions into one each, calling a PL/pgSQL function with the same
-rules. The new constraints are validated after the change commits, so the scan of a
-large log holds no lock that stops charges.
+the guarded UPDATE of that row and the log insert in one statement; and it turns the
+CHECK constraints of users, grants and transactions into one each, calling a PL/pgSQL
+function with the same rules. The new constraints are validated after the change
+commits, so the scan of a large log holds no lock that stops charges.
 
 Downgrade folds every head into its grant, loads version 1's functions again and puts
 the old constraints back.

@@ -28,6 +28,7 @@ DOWNGRADE_FIRST = [
     " sc_hold(text, text, integer, integer, integer, text, text, bytea, text)",
 ]
 DOWNGRADE_AFTER = [
+    "DROP INDEX transactions_member",
     "DROP FUNCTION sc_limit_create(text, text, text, text, bigint),"
     " sc_limit_change(text, uuid, bigint), sc_limit_delete(text, uuid),"
     " sc_spent_so_far(text, text, uuid, text, timestamptz),"
