@@ -13,12 +13,14 @@ from litestar.params import Body, FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
 from skill_credits.admin_ui import forms, present
+from skill_credits.admin_ui.forms import sentence
 from skill_credits.admin_ui.session import admin_session, start_session
 from skill_credits.auth import principal_of, verify_token
 from skill_credits.db import Database
 from skill_credits.errors import ApiError, skill_not_found, transaction_not_found, validation_error
 from skill_credits.ledger import service as ledger_service
 from skill_credits.ledger.schemas import RefundIn
+from skill_credits.limits import service as limits_service
 from skill_credits.pagination import decode_cursor, encode_cursor
 from skill_credits.skills import service as skills_service
 from skill_credits.skills.cache import SkillCache
@@ -227,13 +229,17 @@ class AdminPagesController(Controller):
         db: Database,
         user_id: str | None,
         cursor: str | None = None,
+        member: str | None = None,
         *,
         form: dict | None = None,
         errors: dict | None = None,
+        limit_form: dict | None = None,
+        limit_errors: dict | None = None,
         status: int = 200,
     ) -> Template:
         context: dict[str, Any] = {
             "query": user_id or "",
+            "member": member or "",
             "user": None,
             "items": [],
             "next_cursor": None,
@@ -242,6 +248,8 @@ class AdminPagesController(Controller):
             "idem": uuid.uuid4().hex,
             "form": form or {},
             "errors": errors or {},
+            "limit_form": limit_form or {},
+            "limit_errors": limit_errors or {},
         }
         if user_id:
             before = decode_cursor(cursor) if cursor else None
@@ -251,9 +259,12 @@ class AdminPagesController(Controller):
             elif cursor and before is None:
                 context["error"] = "That page link is not valid."
                 status = 400
+            elif member and not USER_ID_RE.fullmatch(member):
+                context["error"] = f"A member is {USER_ID_RULE}."
+                status = 400
             else:
                 try:
-                    log = await ledger_service.user_log(db, user_id, 25, before)
+                    log = await ledger_service.user_log(db, user_id, 25, before, member or None)
                 except ApiError as exc:
                     if exc.code != "user_not_found":
                         raise
@@ -267,6 +278,7 @@ class AdminPagesController(Controller):
                         refunded=log.refunded,
                         charges=_charge_links(user_id, log.items, log.charges),
                         grants=log.grants,
+                        limits=log.limits,
                     )
         return Template("users.html", context=context, status_code=status)
 
@@ -277,8 +289,72 @@ class AdminPagesController(Controller):
         db: Db,
         user_id: Annotated[str | None, QueryParameter(max_length=200)] = None,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        member: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Template:
-        return await self._users_page(request, db, user_id, cursor)
+        return await self._users_page(request, db, user_id, cursor, member)
+
+    @post("/users/{user_id:str}/limits")
+    async def add_limit(
+        self, request: Request, user_id: FromPath[str], data: Form, db: Db
+    ) -> Response:
+        if not USER_ID_RE.fullmatch(user_id):
+            _flash(request, "error", f"A user id is {USER_ID_RULE}.")
+            return see_other("/admin/users")
+        body, errors = forms.limit(data)
+        if body is None:
+            return await self._users_page(
+                request, db, user_id, limit_form=data, limit_errors=errors, status=400
+            )
+        try:
+            made = await limits_service.create(db, user_id, body)
+        except ApiError as exc:
+            return await self._users_page(
+                request,
+                db,
+                user_id,
+                limit_form=data,
+                limit_errors={_LIMIT_FIELD.get(exc.code, "window"): sentence(exc.detail)},
+                status=exc.status_code,
+            )
+        _flash(request, "ok", f"{_limit_words(made)} added.")
+        return see_other(f"/admin/users?user_id={user_id}")
+
+    @post("/users/{user_id:str}/limits/{limit_id:str}")
+    async def change_limit(
+        self, request: Request, user_id: FromPath[str], limit_id: FromPath[str], data: Form, db: Db
+    ) -> Response:
+        back = _user_page(user_id)
+        limit_uuid = _uuid(limit_id)
+        body, errors = forms.limit_change(data)
+        if limit_uuid is None or back is None:
+            _flash(request, "error", "That limit is not one of this user's.")
+        elif body is None:
+            _flash(request, "error", f"Not changed: {errors['max_credits']}")
+        else:
+            try:
+                changed = await limits_service.change(db, user_id, limit_uuid, body.max_credits)
+            except ApiError as exc:
+                _flash(request, "error", f"Not changed: {sentence(exc.detail)}")
+            else:
+                _flash(request, "ok", f"{_limit_words(changed)} now.")
+        return see_other(back or "/admin/users")
+
+    @post("/users/{user_id:str}/limits/{limit_id:str}/remove")
+    async def remove_limit(
+        self, request: Request, user_id: FromPath[str], limit_id: FromPath[str], db: Db
+    ) -> Response:
+        back = _user_page(user_id)
+        limit_uuid = _uuid(limit_id)
+        if limit_uuid is None or back is None:
+            _flash(request, "error", "That limit is not one of this user's.")
+        else:
+            try:
+                await limits_service.delete(db, user_id, limit_uuid)
+            except ApiError as exc:
+                _flash(request, "error", f"Not removed: {sentence(exc.detail)}")
+            else:
+                _flash(request, "ok", "Limit removed.")
+        return see_other(back or "/admin/users")
 
     @post("/users/{user_id:str}/credits")
     async def credit(
@@ -376,6 +452,22 @@ async def _ledger_write(
     except ApiError as exc:
         _flash(request, "error", f"{refused}: {exc.detail}.")
         return None
+
+
+# the field of the limit form a refusal is shown beside
+_LIMIT_FIELD = {"skill_not_found": "skill", "limit_exists": "window"}
+
+
+def _user_page(user_id: str) -> str | None:
+    """The admin page of ``user_id``; None for what cannot be a user id."""
+    return f"/admin/users?user_id={user_id}" if USER_ID_RE.fullmatch(user_id) else None
+
+
+def _limit_words(limit: Any) -> str:
+    """A limit in words: "Day limit of 500 for bob on GEO_WRITER"."""
+    who = f" for {limit.member}" if limit.member else ""
+    what = f" on {limit.skill}" if limit.skill else ""
+    return f"{limit.window.capitalize()} limit of {limit.max_credits}{who}{what}"
 
 
 def _skill_name(name: str) -> str:

@@ -17,6 +17,7 @@ import msgspec
 
 from skill_credits.bodies import field_and_message
 from skill_credits.ledger.schemas import TX_DESCRIPTION_MAX_LENGTH, CreditIn, expiry_passed
+from skill_credits.limits.schemas import MAX_CREDITS, LimitIn, LimitPatch
 from skill_credits.skills.schemas import (
     COST_MAX,
     DESCRIPTION_MAX_LENGTH,
@@ -24,7 +25,7 @@ from skill_credits.skills.schemas import (
     SkillCreate,
     SkillPatch,
 )
-from skill_credits.validation import SKILL_NAME_RE, SKILL_NAME_RULE
+from skill_credits.validation import SKILL_NAME_RE, SKILL_NAME_RULE, USER_ID_RE, USER_ID_RULE
 
 T = TypeVar("T", bound=msgspec.Struct)
 WHOLE_NUMBER = re.compile(r"-?\d{1,19}")
@@ -67,6 +68,17 @@ CREDIT_FORM = {
     "priority": Field("Priority", "a whole number from 0 to 100", number=True),
     "category": Field("Category", "paid or promotional"),
 }
+
+MAX_CREDITS_FIELD = Field(
+    "Max credits", f"a whole number from 0 to {_thousands(MAX_CREDITS)}", required=True, number=True
+)
+LIMIT_FORM = {
+    "window": Field("Window", "minute, hour, day or month", required=True),
+    "max_credits": MAX_CREDITS_FIELD,
+    "member": Field("Member", USER_ID_RULE, pattern=USER_ID_RE),
+    "skill": Field("Skill", SKILL_NAME_RULE, pattern=SKILL_NAME_RE),
+}
+LIMIT_CHANGE_FORM = {"max_credits": MAX_CREDITS_FIELD}
 
 
 def sentence(text: str) -> str:
@@ -126,6 +138,14 @@ def skill(form: dict[str, str]) -> tuple[SkillCreate | None, dict[str, str]]:
 
 def cost(form: dict[str, str]) -> tuple[SkillPatch | None, dict[str, str]]:
     return read(SkillPatch, form, COST_FORM)
+
+
+def limit(form: dict[str, str]) -> tuple[LimitIn | None, dict[str, str]]:
+    return read(LimitIn, form, LIMIT_FORM)
+
+
+def limit_change(form: dict[str, str]) -> tuple[LimitPatch | None, dict[str, str]]:
+    return read(LimitPatch, form, LIMIT_CHANGE_FORM)
 
 
 def credit(form: dict[str, str]) -> tuple[CreditIn | None, dict[str, str]]:

@@ -40,7 +40,8 @@ from skill_credits.ledger.schemas import (
     User,
     expiry_passed,
 )
-from skill_credits.limits.repository import limit_from_json
+from skill_credits.limits import repository as limits_repo
+from skill_credits.limits.schemas import Limit
 from skill_credits.skills.cache import SkillCache
 from skill_credits.skills.repository import skill_from_row
 from skill_credits.skills.schemas import Skill
@@ -125,7 +126,7 @@ def refused(row: Any, subject: str) -> ApiError:
 def spend_limit_exceeded(lim: str, required: int) -> ApiError:
     """429 for the limit ``lim`` (its JSON, as the database made it), with Retry-After:
     whole seconds until it resets, rounded up, at least 1."""
-    limit = limit_from_json(lim)
+    limit = limits_repo.limit_from_json(lim)
     wait = (limit.resets_at - datetime.now(UTC)).total_seconds()
     return errors.spend_limit_exceeded(
         msgspec.to_builtins(limit), required, max(1, math.ceil(wait))
@@ -434,15 +435,20 @@ class UserLog:
     refunded: set[str]  # the page's charges that have a refund
     charges: dict[str, Any]  # the charges the page's refunds refunded, by id, with ``seq``
     grants: list[Grant]  # the active grants, in spending order
+    limits: list[Limit]  # the spend limits, with spent now
 
 
-async def user_log(db: Database, user_id: str, limit: int, before: int | None) -> UserLog:
+async def user_log(
+    db: Database, user_id: str, limit: int, before: int | None, member: str | None = None
+) -> UserLog:
+    """``member``: one member's rows of the log only."""
     async with db.connect() as conn:
         user = await repo.get_user(conn, user_id)  # writes off what expired first
         if user is None:
             raise errors.user_not_found(user_id)
-        items, next_cursor = await repo.page(conn, user_id, limit, before, None)
+        items, next_cursor = await repo.page(conn, user_id, limit, before, None, member)
         refunded = await repo.refunded_among(conn, [t.id for t in items])
         charges = await repo.charges_among(conn, [t.refund_of for t in items if t.refund_of])
         grants, _ = await repo.grants_page(conn, user_id, "active", 200, None)
-    return UserLog(user, items, next_cursor, refunded, charges, grants)
+        limits = await limits_repo.of_user(conn, user_id)
+    return UserLog(user, items, next_cursor, refunded, charges, grants, limits)
