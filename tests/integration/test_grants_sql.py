@@ -386,9 +386,7 @@ async def test_reads_and_reconcile_see_what_charges_took_from_the_head(pool) -> 
     assert await pool.fetch("SELECT * FROM sc_grant_problems() WHERE user_id = $1", user) == []
     view = await pool.fetchrow("SELECT * FROM sc_user($1)", user)
     assert (view["credits"], view["paid"]) == (88, 88)
-    assert [(g["id"], g["remaining"]) for g in await grants(pool, user)] == [
-        (paid["grant_id"], 88)
-    ]
+    assert [(g["id"], g["remaining"]) for g in await grants(pool, user)] == [(paid["grant_id"], 88)]
     await assert_consistent(pool, user)
 
 
@@ -481,9 +479,12 @@ async def test_concurrent_repeats_of_one_key_write_once(pool, head: bool) -> Non
     lost = [r for r in results if isinstance(r, asyncpg.UniqueViolationError)]
     assert len(written) == 1
     assert all(e.constraint_name == "transactions_idempotency" for e in lost)
-    assert len(written) + len(lost) + sum(
-        1 for r in results if not isinstance(r, BaseException) and r["outcome"] == "replay"
-    ) == 12
+    assert (
+        len(written)
+        + len(lost)
+        + sum(1 for r in results if not isinstance(r, BaseException) and r["outcome"] == "replay")
+        == 12
+    )
     again = await charge(pool, user, skill, key="raced", hash_=b"x")
     assert (again["outcome"], again["id"]) == ("replay", written[0]["id"])
     assert await pool.fetchval("SELECT credits FROM users WHERE user_id = $1", user) == 99

@@ -12,6 +12,14 @@ regression test.
 Time is the one thing the model does not wait for: the ``expire`` rule moves a grant's
 ``expires_at`` to the instant just past (as the clock would), and the next request that
 reads the user must write it off.
+
+Members and spend limits: charges and bursts are made by a member or by no one, limits
+are added, changed and removed for everyone or one member, every skill or one, over
+hour, day and month windows. The model keeps each charge's instant (its ``created_at``)
+and whether it was refunded; a limit has spent what the charges it applies to made in
+its window and that were not refunded. Windows are driven by real time: every limit the
+server shows is checked against the model for the window its ``resets_at`` names, and a
+charge made as a window turned over may be answered either way.
 """
 
 from __future__ import annotations
@@ -40,6 +48,25 @@ from tests.support.processes import AppServer
 from tests.support.run import record, run_in_thread
 
 NEVER = datetime.max.replace(tzinfo=UTC)
+MEMBERS = [None, "ann", "ben"]
+WINDOWS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "month": None}
+
+
+def window_start(window: str, at: datetime) -> datetime:
+    """The start of the calendar window in UTC that ``at`` falls in."""
+    at = at.astimezone(UTC)
+    if window == "hour":
+        return at.replace(minute=0, second=0, microsecond=0)
+    day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if window == "day" else day.replace(day=1)
+
+
+def window_before(window: str, resets_at: datetime) -> datetime:
+    """The start of the window that ends at ``resets_at``."""
+    step = WINDOWS[window]
+    if step is not None:
+        return resets_at - step
+    return window_start("month", resets_at - timedelta(days=1))
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +110,31 @@ class ModelGrant:
 
 
 @dataclass
+class ModelCharge:
+    at: datetime
+    amount: int
+    member: str | None
+    skill: str
+    refunded: bool = False
+
+
+@dataclass
+class ModelLimit:
+    id: str
+    window: str
+    member: str | None
+    skill: str | None
+    max_credits: int
+
+    def applies(self, member: str | None, skill: str) -> bool:
+        return self.member in (None, member) and self.skill in (None, skill)
+
+
+@dataclass
 class ModelUser:
     grants: list[ModelGrant] = field(default_factory=list)
+    charges: list[ModelCharge] = field(default_factory=list)
+    limits: dict[tuple, ModelLimit] = field(default_factory=dict)  # by (window, member, skill)
     # the log, oldest first: (type, amount, balance_after, sources)
     log: list[tuple[str, int, int, list[tuple[str, int]]]] = field(default_factory=list)
 
@@ -113,6 +163,34 @@ class ModelUser:
     def write(self, type_: str, amount: int, sources: list[tuple[str, int]]) -> None:
         self.log.append((type_, amount, self.credits, sources))
 
+    def spent(self, limit: ModelLimit, start: datetime) -> int:
+        """What ``limit`` counts in the window that starts at ``start``."""
+        return sum(
+            c.amount
+            for c in self.charges
+            if not c.refunded
+            and limit.applies(c.member, c.skill)
+            and window_start(limit.window, c.at) == start
+        )
+
+    def room(self, member: str | None, skill: str, at: datetime) -> int | None:
+        """What the limits that apply let ``member`` spend on ``skill`` at ``at`` (None:
+        no limit applies)."""
+        rooms = [
+            limit.max_credits - self.spent(limit, window_start(limit.window, at))
+            for limit in self.limits.values()
+            if limit.applies(member, skill)
+        ]
+        return min(rooms) if rooms else None
+
+    def turning(self, member: str | None, skill: str, before: datetime, after: datetime) -> bool:
+        """Whether a window of a limit that applies turned over between two instants."""
+        return any(
+            window_start(limit.window, before) != window_start(limit.window, after)
+            for limit in self.limits.values()
+            if limit.applies(member, skill)
+        )
+
 
 @pytest.fixture
 def machine(model_server, keys, database_url):
@@ -130,6 +208,7 @@ def machine(model_server, keys, database_url):
             self.touched: set[str] = set()
             self.made = 0  # grants made, for the oldest-first order
             self.charges: dict[str, tuple[str, list[tuple[str, int]]]] = {}  # id -> user, sources
+            self.counted: dict[str, ModelCharge] = {}  # charge id -> what limits count
             self.refunded: set[str] = set()
             self.answers: dict[tuple[str, str], tuple[tuple, dict]] = {}
 
@@ -262,17 +341,19 @@ def machine(model_server, keys, database_url):
             skill=skills,
             units=st.integers(1, 3),
             key=st.none() | st.sampled_from(["k1", "k2", "k3"]),
+            member=st.sampled_from(MEMBERS),
         )
-        def charge(self, user, skill, units, key):
+        def charge(self, user, skill, units, key, member):
             STEPS.append("charge")
             self.touched.add(user)
             headers = keys.auth("service") | ({"Idempotency-Key": key} if key else {})
-            r = self.http.post(
-                "/v1/charges",
-                headers=headers,
-                json={"user_id": user, "skill": skill, "units": units},
-            )
-            signature = ("charge", skill, units)
+            body = {"user_id": user, "skill": skill, "units": units}
+            if member is not None:
+                body["member"] = member
+            before = datetime.now(UTC)
+            r = self.http.post("/v1/charges", headers=headers, json=body)
+            after = datetime.now(UTC)
+            signature = ("charge", skill, units, member)
             if key and (user, key) in self.answers:
                 seen, answer = self.answers[(user, key)]
                 if seen == signature:
@@ -283,12 +364,23 @@ def machine(model_server, keys, database_url):
                 return
             price = self.cost[skill] * units
             m = self.model[user]
+            room = m.room(member, skill, before)
+            # a window that turned over meanwhile: the server may have seen either one
+            turned = m.turning(member, skill, before, after)
+            STEPS.extend(["turned"] if turned else [])
             if not self.active[skill]:
                 assert (r.status_code, r.json()["code"]) == (403, "skill_disabled")
             elif price > m.credits:
                 assert (r.status_code, r.json()["code"]) == (402, "insufficient_credits")
+            elif (turned and r.status_code == 429) or (
+                not turned and price > 0 and room is not None and price > room
+            ):
+                assert (r.status_code, r.json()["code"]) == (429, "spend_limit_exceeded"), r.text
+                assert r.json()["required"] == price and int(r.headers["Retry-After"]) >= 1
+                STEPS.append("limited")
             else:
                 assert r.status_code == 201, r.text
+                self.count(user, r.json(), price, member, skill)
                 sources = m.draw(price)
                 m.write("CONSUMPTION", -price, sources)
                 tx = r.json()
@@ -301,6 +393,65 @@ def machine(model_server, keys, database_url):
                 self.charges[tx["id"]] = (user, sources)
                 if key:
                     self.answers[(user, key)] = (signature, tx)
+
+        def count(self, user, tx, price, member, skill) -> None:
+            assert tx["member"] == member
+            self.counted[tx["id"]] = ModelCharge(
+                datetime.fromisoformat(tx["created_at"]), price, member, skill
+            )
+            self.model[user].charges.append(self.counted[tx["id"]])
+
+        @rule(
+            user=users,
+            window=st.sampled_from(sorted(WINDOWS)),
+            max_credits=st.integers(0, 40),
+            member=st.sampled_from(MEMBERS),
+            skill=st.none() | skills,
+        )
+        def add_limit(self, user, window, max_credits, member, skill):
+            STEPS.append("add_limit")
+            self.touched.add(user)
+            body = {"window": window, "max_credits": max_credits}
+            body |= {"member": member} if member else {}
+            body |= {"skill": skill} if skill else {}
+            r = self.http.post(f"/v1/users/{user}/limits", headers=self.admin(), json=body)
+            m = self.model[user]
+            scope = (window, member, skill)
+            if scope in m.limits:
+                assert (r.status_code, r.json()["code"]) == (409, "limit_exists")
+                return
+            assert r.status_code == 201, r.text
+            made = r.json()
+            m.limits[scope] = ModelLimit(made["id"], window, member, skill, max_credits)
+
+        @rule(user=users, data=st.data(), max_credits=st.integers(0, 40))
+        def change_limit(self, user, data, max_credits):
+            m = self.model[user]
+            if not m.limits:
+                return
+            limit = m.limits[data.draw(st.sampled_from(sorted(m.limits, key=str)))]
+            STEPS.append("change_limit")
+            self.touched.add(user)
+            r = self.http.patch(
+                f"/v1/users/{user}/limits/{limit.id}",
+                headers=keys.auth("service"),
+                json={"max_credits": max_credits},
+            )
+            assert (r.status_code, r.json()["max_credits"]) == (200, max_credits), r.text
+            limit.max_credits = max_credits
+
+        @rule(user=users, data=st.data())
+        def remove_limit(self, user, data):
+            m = self.model[user]
+            if not m.limits:
+                return
+            scope = data.draw(st.sampled_from(sorted(m.limits, key=str)))
+            STEPS.append("remove_limit")
+            self.touched.add(user)
+            auth = keys.auth("service")
+            r = self.http.delete(f"/v1/users/{user}/limits/{m.limits[scope].id}", headers=auth)
+            assert r.status_code == 204, r.text
+            del m.limits[scope]
 
         @rule(data=st.data())
         def refund(self, data):
@@ -315,6 +466,7 @@ def machine(model_server, keys, database_url):
                 assert (r.status_code, r.json()["code"]) == (409, "already_refunded")
                 return
             assert r.status_code == 201, r.text
+            self.counted[tx].refunded = True
             m = self.model[user]
             by_id = {g.id: g for g in m.grants}
             lapsed = []
@@ -336,34 +488,44 @@ def machine(model_server, keys, database_url):
             assert r.json()["balance_after"] == m.credits + gone
             assert [(s["grant_id"], s["amount"]) for s in r.json()["sources"]] == sources
 
-        @rule(user=users, skill=skills, n=st.integers(2, 12))
-        def burst(self, user, skill, n):
+        @rule(user=users, skill=skills, n=st.integers(2, 12), member=st.sampled_from(MEMBERS))
+        def burst(self, user, skill, n, member):
             STEPS.append("burst")
             self.touched.add(user)
+            body = {"user_id": user, "skill": skill} | ({"member": member} if member else {})
 
             def one(_):
                 with httpx.Client(base_url=model_server.url, timeout=20) as c:
-                    return c.post(
-                        "/v1/charges",
-                        headers=keys.auth("service"),
-                        json={"user_id": user, "skill": skill},
-                    )
+                    return c.post("/v1/charges", headers=keys.auth("service"), json=body)
 
+            before = datetime.now(UTC)
             with ThreadPoolExecutor(n) as pool:
                 answers = list(pool.map(one, range(n)))
+            after = datetime.now(UTC)
             codes = [a.status_code for a in answers]
             if not self.active[skill]:
                 assert set(codes) == {403}
                 return
             cost = self.cost[skill]
             m = self.model[user]
-            fits = n if cost == 0 else min(n, m.credits // cost)
-            assert codes.count(201) == fits and codes.count(402) == n - fits, codes
+            room = m.room(member, skill, before)
+            if m.turning(member, skill, before, after):
+                STEPS.append("turned")  # a window turned over meanwhile: count what came
+                assert set(codes) <= {201, 402, 429}, codes
+            elif cost == 0:
+                assert codes.count(201) == n, codes
+            else:
+                by_credits = m.credits // cost
+                by_limits = n if room is None else max(room, 0) // cost
+                fits = min(n, by_credits, by_limits)
+                refused = 402 if by_credits <= by_limits else 429
+                assert codes.count(201) == fits and codes.count(refused) == n - fits, codes
             written = sorted(
                 (a.json() for a in answers if a.status_code == 201),
                 key=lambda t: -t["balance_after"],
             )
             for tx in written:  # concurrent, but written one after another
+                self.count(user, tx, cost, member, skill)
                 sources = m.draw(cost)
                 m.write("CONSUMPTION", -cost, sources)
                 assert [(s["grant_id"], s["amount"]) for s in tx["sources"]] == sources
@@ -411,6 +573,15 @@ def machine(model_server, keys, database_url):
                 for t in items
             ]
             assert seen == list(reversed(m.log))[:200], (user, seen[:5])
+            shown = self.http.get(f"/v1/users/{user}/limits", headers=auth).json()["items"]
+            assert sorted(x["id"] for x in shown) == sorted(x.id for x in m.limits.values())
+            for x in shown:
+                limit = m.limits[(x["window"], x["member"], x["skill"])]
+                start = window_before(x["window"], datetime.fromisoformat(x["resets_at"]))
+                assert (x["max_credits"], x["spent"]) == (
+                    limit.max_credits,
+                    m.spent(limit, start),
+                ), (user, x)
 
         @invariant()
         def touched_users_match(self):
@@ -448,9 +619,13 @@ def test_ledger_matches_its_model(machine, database_url) -> None:
             "bursts": STEPS.count("burst"),
             "refunds": STEPS.count("refund"),
             "expiries": STEPS.count("expire"),
+            "limits added": STEPS.count("add_limit"),
+            "charges refused by a limit": STEPS.count("limited"),
+            "windows turned over mid-charge": STEPS.count("turned"),
         },
     )
     assert STEPS.count("charge") >= 10 and "burst" in STEPS and "refund" in STEPS, {
         s: STEPS.count(s) for s in set(STEPS)
     }
     assert "expire" in STEPS, STEPS
+    assert "add_limit" in STEPS and "limited" in STEPS, {s: STEPS.count(s) for s in set(STEPS)}

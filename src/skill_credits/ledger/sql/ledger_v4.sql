@@ -108,14 +108,14 @@ LANGUAGE sql AS $$
 $$;
 
 -- The limit that spending p_need at p_now would take past its max_credits (of several,
--- the one that resets last: retrying before then is refused anyway), or NULL. The caller
--- holds the user's lock.
+-- the one that resets last: retrying before then is refused anyway), or NULL. Spending
+-- nothing passes no limit. The caller holds the user's lock.
 CREATE FUNCTION sc_over(p_user text, p_member text, p_skill uuid, p_need bigint,
                         p_now timestamptz) RETURNS limits
 LANGUAGE sql STABLE AS $$
     SELECT l.* FROM limits l
     WHERE l.user_id = p_user AND sc_applies(l, p_member, p_skill)
-      AND sc_spent(l, p_now) + p_need > l.max_credits
+      AND p_need > 0 AND sc_spent(l, p_now) + p_need > l.max_credits
     ORDER BY sc_window_end(l.period, p_now) DESC, l.created_at, l.id
     LIMIT 1
 $$;
