@@ -8,10 +8,14 @@ alternate A and B (B first every other round); the answer is the median charges/
 each and their ratio, per load pattern: 10 000 users at random ("spread"), one user
 ("hot"), and users with three grants each charged once at cost 2, so that each charge
 spans the first two ("spans"; on a checkout without grants, the same credits make one
-balance). Nothing else is compared: run it on a machine
-that is as quiet as it can be, and read the spread of the rounds before the ratio.
+balance), and users with two spend limits that apply to every charge, a day limit for
+everyone and an hour limit of the member the charges name ("limits"; on a checkout
+without limits, the same users without them, charged without a member). Nothing else is
+compared: run it on a machine that is as quiet as it can be, and read the spread of the
+rounds before the ratio.
 
     uv run --group bench python bench/ab.py --a ../old-checkout --b . [--rounds 6]
+        [--patterns spread,limits]
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from tests.support.databases import delete_prefix, drop_databases  # noqa: E402
 from tests.support.processes import AppServer  # noqa: E402
 
 from bench.databases import PG, REDIS_URL, SKILL, SPAN_SKILL, USERS  # noqa: E402
-from bench.phases import charges, log, span_charges  # noqa: E402
+from bench.phases import charges, limited_charges, log, span_charges  # noqa: E402
 
 BIG = 10**15
 # Users with three grants, each charged once, so every charge spans the first two.
@@ -45,7 +49,11 @@ SPAN_GRANTS = (
     {"amount": BIG, "type": "PURCHASE", "priority": 20},
     {"amount": BIG, "type": "PURCHASE"},
 )
-PATTERNS = ("spread", "hot", "spans")
+# Users with a day limit and their member's hour limit, high enough never to refuse.
+LIMIT_USERS = 10_000
+MEMBER = "agent"
+LIMITS = ({"window": "day", "max_credits": 2**53}, {"window": "hour", "max_credits": 2**53})
+PATTERNS = ("spread", "hot", "spans", "limits")
 
 
 class Side:
@@ -63,6 +71,7 @@ class Side:
         self.server = AppServer(self.env, workers, command=self.cli, cwd=self.checkout, quiet=True)
         self.token = ""
         self.span_from = 0  # the next span user each wrk thread charges
+        self.member = ""  # the limit users' member ("" on a checkout without limits)
 
     def cli_run(self, *args: str) -> str:
         out = subprocess.run(
@@ -76,8 +85,9 @@ class Side:
         self.token = self.cli_run("keys", "create", "--role", "admin", "--name", "ab-admin")
         self.server.start()
 
-    async def seed(self, users: int) -> None:
-        """The bench's skill, ``users`` users and a hot one, each with a big PURCHASE."""
+    async def seed(self, users: int, patterns: tuple[str, ...]) -> None:
+        """The bench's skill, ``users`` users and a hot one, each with a big PURCHASE, and
+        the users of ``patterns``' own."""
         auth = {"Authorization": f"Bearer {self.token}"}
         async with httpx.AsyncClient(base_url=self.server.url, headers=auth, timeout=30) as http:
             body = {"name": SKILL, "display_name": "bench", "cost": 1}
@@ -92,8 +102,9 @@ class Side:
             grants = SPAN_GRANTS
             if probe.status_code == 400:
                 grants = tuple({k: v for k, v in g.items() if k != "priority"} for g in grants)
+            spans = SPAN_USERS if "spans" in patterns else 0
             credits = [(n, purchase) for n in names] + [
-                (f"span_{i}", grant) for grant in grants for i in range(SPAN_USERS)
+                (f"span_{i}", grant) for grant in grants for i in range(spans)
             ]
             for start in range(0, len(credits), 50):
                 batch = credits[start : start + 50]
@@ -101,17 +112,34 @@ class Side:
                     *(http.post(f"/v1/users/{n}/credits", json=body) for n, body in batch)
                 )
                 assert all(a.status_code == 201 for a in answers), answers[0].text
+            limited = [f"lim_{i}" for i in range(LIMIT_USERS if "limits" in patterns else 0)]
+            await self._each(http, [(f"/v1/users/{n}/credits", purchase) for n in limited])
+            probe = await http.post("/v1/users/bench_0/limits", json=LIMITS[0])
+            if limited and probe.status_code == 201:
+                self.member = MEMBER
+                await self._each(
+                    http,
+                    [(f"/v1/users/{n}/limits", LIMITS[0]) for n in limited]
+                    + [(f"/v1/users/{n}/limits", LIMITS[1] | {"member": MEMBER}) for n in limited],
+                )
             # one charge each before any round: a user's first charge after an upgrade
             # may go a slower way once (a release's own warm-up, not its steady state)
             charge = {"skill": SKILL}
-            for start in range(0, len(names), 50):
-                answers = await asyncio.gather(
-                    *(
-                        http.post("/v1/charges", json=charge | {"user_id": n})
-                        for n in names[start : start + 50]
-                    )
-                )
-                assert all(a.status_code == 201 for a in answers), answers[0].text
+            member = {"member": self.member} if self.member else {}
+            await self._each(
+                http,
+                [("/v1/charges", charge | {"user_id": n}) for n in names]
+                + [("/v1/charges", charge | member | {"user_id": n}) for n in limited],
+            )
+
+    @staticmethod
+    async def _each(http: httpx.AsyncClient, posts: list[tuple[str, dict]]) -> None:
+        """Every POST of ``posts``, 50 at a time; each must be a 201."""
+        for start in range(0, len(posts), 50):
+            answers = await asyncio.gather(
+                *(http.post(path, json=body) for path, body in posts[start : start + 50])
+            )
+            assert all(a.status_code == 201 for a in answers), answers[0].text
 
     def spans(self, seconds: float) -> dict:
         """Charges of span users not charged before."""
@@ -143,21 +171,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--patterns", default=",".join(PATTERNS), help=f"some of {','.join(PATTERNS)}"
+    )
     args = parser.parse_args()
+    patterns = tuple(p for p in PATTERNS if p in args.patterns.split(","))
     run = uuid.uuid4().hex[:8]
     sides = [Side("A", args.a, run, args.workers), Side("B", args.b, run, args.workers)]
-    rates = {s.label: {p: [] for p in PATTERNS} for s in sides}
+    rates = {s.label: {p: [] for p in patterns} for s in sides}
     try:
         for side in sides:
             side.start()
-            asyncio.run(side.seed(USERS))
+            asyncio.run(side.seed(USERS, patterns))
             log(f"{side.label}: {side.checkout} seeded ({USERS} users)")
         for round_ in range(args.rounds):
             order = sides if round_ % 2 == 0 else sides[::-1]
-            for pattern in PATTERNS:
+            for pattern in patterns:
                 for side in order:
                     if pattern == "spans":
                         result = side.spans(args.seconds)
+                    elif pattern == "limits":
+                        result = limited_charges(
+                            side.server.url, side.token, args.seconds, LIMIT_USERS, side.member
+                        )
                     else:
                         result = charges(side.server.url, side.token, pattern, args.seconds)
                     bad = {s: n for s, n in result["statuses"].items() if s not in (201, 402)}
@@ -165,7 +201,10 @@ def main() -> None:
                     rates[side.label][pattern].append(round(result["rate"]))
             log(f"round {round_ + 1}/{args.rounds}: {json.dumps(rates)}")
         for side in sides:
-            log(f"{side.label}: {asyncio.run(side.spanned())}")
+            if "spans" in patterns:
+                log(f"{side.label}: {asyncio.run(side.spanned())}")
+            if "limits" in patterns:
+                log(f"{side.label}: limit users' member {side.member or '(none: no limits)'}")
     finally:
         for side in sides:
             side.server.stop()
@@ -174,7 +213,7 @@ def main() -> None:
             delete_prefix(REDIS_URL, side.env["REDIS_PREFIX"])
     print("| pattern | A median charges/s (rounds) | B median (rounds) | B ÷ A |")
     print("|---|---:|---:|---:|")
-    for pattern in PATTERNS:
+    for pattern in patterns:
         a, b = (statistics.median(rates[s][pattern]) for s in ("A", "B"))
         print(
             f"| {pattern} | {a:.0f} ({', '.join(map(str, rates['A'][pattern]))})"

@@ -12,6 +12,11 @@ local get_path = os.getenv("BENCH_GET_PATH")
 -- BENCH_SPAN_STRIDE: charge the users span_0 .. span_<users-1> in turn, from BENCH_SPAN_FROM
 local span_stride = tonumber(os.getenv("BENCH_SPAN_STRIDE") or "")
 local span_from = tonumber(os.getenv("BENCH_SPAN_FROM") or "0")
+-- BENCH_USER_PREFIX: the random users' names (default bench_); BENCH_MEMBER: the member
+-- every charge names (none when empty)
+local prefix = os.getenv("BENCH_USER_PREFIX") or "bench_"
+local member = os.getenv("BENCH_MEMBER") or ""
+local member_field = member ~= "" and (',"member":"' .. member .. '"') or ""
 
 local threads = {}
 function setup(thread)
@@ -32,7 +37,7 @@ function request()
   if method == "GET" then
     return wrk.format("GET", get_path, headers)
   end
-  local user = hot or ("bench_" .. math.random(0, users - 1))
+  local user = hot or (prefix .. math.random(0, users - 1))
   if span_stride then
     -- each thread walks its own stretch of the span users, each user charged once
     user = "span_" .. ((tid - 1) * span_stride + span_from + counter - 1) % users
@@ -41,7 +46,7 @@ function request()
     headers["Idempotency-Key"] = run .. "-" .. tid .. "-" .. counter
   end
   return wrk.format("POST", "/v1/charges", headers,
-    '{"user_id":"' .. user .. '","skill":"' .. skill .. '"}')
+    '{"user_id":"' .. user .. '","skill":"' .. skill .. '"' .. member_field .. '}')
 end
 
 function response(status, headers, body)

@@ -87,6 +87,17 @@ def span_charges(url: str, token: str, seconds: float, users: int, start: int) -
     return wrk(url, 32, seconds, **env)
 
 
+def limited_charges(url: str, token: str, seconds: float, users: int, member: str) -> dict:
+    """Charges at c=32 of random users ``lim_<i>`` as ``member`` (none when empty), half
+    with a fresh key."""
+    env = load_env(token, "spread", True) | {
+        "BENCH_USERS": str(users),
+        "BENCH_USER_PREFIX": "lim_",
+        "BENCH_MEMBER": member,
+    }
+    return wrk(url, 32, seconds, **env)
+
+
 def charges(url: str, token: str, pattern: str, seconds: float, concurrency: int = 32) -> dict:
     """Charges for ``seconds``, half of them with a fresh Idempotency-Key."""
     return wrk(url, concurrency, seconds, **load_env(token, pattern, True))
