@@ -58,12 +58,17 @@ def test_every_admin_page_at_desktop_and_phone_width(page, keys, http) -> None:
     refunded = charge(http, keys, user, name).json()["id"]
     http.post(f"/v1/transactions/{refunded}/refund", headers=admin)
     open_charge = charge(http, keys, user, name).json()["id"]
+    # a limit and a member's charge: the limits table and the log's member column
+    limit = {"window": "day", "max_credits": 100, "member": "ann"}
+    http.post(f"/v1/users/{user}/limits", headers=admin, json=limit)
+    http.post("/v1/charges", json={"user_id": user, "skill": name, "member": "ann"}, headers=admin)
     pages = {
         "skills": "/admin/skills",
         "history": f"/admin/skills/{name}/history",
         "confirm-disable": f"/admin/skills/{name}/disable",
         "users": "/admin/users",
         "a-user": f"/admin/users?user_id={user}",
+        "a-member": f"/admin/users?user_id={user}&member=ann",
         "confirm-refund": f"/admin/transactions/{open_charge}/refund",
     }
     found: list[str] = []
@@ -90,4 +95,8 @@ def test_every_admin_page_at_desktop_and_phone_width(page, keys, http) -> None:
         page.get_by_role("button", name="Save").click()
         expect(page.locator("#amount-error")).to_be_visible()
         found += _problems(page, f"credit-form-with-field-errors@{width}")
+        page.get_by_text("Add a spend limit").click()
+        page.get_by_role("button", name="Add limit").click()
+        expect(page.locator("#max_credits-error")).to_be_visible()
+        found += _problems(page, f"limit-form-with-field-errors@{width}")
     assert not found, "\n".join(found)

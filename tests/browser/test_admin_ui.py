@@ -230,6 +230,68 @@ def test_user_page_grant_and_refund(page, keys, http, screenshot_dir) -> None:
     page.screenshot(path=str(screenshot_dir / "admin-skills-phone.png"), full_page=False)
 
 
+def test_user_page_limits_and_member_filter(page, keys, http) -> None:
+    admin, service = keys.auth("admin"), keys.auth("service")
+    skill = http.post(
+        "/v1/admin/skills",
+        headers=admin,
+        json={"name": unique("UI_LIMIT"), "display_name": "Limited", "cost": 10},
+    ).json()["name"]
+    user = unique("team").lower()
+    http.post(f"/v1/users/{user}/credits", headers=admin, json={"amount": 100, "type": "GRANT"})
+
+    def spend(member: str) -> int:
+        body = {"user_id": user, "skill": skill, "member": member}
+        return http.post("/v1/charges", json=body, headers=service).status_code
+
+    login(page, keys.admin)
+    page.goto(f"/admin/users?user_id={user}")
+    expect(page.locator("#limits")).to_contain_text("No limits")
+    page.get_by_text("Add a spend limit").click()
+    page.fill("#max_credits", "lots")
+    page.get_by_role("button", name="Add limit").click()
+    expect(page.locator("#max_credits-error")).to_have_text(
+        "Max credits must be a whole number from 0 to 9 007 199 254 740 992."
+    )
+    page.fill("#max_credits", "25")
+    page.fill("#limit-member", "ann")
+    page.get_by_role("button", name="Add limit").click()
+    expect(page.locator(".flash.ok")).to_contain_text("Day limit of 25 for ann added.")
+    row = page.locator("#limits tbody tr")
+    expect(row).to_have_count(1)
+    expect(row.locator(".spent")).to_have_text("0")
+    expect(row.locator(".max")).to_have_text("25")
+    # the same limit again is refused beside the field, and nothing is added
+    page.get_by_text("Add a spend limit").click()
+    page.fill("#max_credits", "5")
+    page.fill("#limit-member", "ann")
+    page.get_by_role("button", name="Add limit").click()
+    expect(page.locator("#window-error")).to_contain_text("already")
+    expect(page.locator("#limits tbody tr")).to_have_count(1)
+
+    assert [spend("ann"), spend("ann"), spend("ann"), spend("bob")] == [201, 201, 429, 201]
+    page.goto(f"/admin/users?user_id={user}")
+    expect(row.locator(".spent")).to_have_text("20")
+    row.locator("input[name=max_credits]").fill("40")
+    row.get_by_role("button", name="Change max").click()
+    expect(page.locator(".flash.ok")).to_contain_text("Day limit of 40 for ann now.")
+    expect(row.locator(".max")).to_have_text("40")
+    assert spend("ann") == 201
+
+    # the log shows each row's member and can show one member's rows alone
+    expect(page.locator("#transactions")).to_contain_text("bob")
+    page.fill("#member", "ann")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("h2", has_text="Log")).to_contain_text("of member ann")
+    expect(page.locator("#transactions tbody tr")).to_have_count(3)
+    expect(page.locator("#transactions")).not_to_contain_text("bob")
+
+    row.get_by_role("button", name="Remove the day limit").click()
+    expect(page.locator(".flash.ok")).to_contain_text("Limit removed.")
+    expect(page.locator("#limits")).to_contain_text("No limits")
+    assert http.get(f"/v1/users/{user}/limits", headers=service).json()["items"] == []
+
+
 def test_csrf_less_post_is_refused(page, keys, http) -> None:
     login(page, keys.admin)
     name = unique("CSRF")
