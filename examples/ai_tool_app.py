@@ -9,7 +9,8 @@ Run skill-credits (`make run`), register the skills and a service key:
     skill-credits keys create --role service --name example-app
 
 then `SKILL_CREDITS_KEY=... uv run python examples/ai_tool_app.py` serves it on :8001.
-Users are told apart by an `X-User-Id` header here; a real app takes its own auth.
+Users are told apart by an `X-User-Id` header here, and the member of a shared balance
+who spends (a teammate, an agent) by `X-Member`; a real app takes both from its own auth.
 """
 
 from __future__ import annotations
@@ -70,8 +71,12 @@ def user_of(request: Request) -> str:
     return request.headers.get("X-User-Id", "anonymous")
 
 
+def member_of(request: Request) -> str | None:
+    return request.headers.get("X-Member")
+
+
 def create_app(base_url: str, api_key: str) -> Litestar:
-    billing = SkillCredits(base_url=base_url, api_key=api_key, user_id=user_of)
+    billing = SkillCredits(base_url=base_url, api_key=api_key, user_id=user_of, member=member_of)
     return Litestar(route_handlers=[summarize, transcribe], plugins=[billing])
 
 

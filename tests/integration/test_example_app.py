@@ -112,3 +112,37 @@ async def test_retries_with_the_same_idempotency_key_charge_once(setup) -> None:
     second = await setup["tool"].post("/tools/summarize", json={"text": "t"}, headers=headers)
     assert first.status_code == second.status_code == 201
     assert (await balance(setup))["credits"] == 195
+
+
+async def test_a_members_limit_reaches_the_hosts_client_as_a_429(setup) -> None:
+    """The member comes from the host request; a 429 comes back with its Retry-After."""
+    http, tool, user = setup["http"], setup["tool"], setup["user"]
+    r = await http.post(
+        f"/v1/users/{user}/limits",
+        headers=setup["admin"],
+        json={"window": "hour", "max_credits": 5, "member": "agent_7"},
+    )
+    assert r.status_code == 201, r.text
+    as_agent = {"X-User-Id": user, "X-Member": "agent_7"}
+    r = await tool.post("/tools/summarize", json={"text": "t"}, headers=as_agent)
+    assert r.status_code == 201, r.text
+    r = await tool.post("/tools/summarize", json={"text": "t"}, headers=as_agent)
+    assert (r.status_code, r.json()["code"], r.json()["required"]) == (
+        429,
+        "spend_limit_exceeded",
+        5,
+    )
+    assert r.json()["limit"]["member"] == "agent_7"
+    assert 1 <= int(r.headers["Retry-After"]) <= 3600
+    assert r.headers["content-type"].startswith("application/problem+json")
+    # another member is not stopped by agent_7's limit
+    r = await tool.post(
+        "/tools/summarize", json={"text": "t"}, headers={"X-User-Id": user, "X-Member": "ann"}
+    )
+    assert r.status_code == 201, r.text
+    log = (
+        await http.get(
+            f"/v1/users/{user}/transactions", params={"member": "agent_7"}, headers=setup["admin"]
+        )
+    ).json()["items"]
+    assert [(t["type"], t["member"]) for t in log] == [("CONSUMPTION", "agent_7")]
