@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 import pytest
 
@@ -96,6 +98,11 @@ def test_request_hash_tells_requests_apart() -> None:
     # a key there is nothing to compare: no hash
     assert h("/p", a, "k1") == h("/p", a, "k2")
     assert h("/p", a, None) is None
+    # the member is part of it; without one, the hash is what it was before members, so
+    # a retry across that upgrade still finds its original
+    assert h("/p", ChargeIn(user_id="u", skill="S", member="m")) != h("/p", a)
+    before = b'POST /p\n{"user_id":"u","skill":"S","description":null,"units":1}'
+    assert h("/p", a) == hashlib.sha256(before).digest()
 
 
 @pytest.mark.parametrize(

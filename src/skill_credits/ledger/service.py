@@ -83,8 +83,18 @@ def request_hash(
     one neither computes nor stores it."""
     if key is None:
         return None
-    encoded = msgspec.json.encode(body) if body is not None else b""
-    return hashlib.sha256(f"{method} {path}\n".encode() + encoded).digest()
+    return hashlib.sha256(f"{method} {path}\n".encode() + _encoded(body)).digest()
+
+
+def _encoded(body: msgspec.Struct | None) -> bytes:
+    """The body as its hash sees it. A charge or hold without a member is encoded as it
+    was before members existed, so a retry across that upgrade still finds its original."""
+    if body is None:
+        return b""
+    if getattr(body, "member", "") is None:
+        fields = msgspec.to_builtins(body)
+        return msgspec.json.encode({k: v for k, v in fields.items() if k != "member"})
+    return msgspec.json.encode(body)
 
 
 def _same_request(stored: Any, digest: bytes | None) -> None:
