@@ -305,11 +305,13 @@ END $$;
 
 DROP FUNCTION sc_charge(text, text, integer, integer, text, text, bytea, text);
 
--- POST /v1/charges, as in ledger_v3.sql, with the member and the limits: the one
--- statement is for users without limits; the slow way checks the limits after the 402
--- (429: outcome 'limited', with the limit and what the charge would count) and counts the
--- charge in them. The order of refusals: revoked key, replay, skill 404, version,
--- disabled, user 404, 402, 429. p_version NULL: any version.
+-- POST /v1/charges, as in ledger_v3.sql, with the member and the limits. The one
+-- statement is for users without limits. The slow way checks the limits after the 402
+-- (429: outcome 'limited', with the limit and what the charge would count); when they
+-- allow it, the one statement runs again for the user with limits (a head that covers
+-- the charge), else the grants' way, and the charge is counted in the limits. The order
+-- of refusals: revoked key, replay, skill 404, version, disabled, user 404, 402, 429.
+-- p_version NULL: any version.
 --
 -- Two requests with one Idempotency-Key may both pass the statement's key check; the
 -- second then fails on the unique index (transactions_idempotency) having written nothing,
@@ -329,92 +331,100 @@ DECLARE
     v_need bigint;
     v_now timestamptz;
     v_limit limits;
+    v_checked boolean := false;
 BEGIN
-    WITH priced AS (
-        SELECT c AS s FROM skills c
-        WHERE c.name = p_skill AND c.is_active
-          AND (p_version IS NULL OR c.version = p_version)
-    ), bal AS (
-        UPDATE users SET credits = users.credits - (priced.s).cost * p_units,
-                         head_free = users.head_free - (priced.s).cost * p_units,
-                         head_taken = users.head_taken + (priced.s).cost * p_units
-        FROM priced
-        WHERE users.user_id = p_user
-          AND users.head_free >= (priced.s).cost * p_units
-          AND (users.next_due IS NULL OR users.next_due > now())
-          AND NOT users.limited
-          AND (p_key IS NULL OR NOT EXISTS (SELECT 1 FROM transactions x
-                                            WHERE x.user_id = p_user
-                                              AND x.idempotency_key = p_key))
-          AND (p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
-                                               WHERE a.id = p_api_key_id
-                                                 AND a.revoked_at IS NULL))
-        RETURNING users.credits, users.head_grant, (priced.s).cost * p_units AS need,
-                  priced.s
-    ), logged AS (
-        INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill,
-                                  units, unit_cost, description, idempotency_key,
-                                  request_hash, sources, member)
-        SELECT p_user, 'CONSUMPTION', -bal.need, bal.credits, (bal.s).id, (bal.s).name,
-               p_units, (bal.s).cost, p_description, p_key, p_hash,
-               CASE WHEN bal.need = 0 THEN '[]'::jsonb
-                    ELSE jsonb_build_array(jsonb_build_object('grant_id', bal.head_grant,
-                                                              'amount', bal.need)) END,
-               p_member
-        FROM bal
-        RETURNING *
-    )
-    SELECT 'written', l.id::text, l.user_id, l.type, l.amount, l.balance_after, l.skill,
-           l.units, l.unit_cost, l.description, NULL, NULL, l.sources, l.created_at,
-           l.request_hash, bal.s, NULL, NULL, NULL, NULL, l.member, NULL
-    INTO r FROM bal, logged l;
-    IF FOUND THEN
-        RETURN r;
-    END IF;
+    LOOP
+        WITH priced AS (
+            SELECT c AS s FROM skills c
+            WHERE c.name = p_skill AND c.is_active
+              AND (p_version IS NULL OR c.version = p_version)
+        ), bal AS (
+            UPDATE users SET credits = users.credits - (priced.s).cost * p_units,
+                             head_free = users.head_free - (priced.s).cost * p_units,
+                             head_taken = users.head_taken + (priced.s).cost * p_units
+            FROM priced
+            WHERE users.user_id = p_user
+              AND users.head_free >= (priced.s).cost * p_units
+              AND (users.next_due IS NULL OR users.next_due > now())
+              AND (NOT users.limited OR v_checked)
+              AND (p_key IS NULL OR NOT EXISTS (SELECT 1 FROM transactions x
+                                                WHERE x.user_id = p_user
+                                                  AND x.idempotency_key = p_key))
+              AND (p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
+                                                   WHERE a.id = p_api_key_id
+                                                     AND a.revoked_at IS NULL))
+            RETURNING users.credits, users.head_grant, (priced.s).cost * p_units AS need,
+                      priced.s
+        ), logged AS (
+            INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill,
+                                      units, unit_cost, description, idempotency_key,
+                                      request_hash, sources, member, created_at)
+            SELECT p_user, 'CONSUMPTION', -bal.need, bal.credits, (bal.s).id, (bal.s).name,
+                   p_units, (bal.s).cost, p_description, p_key, p_hash,
+                   CASE WHEN bal.need = 0 THEN '[]'::jsonb
+                        ELSE jsonb_build_array(jsonb_build_object('grant_id', bal.head_grant,
+                                                                  'amount', bal.need)) END,
+                   p_member, coalesce(v_now, clock_timestamp())
+            FROM bal
+            RETURNING *
+        )
+        SELECT 'written', l.id::text, l.user_id, l.type, l.amount, l.balance_after, l.skill,
+               l.units, l.unit_cost, l.description, NULL, NULL, l.sources, l.created_at,
+               l.request_hash, bal.s, NULL, NULL, NULL, NULL, l.member, NULL
+        INTO r FROM bal, logged l;
+        IF FOUND THEN
+            IF v_checked THEN
+                PERFORM sc_count(p_user, p_member, (r.sk).id, -r.amount, v_now, v_now);
+            END IF;
+            RETURN r;
+        END IF;
+        -- a user with limits, checked, whose head cannot cover the charge: the grants' way
+        EXIT WHEN v_checked;
 
-    -- Nothing written. Under the user's lock (what was due written off, the head folded;
-    -- a repeat that looked before its original committed sees it now), every fact the
-    -- refusals need, in one query.
-    v_known := sc_lock_keep(p_user);
-    SELECT p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
-                                           WHERE a.id = p_api_key_id
-                                             AND a.revoked_at IS NULL) AS key_ok,
-           (SELECT x FROM transactions x WHERE x.user_id = p_user
-                                           AND x.idempotency_key = p_key) AS repeated,
-           (SELECT c FROM skills c WHERE c.name = p_skill) AS skill,
-           (SELECT u.credits - u.reserved FROM users u WHERE u.user_id = p_user) AS free,
-           (SELECT u.limited FROM users u WHERE u.user_id = p_user) AS limited
-    INTO facts;
-    t := facts.repeated;
-    s := facts.skill;
-    IF NOT facts.key_ok THEN
-        r.outcome := 'key_revoked';
-        RETURN r;
-    END IF;
-    IF t.id IS NOT NULL THEN
-        RETURN sc_tx_out('replay', t);
-    END IF;
-    IF s.id IS NULL THEN
-        r.outcome := 'skill_not_found';
-        RETURN r;
-    END IF;
-    IF p_version IS NOT NULL AND s.version <> p_version THEN
-        r.outcome := 'version';
-        RETURN sc_skill_out(r, s);
-    END IF;
-    IF NOT s.is_active THEN
-        r.outcome := 'skill_disabled';
-        RETURN sc_skill_out(r, s);
-    END IF;
-    IF NOT v_known THEN
-        r.outcome := 'user_not_found';
-        RETURN r;
-    END IF;
-    v_need := s.cost * p_units;
-    IF facts.free < v_need THEN
-        RETURN sc_skill_out(sc_short(p_user, v_need, NULL), s);
-    END IF;
-    IF facts.limited THEN
+        -- Nothing written. Under the user's lock (what was due written off, the head folded;
+        -- a repeat that looked before its original committed sees it now), every fact the
+        -- refusals need, in one query.
+        v_known := sc_lock_keep(p_user);
+        SELECT p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
+                                               WHERE a.id = p_api_key_id
+                                                 AND a.revoked_at IS NULL) AS key_ok,
+               (SELECT x FROM transactions x WHERE x.user_id = p_user
+                                               AND x.idempotency_key = p_key) AS repeated,
+               (SELECT c FROM skills c WHERE c.name = p_skill) AS skill,
+               (SELECT u.credits - u.reserved FROM users u WHERE u.user_id = p_user) AS free,
+               (SELECT u.limited FROM users u WHERE u.user_id = p_user) AS limited
+        INTO facts;
+        t := facts.repeated;
+        s := facts.skill;
+        IF NOT facts.key_ok THEN
+            r.outcome := 'key_revoked';
+            RETURN r;
+        END IF;
+        IF t.id IS NOT NULL THEN
+            RETURN sc_tx_out('replay', t);
+        END IF;
+        IF s.id IS NULL THEN
+            r.outcome := 'skill_not_found';
+            RETURN r;
+        END IF;
+        IF p_version IS NOT NULL AND s.version <> p_version THEN
+            r.outcome := 'version';
+            RETURN sc_skill_out(r, s);
+        END IF;
+        IF NOT s.is_active THEN
+            r.outcome := 'skill_disabled';
+            RETURN sc_skill_out(r, s);
+        END IF;
+        IF NOT v_known THEN
+            r.outcome := 'user_not_found';
+            RETURN r;
+        END IF;
+        v_need := s.cost * p_units;
+        IF facts.free < v_need THEN
+            RETURN sc_skill_out(sc_short(p_user, v_need, NULL), s);
+        END IF;
+        -- a user without limits: the grants' way
+        EXIT WHEN NOT facts.limited;
         v_now := clock_timestamp();
         v_limit := sc_over(p_user, p_member, s.id, v_need, v_now);
         IF v_limit.id IS NOT NULL THEN
@@ -423,7 +433,11 @@ BEGIN
             r.required := v_need;
             RETURN sc_skill_out(r, s);
         END IF;
-    END IF;
+        -- the limits allow it: the one statement again, now for a user with limits, counted
+        -- at v_now; it still needs a head that covers it
+        v_checked := true;
+    END LOOP;
+
 
     -- One statement: each grant in spending order takes what the ones before it left; the
     -- balance drops by the whole; the new head is the first grant with credits left after
