@@ -250,20 +250,26 @@ async def test_a_new_limit_counts_what_was_spent_in_its_window(api: Api) -> None
 
 async def test_a_window_that_passed_counts_nothing(api: Api, db) -> None:
     """No job resets a window: a limit whose counted window is over has spent 0 (here the
-    window is moved back, as the clock would move forward)."""
+    first charge and the window it counted in are moved back an hour, as the clock would
+    move forward)."""
     skill = await api.create_skill(cost=5)
     user = await api.new_user(100)
     made = (await add_limit(api, user, window="hour", max_credits=5)).json()
-    assert (await api.charge(user, skill["name"])).status_code == 201
+    first = (await api.charge(user, skill["name"])).json()
     assert (await api.charge(user, skill["name"])).status_code == 429
     async with db.connect() as conn:
         await conn.exec_driver_sql(
             "UPDATE limits SET window_start = window_start - interval '1 hour'"
             f" WHERE id = '{made['id']}'"
         )
+        await conn.exec_driver_sql(
+            "UPDATE transactions SET created_at = created_at - interval '1 hour'"
+            f" WHERE id = '{first['id']}'"
+        )
     assert await spent(api, user) == {"hour:None:None": 0}
     assert (await api.charge(user, skill["name"])).status_code == 201
     assert await spent(api, user) == {"hour:None:None": 5}
+    await assert_reconciled(db)
 
 
 async def test_removing_the_last_limit_frees_the_user(api: Api, db) -> None:

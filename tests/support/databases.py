@@ -69,7 +69,8 @@ async def problems(url: str) -> list[str]:
 
 async def assert_reconciled(db: Database) -> None:
     async with db.autocommit.connect() as conn:
-        assert await reconcile(conn) == []
+        found = await reconcile(conn)
+        assert found == [], found
 
 
 async def snapshot(db: Database) -> tuple:

@@ -54,6 +54,7 @@ class Connections:
             unit_cost=1,
             description=None,
             refund_of=None,
+            member=params["member"],
             grant_id=None,
             sources="[]",
             created_at=NOW,
