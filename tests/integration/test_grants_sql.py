@@ -781,7 +781,8 @@ def test_the_downgrade_folds_every_head_into_its_grant(fresh_database) -> None:
 
 def test_down_to_0007_the_charge_is_version_2s_again(fresh_database) -> None:
     """0008 replaces only sc_charge: down to 0007 its body is ledger_v2.sql's, word for
-    word, and a charge that spans grants is still exact; up again, ledger_v3.sql's."""
+    word, and a charge that spans grants is still exact; up again, the newest file's
+    (ledger_v4.sql, through 0008's and 0009's upgrades and downgrades)."""
     from alembic import command
 
     from skill_credits.ledger.sql import statements
@@ -790,7 +791,7 @@ def test_down_to_0007_the_charge_is_version_2s_again(fresh_database) -> None:
     from tests.support.run import run_in_thread
 
     def body(name: str) -> str:
-        (command_,) = [c for c in statements(name) if "FUNCTION sc_charge(" in c]
+        (command_,) = [c for c in statements(name) if "CREATE OR REPLACE FUNCTION sc_charge(" in c]
         return command_.split("$$")[1]
 
     _, url = fresh_database
@@ -815,8 +816,8 @@ def test_down_to_0007_the_charge_is_version_2s_again(fresh_database) -> None:
         finally:
             await conn.close()
 
-    run_in_thread(asyncio.run, check("ledger_v3.sql", "up"))
+    run_in_thread(asyncio.run, check("ledger_v4.sql", "up"))
     run_in_thread(command.downgrade, alembic_config(settings), "0007")
     run_in_thread(asyncio.run, check("ledger_v2.sql", "down"))
     run_in_thread(command.upgrade, alembic_config(settings), "head")
-    run_in_thread(asyncio.run, check("ledger_v3.sql", "again"))
+    run_in_thread(asyncio.run, check("ledger_v4.sql", "again"))

@@ -20,6 +20,10 @@ from tests.support.processes import AppServer
 from tests.support.run import unique
 
 OPERATION_IDS = {
+    "createLimit",
+    "listLimits",
+    "changeLimit",
+    "deleteLimit",
     "createCharge",
     "addCredits",
     "getUser",
@@ -79,13 +83,18 @@ def test_every_error_is_one_shared_problem_schema(document) -> None:
             (media_type, content), *others = response["content"].items()
             assert (media_type, others) == ("application/problem+json", []), (name, status)
             ref = content["schema"]["$ref"].rsplit("/", 1)[-1]
-            expected = {"402": "InsufficientCredits", "412": "VersionConflict"}.get(status)
+            expected = {
+                "402": "InsufficientCredits",
+                "412": "VersionConflict",
+                "429": "SpendLimitExceeded",
+            }.get(status)
             assert ref == (expected or "Problem"), (name, status, ref)
     assert "status_code" not in json.dumps(document), "Litestar's default 400 is still there"
     schemas = document["components"]["schemas"]
     assert set(schemas["Problem"]["required"]) == {"status", "title", "detail", "code"}
     assert {"credits", "available", "required"} <= set(schemas["InsufficientCredits"]["required"])
     assert "current_version" in schemas["VersionConflict"]["required"]
+    assert {"limit", "required"} <= set(schemas["SpendLimitExceeded"]["required"])
 
 
 def test_every_operation_lists_the_statuses_its_code_paths_answer(document) -> None:
@@ -101,8 +110,10 @@ def test_every_operation_lists_the_statuses_its_code_paths_answer(document) -> N
         assert {402, 403, 404, 422} <= statuses(ops[name][2]), name
     for name in ("listSkills", "createSkill", "getSkill", "updateSkill", "getSkillHistory"):
         assert 403 in statuses(ops[name][2]), name  # a service key
-    for name in ("refundTransaction", "captureHold", "releaseHold", "createSkill"):
+    for name in ("refundTransaction", "captureHold", "releaseHold", "createSkill", "createLimit"):
         assert 409 in statuses(ops[name][2]), name
+    for name in ("createCharge", "createHold"):
+        assert "Retry-After" in ops[name][2]["responses"]["429"]["headers"], name
     updated = ops["updateSkill"][2]["responses"]
     assert 412 in statuses(ops["updateSkill"][2]) and "ETag" in updated["412"]["headers"]
     assert "Retry-After" in ops["createCharge"][2]["responses"]["503"]["headers"]
@@ -117,7 +128,9 @@ async def test_each_operation_answers_401_as_documented(client, document) -> Non
     for name, (method, path, op) in operations(document).items():
         if not path.startswith("/v1/"):
             continue
-        url = path.format(user_id="u1", tx_id=uuid.uuid4(), hold_id=uuid.uuid4(), name="S")
+        url = path.format(
+            user_id="u1", tx_id=uuid.uuid4(), hold_id=uuid.uuid4(), limit_id=uuid.uuid4(), name="S"
+        )
         r = await client.request(method, url)
         assert r.status_code == 401 and "401" in op["responses"], name
         assert r.headers["content-type"] == "application/problem+json", name
