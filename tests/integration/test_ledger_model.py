@@ -503,6 +503,7 @@ def machine(model_server, keys, database_url):
                 answers = list(pool.map(one, range(n)))
             after = datetime.now(UTC)
             codes = [a.status_code for a in answers]
+            STEPS.extend(["limited"] if 429 in codes else [])
             if not self.active[skill]:
                 assert set(codes) == {403}
                 return
