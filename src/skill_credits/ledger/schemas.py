@@ -53,9 +53,13 @@ MAX_GRANT_LIFE = timedelta(days=3653)  # ten years
 ONLY_GRANTS = "must be left out: only a positive amount makes a grant"
 
 
-def check_member(value: str | None) -> None:
-    if value is not None:
-        check_user_id(value, "member")
+def check_spend(body: ChargeIn | HoldIn) -> None:
+    """The checks of a body that spends (a charge, a hold) beyond its field types."""
+    check_user_id(body.user_id)
+    check_skill_name(body.skill, "skill")
+    check_text(body.description, "description")
+    if body.member is not None:
+        check_user_id(body.member, "member")
 
 
 class ChargeIn(Struct, forbid_unknown_fields=True):
@@ -66,10 +70,7 @@ class ChargeIn(Struct, forbid_unknown_fields=True):
     member: Member | None = None
 
     def __post_init__(self) -> None:
-        check_user_id(self.user_id)
-        check_skill_name(self.skill, "skill")
-        check_text(self.description, "description")
-        check_member(self.member)
+        check_spend(self)
 
 
 class CreditIn(Struct, forbid_unknown_fields=True):
@@ -134,10 +135,7 @@ class HoldIn(Struct, forbid_unknown_fields=True):
     member: Member | None = None
 
     def __post_init__(self) -> None:
-        check_user_id(self.user_id)
-        check_skill_name(self.skill, "skill")
-        check_text(self.description, "description")
-        check_member(self.member)
+        check_spend(self)
 
 
 class CaptureIn(Struct, forbid_unknown_fields=True):

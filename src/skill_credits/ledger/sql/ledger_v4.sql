@@ -107,13 +107,13 @@ LANGUAGE sql AS $$
       AND sc_window_start(l.period, p_at) = sc_window_start(l.period, p_now)
 $$;
 
--- The limit that spending p_need at p_now would take past its max_credits (of several,
--- the one that resets last: retrying before then is refused anyway), or NULL. Spending
--- nothing passes no limit. The caller holds the user's lock.
+-- The limit that spending p_need at p_now would take past its max_credits, as the API
+-- shows it (of several, the one that resets last: retrying before then is refused
+-- anyway), or NULL. Spending nothing passes no limit. The caller holds the user's lock.
 CREATE FUNCTION sc_over(p_user text, p_member text, p_skill uuid, p_need bigint,
-                        p_now timestamptz) RETURNS limits
+                        p_now timestamptz) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT l.* FROM limits l
+    SELECT sc_limit_json(l, p_now) FROM limits l
     WHERE l.user_id = p_user AND sc_applies(l, p_member, p_skill)
       AND p_need > 0 AND sc_spent(l, p_now) + p_need > l.max_credits
     ORDER BY sc_window_end(l.period, p_now) DESC, l.created_at, l.id
@@ -330,7 +330,6 @@ DECLARE
     v_known boolean;
     v_need bigint;
     v_now timestamptz;
-    v_limit limits;
     v_checked boolean := false;
 BEGIN
     LOOP
@@ -426,10 +425,9 @@ BEGIN
         -- a user without limits: the grants' way
         EXIT WHEN NOT facts.limited;
         v_now := clock_timestamp();
-        v_limit := sc_over(p_user, p_member, s.id, v_need, v_now);
-        IF v_limit.id IS NOT NULL THEN
+        r.lim := sc_over(p_user, p_member, s.id, v_need, v_now);
+        IF r.lim IS NOT NULL THEN
             r.outcome := 'limited';
-            r.lim := sc_limit_json(v_limit, v_now);
             r.required := v_need;
             RETURN sc_skill_out(r, s);
         END IF;
@@ -516,7 +514,6 @@ DECLARE
     v_until timestamptz := now() + make_interval(secs => p_ttl);
     v_short sc_tx_outcome;
     v_now timestamptz;
-    v_limit limits;
 BEGIN
     v_found := sc_lock(p_user);
     IF p_key IS NOT NULL THEN
@@ -552,10 +549,9 @@ BEGIN
         RETURN sc_skill_out(r, s);
     END IF;
     v_now := clock_timestamp();
-    v_limit := sc_over(p_user, p_member, s.id, v_need, v_now);
-    IF v_limit.id IS NOT NULL THEN
+    r.lim := sc_over(p_user, p_member, s.id, v_need, v_now);
+    IF r.lim IS NOT NULL THEN
         r.outcome := 'limited';
-        r.lim := sc_limit_json(v_limit, v_now);
         r.required := v_need;
         RETURN sc_skill_out(r, s);
     END IF;
