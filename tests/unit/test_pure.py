@@ -10,7 +10,7 @@ import pytest
 from skill_credits.bodies import field_and_message
 from skill_credits.errors import ApiError
 from skill_credits.ledger.repository import decode_cursor, encode_cursor
-from skill_credits.ledger.schemas import ChargeIn, CreditIn
+from skill_credits.ledger.schemas import ChargeIn, CreditIn, HoldIn
 from skill_credits.ledger.service import request_hash
 from skill_credits.settings import Settings
 from skill_credits.skills.schemas import SkillCreate, SkillPatch
@@ -103,6 +103,11 @@ def test_request_hash_tells_requests_apart() -> None:
     assert h("/p", ChargeIn(user_id="u", skill="S", member="m")) != h("/p", a)
     before = b'POST /p\n{"user_id":"u","skill":"S","description":null,"units":1}'
     assert h("/p", a) == hashlib.sha256(before).digest()
+    hold = HoldIn(user_id="u", skill="S")
+    held = b'POST /p\n{"user_id":"u","skill":"S","units":1,"ttl_seconds":900,"description":null}'
+    assert request_hash("POST", "/p", hold, "k") == hashlib.sha256(held).digest()
+    # the member is the last field of both, where the hash cuts it
+    assert ChargeIn.__struct_fields__[-1] == HoldIn.__struct_fields__[-1] == "member"
 
 
 @pytest.mark.parametrize(

@@ -297,9 +297,8 @@ class AdminPagesController(Controller):
     async def add_limit(
         self, request: Request, user_id: FromPath[str], data: Form, db: Db
     ) -> Response:
-        if not USER_ID_RE.fullmatch(user_id):
-            _flash(request, "error", f"A user id is {USER_ID_RULE}.")
-            return see_other("/admin/users")
+        if (refused := _not_a_user(request, user_id)) is not None:
+            return refused
         body, errors = forms.limit(data)
         if body is None:
             return await self._users_page(
@@ -360,10 +359,9 @@ class AdminPagesController(Controller):
     async def credit(
         self, request: Request, user_id: FromPath[str], data: Form, db: Db
     ) -> Response:
+        if (refused := _not_a_user(request, user_id)) is not None:
+            return refused
         back = f"/admin/users?user_id={user_id}"
-        if not USER_ID_RE.fullmatch(user_id):
-            _flash(request, "error", f"A user id is {USER_ID_RULE}.")
-            return see_other("/admin/users")
         body, errors = forms.credit(data)
         if body is None:
             return await self._users_page(
@@ -456,6 +454,15 @@ async def _ledger_write(
 
 # the field of the limit form a refusal is shown beside
 _LIMIT_FIELD = {"skill_not_found": "skill", "limit_exists": "window"}
+
+
+def _not_a_user(request: Request, user_id: str) -> Redirect | None:
+    """For a form posted to what cannot be a user id: the error flashed and the way back
+    to the users page; None for a user id."""
+    if USER_ID_RE.fullmatch(user_id):
+        return None
+    _flash(request, "error", f"A user id is {USER_ID_RULE}.")
+    return see_other("/admin/users")
 
 
 def _user_page(user_id: str) -> str | None:

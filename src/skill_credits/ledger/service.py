@@ -86,15 +86,21 @@ def request_hash(
     return hashlib.sha256(f"{method} {path}\n".encode() + _encoded(body)).digest()
 
 
+# ChargeIn's and HoldIn's last field, as the encoding ends when it is absent
+_NO_MEMBER = b',"member":null}'
+
+
 def _encoded(body: msgspec.Struct | None) -> bytes:
-    """The body as its hash sees it. A charge or hold without a member is encoded as it
-    was before members existed, so a retry across that upgrade still finds its original."""
+    """The body as its hash sees it. A charge or hold without a member (their last field)
+    is encoded as it was before members existed, so a retry across that upgrade still
+    finds its original; the hot path only cuts the bytes (tests/unit/test_pure.py pins
+    the old encoding)."""
     if body is None:
         return b""
-    if getattr(body, "member", "") is None:
-        fields = msgspec.to_builtins(body)
-        return msgspec.json.encode({k: v for k, v in fields.items() if k != "member"})
-    return msgspec.json.encode(body)
+    encoded = msgspec.json.encode(body)
+    if encoded.endswith(_NO_MEMBER):
+        return encoded[: -len(_NO_MEMBER)] + b"}"
+    return encoded
 
 
 def _same_request(stored: Any, digest: bytes | None) -> None:

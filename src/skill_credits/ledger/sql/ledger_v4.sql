@@ -514,6 +514,7 @@ DECLARE
     v_until timestamptz := now() + make_interval(secs => p_ttl);
     v_short sc_tx_outcome;
     v_now timestamptz;
+    v_limited boolean;
 BEGIN
     v_found := sc_lock(p_user);
     IF p_key IS NOT NULL THEN
@@ -549,11 +550,15 @@ BEGIN
         RETURN sc_skill_out(r, s);
     END IF;
     v_now := clock_timestamp();
-    r.lim := sc_over(p_user, p_member, s.id, v_need, v_now);
-    IF r.lim IS NOT NULL THEN
-        r.outcome := 'limited';
-        r.required := v_need;
-        RETURN sc_skill_out(r, s);
+    -- a user without limits has none to check or count
+    v_limited := (SELECT u.limited FROM users u WHERE u.user_id = p_user);
+    IF v_limited THEN
+        r.lim := sc_over(p_user, p_member, s.id, v_need, v_now);
+        IF r.lim IS NOT NULL THEN
+            r.outcome := 'limited';
+            r.required := v_need;
+            RETURN sc_skill_out(r, s);
+        END IF;
     END IF;
     INSERT INTO holds (user_id, skill_id, skill, skill_version, units, unit_cost, amount,
                        description, expires_at, idempotency_key, request_hash, sources,
@@ -561,7 +566,9 @@ BEGIN
     VALUES (p_user, s.id, s.name, s.version, p_units, s.cost, v_need, p_description, v_until,
             p_key, p_hash, sc_take(p_user, v_need, v_until, true), p_member, v_now)
     RETURNING * INTO h;
-    PERFORM sc_count(p_user, p_member, s.id, v_need, v_now, v_now);
+    IF v_limited THEN
+        PERFORM sc_count(p_user, p_member, s.id, v_need, v_now, v_now);
+    END IF;
     UPDATE users SET reserved = reserved + v_need, hold_seq = hold_seq + 1,
                      next_due = least(next_due, v_until)
     WHERE user_id = p_user;
