@@ -779,10 +779,11 @@ def test_the_downgrade_folds_every_head_into_its_grant(fresh_database) -> None:
     run_in_thread(command.upgrade, alembic_config(settings), "head")
 
 
-def test_down_to_0007_the_charge_is_version_2s_again(fresh_database) -> None:
-    """0008 replaces only sc_charge: down to 0007 its body is ledger_v2.sql's, word for
-    word, and a charge that spans grants is still exact; up again, the newest file's
-    (ledger_v4.sql, through 0008's and 0009's upgrades and downgrades)."""
+@pytest.mark.parametrize(("down_to", "there"), [("0009", "ledger_v4.sql"), ("0007", "ledger_v2.sql")])
+def test_down_the_charge_is_the_earlier_versions_again(fresh_database, down_to, there) -> None:
+    """0008 and 0010 replace only sc_charge: down to 0009 (or 0007) its body is
+    ledger_v4.sql's (ledger_v2.sql's), word for word, and a charge that spans grants is
+    still exact; up again, the newest file's (ledger_v5.sql)."""
     from alembic import command
 
     from skill_credits.ledger.sql import statements
@@ -816,8 +817,8 @@ def test_down_to_0007_the_charge_is_version_2s_again(fresh_database) -> None:
         finally:
             await conn.close()
 
-    run_in_thread(asyncio.run, check("ledger_v4.sql", "up"))
-    run_in_thread(command.downgrade, alembic_config(settings), "0007")
-    run_in_thread(asyncio.run, check("ledger_v2.sql", "down"))
+    run_in_thread(asyncio.run, check("ledger_v5.sql", "up"))
+    run_in_thread(command.downgrade, alembic_config(settings), down_to)
+    run_in_thread(asyncio.run, check(there, "down"))
     run_in_thread(command.upgrade, alembic_config(settings), "head")
-    run_in_thread(asyncio.run, check("ledger_v4.sql", "again"))
+    run_in_thread(asyncio.run, check("ledger_v5.sql", "again"))
