@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from litestar import Litestar, Request, Response, Router
-from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -23,7 +21,12 @@ from litestar.template.config import TemplateConfig
 
 from skill_credits.admin_ui import present
 from skill_credits.admin_ui.endpoints import AdminPagesController, LoginController, plain_inputs
-from skill_credits.admin_ui.session import LoginRequired, login_rate_limit, session_config
+from skill_credits.admin_ui.session import (
+    LoginRequired,
+    csrf_middleware,
+    login_rate_limit,
+    session_config,
+)
 from skill_credits.auth import KeyCache
 from skill_credits.bodies import api_request
 from skill_credits.db import Database
@@ -31,6 +34,7 @@ from skill_credits.errors import internal_error_handler, problem_details_plugin
 from skill_credits.events.endpoints import EventController
 from skill_credits.health import healthz, readyz
 from skill_credits.ledger.endpoints import HoldController, LedgerController
+from skill_credits.ledger.service import LimitedUsers
 from skill_credits.limits.endpoints import LimitController
 from skill_credits.observability import (
     RequestIdMiddleware,
@@ -114,6 +118,7 @@ def create_app(settings: Settings) -> Litestar:
         )
         app.state.db, app.state.cache = db, cache
         app.state.key_cache = KeyCache()
+        app.state.limited_users = LimitedUsers()
         await _bind_cache(db, cache, settings.redis_prefix, settings.db_connect_timeout)
         repair = asyncio.create_task(_repair_cache_forever(db, cache, settings.redis_prefix))
         try:
@@ -142,6 +147,7 @@ def create_app(settings: Settings) -> Litestar:
         before_request=plain_inputs,
         middleware=[
             session_config().middleware,
+            csrf_middleware(settings.secret_key),
             login_rate_limit(settings.login_attempts_per_minute).middleware,
         ],
         after_request=html_security_headers,
@@ -170,14 +176,6 @@ def create_app(settings: Settings) -> Litestar:
             directory=ADMIN_UI / "templates",
             engine=JinjaTemplateEngine,
             engine_callback=present.configure,
-        ),
-        csrf_config=CSRFConfig(
-            secret=settings.secret_key or secrets.token_hex(32),
-            cookie_name="sc_csrf",
-            cookie_path="/admin",
-            cookie_httponly=True,
-            cookie_samesite="strict",
-            exclude=["^/v1/", "^/healthz", "^/readyz", "^/schema", "^/static/"],
         ),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

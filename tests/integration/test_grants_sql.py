@@ -339,10 +339,13 @@ async def test_no_grant_is_overdrawn_by_charges_holds_and_debits_racing(pool) ->
 SLOW_WAY = ("sc_lock", "sc_lock_keep", "sc_take", "sc_keyed", "sc_short", "sc_tx_out")
 
 
-async def charge_counting_calls(pool, user: str, skill: str, units: int = 1):
-    """A charge, and how many times it called any of SLOW_WAY (track_functions counts
-    calls; what is not yet flushed to the statistics includes earlier transactions of the
-    connection, so the count is taken before and after)."""
+async def charge_counting_calls(
+    pool, user: str, skill: str, units: int = 1, *, member=None, limited=False
+):
+    """A charge (as ``member``, with the hint ``limited``), and how many times it called
+    any of SLOW_WAY (track_functions counts calls; what is not yet flushed to the
+    statistics includes earlier transactions of the connection, so the count is taken
+    before and after)."""
     count = (
         "SELECT coalesce(sum(pg_stat_get_xact_function_calls(oid)), 0)::int"
         " FROM pg_proc WHERE proname = ANY($1::text[])"
@@ -352,7 +355,14 @@ async def charge_counting_calls(pool, user: str, skill: str, units: int = 1):
         try:
             async with conn.transaction():
                 before = await conn.fetchval(count, list(SLOW_WAY))
-                row = await conn.fetchrow(CHARGE, user, skill, None, units, None, None, None, None)
+                row = await conn.fetchrow(
+                    "SELECT * FROM sc_charge($1, $2, NULL, $3, NULL, NULL, NULL, NULL, $4, $5)",
+                    user,
+                    skill,
+                    units,
+                    member,
+                    limited,
+                )
                 after = await conn.fetchval(count, list(SLOW_WAY))
         finally:
             await conn.execute("RESET track_functions")
@@ -373,6 +383,51 @@ async def test_a_charge_the_head_covers_is_one_statement(pool) -> None:
     assert (short["outcome"], short["credits"], short["required"]) == ("insufficient", 4, 6)
     assert calls > 0
     await assert_consistent(pool, user)
+
+
+async def test_the_limited_hint_picks_the_way_never_the_answer(pool) -> None:
+    """p_limited says which statement a charge tries first: with it, a user with limits
+    is charged by one statement after the lock (limits checked and counted, no slow way);
+    a wrong hint either way still charges right, and the outcome says the truth."""
+    name = await new_skill(pool, 3)
+    user, free = new_user(), new_user()
+    await credit(pool, user, 100)
+    await credit(pool, free, 100)
+    made = await pool.fetchrow("SELECT * FROM sc_limit_create($1, 'bob', NULL, 'day', 7)", user)
+    assert made["outcome"] == "written"
+
+    async def spent() -> int:
+        return await pool.fetchval("SELECT spent FROM limits WHERE user_id = $1", user)
+
+    # no hint: the one statement refuses a user with limits; the slow way charges and
+    # counts, and says the user has limits
+    row, calls = await charge_counting_calls(pool, user, name, member="bob")
+    assert (row["outcome"], row["limited"], calls > 0, await spent()) == ("written", True, True, 3)
+    # the hint: one statement after the lock, counted
+    row, calls = await charge_counting_calls(pool, user, name, member="bob", limited=True)
+    assert (row["outcome"], row["balance_after"], row["limited"], calls) == ("written", 94, True, 0)
+    assert await spent() == 6
+    # past the limit: the slow way answers 429 and writes nothing
+    row, _ = await charge_counting_calls(pool, user, name, member="bob", limited=True)
+    assert (row["outcome"], json.loads(row["lim"])["spent"], row["required"]) == ("limited", 6, 3)
+    assert await spent() == 6
+    # another member passes no limit of bob's
+    row, calls = await charge_counting_calls(pool, user, name, member="amy", limited=True)
+    assert (row["outcome"], row["balance_after"], calls) == ("written", 91, 0)
+    assert await spent() == 6
+    # a user without limits, hinted wrong: charged (the slow way), and told so
+    for _ in range(2):
+        row, _ = await charge_counting_calls(pool, free, name, limited=True)
+        assert (row["outcome"], row["limited"]) == ("written", False)
+    row, calls = await charge_counting_calls(pool, free, name)
+    assert (row["outcome"], row["balance_after"], row["limited"], calls) == (
+        "written",
+        91,
+        False,
+        0,
+    )
+    await assert_consistent(pool, user)
+    await assert_consistent(pool, free)
 
 
 async def test_reads_and_reconcile_see_what_charges_took_from_the_head(pool) -> None:
@@ -779,7 +834,9 @@ def test_the_downgrade_folds_every_head_into_its_grant(fresh_database) -> None:
     run_in_thread(command.upgrade, alembic_config(settings), "head")
 
 
-@pytest.mark.parametrize(("down_to", "there"), [("0009", "ledger_v4.sql"), ("0007", "ledger_v2.sql")])
+@pytest.mark.parametrize(
+    ("down_to", "there"), [("0009", "ledger_v4.sql"), ("0007", "ledger_v2.sql")]
+)
 def test_down_the_charge_is_the_earlier_versions_again(fresh_database, down_to, there) -> None:
     """0008 and 0010 replace only sc_charge: down to 0009 (or 0007) its body is
     ledger_v4.sql's (ledger_v2.sql's), word for word, and a charge that spans grants is

@@ -11,7 +11,7 @@ from skill_credits.bodies import field_and_message
 from skill_credits.errors import ApiError
 from skill_credits.ledger.repository import decode_cursor, encode_cursor
 from skill_credits.ledger.schemas import ChargeIn, CreditIn, HoldIn
-from skill_credits.ledger.service import request_hash
+from skill_credits.ledger.service import LimitedUsers, request_hash
 from skill_credits.settings import Settings
 from skill_credits.skills.schemas import SkillCreate, SkillPatch
 from skill_credits.skills.service import parse_if_match
@@ -156,3 +156,15 @@ def test_a_server_shutting_down_or_starting_is_unavailable() -> None:
         assert is_unavailable(wrapped), error
     unique = asyncpg.exceptions.UniqueViolationError("dup")
     assert not is_unavailable(unique)
+
+
+def test_the_limited_users_hint_learns_forgets_and_stays_bounded() -> None:
+    hint = LimitedUsers(capacity=2)
+    hint.learn("a", True)
+    hint.learn("b", True)
+    assert "a" in hint and "b" in hint
+    hint.learn("a", False)
+    assert "a" not in hint and "b" in hint
+    hint.learn("c", True)
+    hint.learn("d", True)  # full: it starts over
+    assert ("b" in hint, "c" in hint, "d" in hint) == (False, False, True)

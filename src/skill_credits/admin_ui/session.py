@@ -9,11 +9,15 @@ over HTTPS (directly, or through a proxy named in FORWARDED_ALLOW_IPS).
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
+from litestar.config.csrf import CSRFConfig
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie, MutableScopeHeaders
 from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.csrf import CSRFMiddleware
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.middleware.session.server_side import (
     ServerSideSessionBackend,
@@ -81,6 +85,20 @@ def session_config() -> AdminSessionConfig:
         samesite="strict",
         path="/admin",
     )
+
+
+def csrf_middleware(secret_key: str) -> DefineMiddleware:
+    """CSRF protection of the admin pages' forms, on the admin router only: the API's
+    callers send bearer tokens, not cookies, and a middleware that skips /v1 by path
+    still costs every charge (BENCHMARKS.md). No secret set: one per process."""
+    config = CSRFConfig(
+        secret=secret_key or secrets.token_hex(32),
+        cookie_name="sc_csrf",
+        cookie_path="/admin",
+        cookie_httponly=True,
+        cookie_samesite="strict",
+    )
+    return DefineMiddleware(CSRFMiddleware, config=config)
 
 
 def is_login_attempt(request: Any) -> bool:

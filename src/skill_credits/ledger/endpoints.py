@@ -81,15 +81,22 @@ class LedgerController(Controller):
     ) -> Response[Transaction]:
         # The hot path reads the pool and cache from app state: two injected
         # dependencies would cost Litestar a task group with two tasks per request.
-        db: Database = request.app.state.db
-        cache: SkillCache = request.app.state.cache
+        state = request.app.state
+        db: Database = state.db
+        cache: SkillCache = state.cache
         if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
             await confirm(request)
             idempotency_key(key)
         digest = service.request_hash("POST", "/v1/charges", data, key)
         try:
             written = await service.charge(
-                db, cache, data, key, digest, api_key_id=principal_of(request).key_id
+                db,
+                cache,
+                data,
+                key,
+                digest,
+                api_key_id=principal_of(request).key_id,
+                limited=state.limited_users,
             )
         except Exception as exc:
             request.scope[CHARGE_SKILL] = data.skill  # observability.count_refused_charge

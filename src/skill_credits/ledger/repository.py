@@ -42,7 +42,7 @@ TX_OUTCOME = (
     "o.outcome, o.id, o.user_id, o.type, o.amount, o.balance_after, o.skill, o.units,"
     " o.unit_cost, o.description, o.refund_of, o.grant_id, o.sources::text AS sources,"
     " o.created_at, o.request_hash, o.credits, o.available, o.required, o.hold_status,"
-    " o.member, o.lim::text AS lim"
+    " o.member, o.lim::text AS lim, o.limited"
 )
 HOLD_OUTCOME = (
     "o.outcome, o.id, o.user_id, o.skill, o.skill_version, o.units, o.unit_cost, o.amount,"
@@ -60,7 +60,8 @@ CHARGE = _call(
     "sc_charge",
     "CAST(:user_id AS text), CAST(:skill AS text), CAST(:version AS integer),"
     " CAST(:units AS integer), CAST(:description AS text), CAST(:key AS text),"
-    " CAST(:hash AS bytea), CAST(:api_key_id AS text), CAST(:member AS text)",
+    " CAST(:hash AS bytea), CAST(:api_key_id AS text), CAST(:member AS text),"
+    " CAST(:limited AS boolean)",
     TX_OUTCOME,
 )
 CREDIT = _call(

@@ -49,6 +49,32 @@ from skill_credits.skills.schemas import Skill
 MAX_ATTEMPTS = 5
 
 
+class LimitedUsers:
+    """The users this worker last saw charged with spend limits: their charges go the way
+    that checks limits first (``p_limited`` of ``sc_charge``). Only a hint: the database
+    checks ``users.limited`` itself, a wrong hint costs one statement that writes nothing,
+    and each written charge says whether its user has limits. At most ``capacity`` users;
+    past that the hint starts over (users with limits are then learnt again, one charge
+    each)."""
+
+    __slots__ = ("capacity", "_users")
+
+    def __init__(self, capacity: int = 65_536) -> None:
+        self.capacity = capacity
+        self._users: set[str] = set()
+
+    def __contains__(self, user_id: str) -> bool:
+        return user_id in self._users
+
+    def learn(self, user_id: str, limited: bool) -> None:
+        if not limited:
+            self._users.discard(user_id)
+        elif user_id not in self._users:
+            if len(self._users) >= self.capacity:
+                self._users.clear()
+            self._users.add(user_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Written:
     transaction: Transaction
@@ -224,9 +250,11 @@ async def charge(
     digest: bytes | None,
     *,
     api_key_id: str,
+    limited: LimitedUsers | None = None,
 ) -> Written:
     """Charge at the cached price (one function call on the hot-path pool); raises
-    ``KeyNotLive`` when the caller's key was revoked."""
+    ``KeyNotLive`` when the caller's key was revoked. ``limited``: this worker's hint of
+    which users have spend limits (none: every charge tries the one statement first)."""
     params = {
         "api_key_id": api_key_id,
         "skill": data.skill,
@@ -236,6 +264,7 @@ async def charge(
         "key": key,
         "hash": digest,
         "member": data.member,
+        "limited": limited is not None and data.user_id in limited,
     }
     price = _Price(await cache.get(data.skill))
     try:
@@ -246,6 +275,8 @@ async def charge(
     if row.outcome == "written":
         if price.version != row.s_version:
             await cache.put(skill_from_row(row, "s_"))
+        if limited is not None and row.limited != params["limited"]:
+            limited.learn(data.user_id, row.limited)
         return Written(repo.transaction_from_row(row))
     if row.outcome == "key_revoked":
         raise KeyNotLive()

@@ -3,15 +3,31 @@
 --
 -- In version 4 such a charge took six: the one statement (refused by its users.limited
 -- guard), the lock with the head folded, the facts of the refusals, the limits' check, the
--- one statement again and the count. Now, after the one statement, it takes the user's
+-- one statement again and the count. Now the caller says which way to try first: a worker
+-- that saw the user charged with limits passes p_limited, and the charge takes the user's
 -- lock (nothing folded) and runs one statement that checks the limits, takes from the
 -- head, counts in the limits and writes the log row. Under the lock that statement's
--- snapshot has every limit as the last write left it, so its check of them is exact. A
--- charge it does not write (a refusal, a head that cannot cover it, something due) goes
--- version 4's slow way, unchanged.
+-- snapshot has every limit as the last write left it, so its check is exact. p_limited is
+-- only a hint: the statements check users.limited themselves, a wrong hint costs one
+-- statement that writes nothing, and the outcome's `limited` tells the caller the truth.
+-- A charge neither statement writes (a refusal, a head that cannot cover it, something
+-- due) goes the slow way: the lock, the facts, the refusals, the limits, the grants.
 
--- POST /v1/charges, as in ledger_v4.sql. The order of refusals: revoked key, replay, skill
--- 404, version, disabled, user 404, 402, 429. p_version NULL: any version.
+ALTER TYPE sc_tx_outcome ADD ATTRIBUTE limited boolean;
+
+-- Whether a limit applies to what p_member spends on the skill p_skill (as in version 4;
+-- written so that a scan of a user's limits is one index range, not one per member).
+CREATE OR REPLACE FUNCTION sc_applies(l limits, p_member text, p_skill uuid) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(l.member = p_member, l.member IS NULL)
+       AND coalesce(l.skill_id = p_skill, l.skill_id IS NULL)
+$$;
+
+DROP FUNCTION sc_charge(text, text, integer, integer, text, text, bytea, text, text);
+
+-- POST /v1/charges, as in ledger_v4.sql, with p_limited (above). The order of refusals:
+-- revoked key, replay, skill 404, version, disabled, user 404, 402, 429. p_version NULL:
+-- any version.
 --
 -- Two requests with one Idempotency-Key may both pass the statement's key check; the
 -- second then fails on the unique index (transactions_idempotency) having written nothing,
@@ -19,7 +35,8 @@
 CREATE OR REPLACE FUNCTION sc_charge(p_user text, p_skill text, p_version integer,
                                      p_units integer, p_description text, p_key text,
                                      p_hash bytea, p_api_key_id text,
-                                     p_member text DEFAULT NULL)
+                                     p_member text DEFAULT NULL,
+                                     p_limited boolean DEFAULT false)
 RETURNS sc_tx_outcome
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -33,60 +50,8 @@ DECLARE
     v_need bigint;
     v_now timestamptz;
 BEGIN
-    -- A user without limits: the one statement (ledger_v2.sql).
-    WITH priced AS (
-        SELECT c AS s FROM skills c
-        WHERE c.name = p_skill AND c.is_active
-          AND (p_version IS NULL OR c.version = p_version)
-    ), bal AS (
-        UPDATE users SET credits = users.credits - (priced.s).cost * p_units,
-                         head_free = users.head_free - (priced.s).cost * p_units,
-                         head_taken = users.head_taken + (priced.s).cost * p_units
-        FROM priced
-        WHERE users.user_id = p_user
-          AND users.head_free >= (priced.s).cost * p_units
-          AND (users.next_due IS NULL OR users.next_due > now())
-          AND NOT users.limited
-          AND (p_key IS NULL OR NOT EXISTS (SELECT 1 FROM transactions x
-                                            WHERE x.user_id = p_user
-                                              AND x.idempotency_key = p_key))
-          AND (p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
-                                               WHERE a.id = p_api_key_id
-                                                 AND a.revoked_at IS NULL))
-        RETURNING users.credits, users.head_grant, (priced.s).cost * p_units AS need, priced.s
-    ), logged AS (
-        INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill,
-                                  units, unit_cost, description, idempotency_key,
-                                  request_hash, sources, member, created_at)
-        SELECT p_user, 'CONSUMPTION', -bal.need, bal.credits, (bal.s).id, (bal.s).name,
-               p_units, (bal.s).cost, p_description, p_key, p_hash,
-               CASE WHEN bal.need = 0 THEN '[]'::jsonb
-                    ELSE jsonb_build_array(jsonb_build_object('grant_id', bal.head_grant,
-                                                              'amount', bal.need)) END,
-               p_member, clock_timestamp()
-        FROM bal
-        RETURNING *
-    )
-    SELECT 'written', l.id::text, l.user_id, l.type, l.amount, l.balance_after, l.skill,
-           l.units, l.unit_cost, l.description, NULL, NULL, l.sources, l.created_at,
-           l.request_hash, bal.s, NULL, NULL, NULL, NULL, l.member, NULL
-    INTO r FROM bal, logged l;
-    IF FOUND THEN
-        RETURN r;
-    END IF;
-
-    -- Nothing written. The user's lock: from here on no other write changes the user's
-    -- balance, grants, holds or limits, and each statement sees what the last one left.
-    SELECT u.limited, u.next_due INTO v_limited, v_due
-    FROM users u WHERE u.user_id = p_user
-    FOR UPDATE;
-
-    -- A user with limits and nothing due: one statement checks every limit that applies
-    -- (none may go past its max_credits; a charge of 0 passes them all), takes the charge
-    -- from the head, counts it in those limits at v_now and writes the log row, or writes
-    -- nothing (a refusal, or a head that cannot cover it: the slow way below says which).
-    IF v_limited AND (v_due IS NULL OR v_due > now()) THEN
-        v_now := clock_timestamp();
+    IF NOT p_limited THEN
+        -- A user without limits: the one statement (ledger_v2.sql).
         WITH priced AS (
             SELECT c AS s FROM skills c
             WHERE c.name = p_skill AND c.is_active
@@ -98,12 +63,8 @@ BEGIN
             FROM priced
             WHERE users.user_id = p_user
               AND users.head_free >= (priced.s).cost * p_units
-              AND NOT EXISTS (SELECT 1 FROM limits l
-                              WHERE l.user_id = p_user
-                                AND sc_applies(l, p_member, (priced.s).id)
-                                AND sc_spent(l, v_now) + (priced.s).cost * p_units
-                                    > l.max_credits
-                                AND (priced.s).cost * p_units > 0)
+              AND (users.next_due IS NULL OR users.next_due > now())
+              AND NOT users.limited
               AND (p_key IS NULL OR NOT EXISTS (SELECT 1 FROM transactions x
                                                 WHERE x.user_id = p_user
                                                   AND x.idempotency_key = p_key))
@@ -112,12 +73,6 @@ BEGIN
                                                      AND a.revoked_at IS NULL))
             RETURNING users.credits, users.head_grant, (priced.s).cost * p_units AS need,
                       priced.s
-        ), counted AS (
-            UPDATE limits l
-            SET spent = sc_spent(l, v_now) + bal.need,
-                window_start = sc_window_start(l.period, v_now)
-            FROM bal
-            WHERE l.user_id = p_user AND sc_applies(l, p_member, (bal.s).id) AND bal.need > 0
         ), logged AS (
             INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill,
                                       units, unit_cost, description, idempotency_key,
@@ -127,21 +82,91 @@ BEGIN
                    CASE WHEN bal.need = 0 THEN '[]'::jsonb
                         ELSE jsonb_build_array(jsonb_build_object('grant_id', bal.head_grant,
                                                                   'amount', bal.need)) END,
-                   p_member, v_now
+                   p_member, clock_timestamp()
             FROM bal
             RETURNING *
         )
         SELECT 'written', l.id::text, l.user_id, l.type, l.amount, l.balance_after, l.skill,
                l.units, l.unit_cost, l.description, NULL, NULL, l.sources, l.created_at,
-               l.request_hash, bal.s, NULL, NULL, NULL, NULL, l.member, NULL
+               l.request_hash, bal.s, NULL, NULL, NULL, NULL, l.member, NULL, false
         INTO r FROM bal, logged l;
         IF FOUND THEN
             RETURN r;
         END IF;
+    ELSE
+        -- A user with limits (as the caller last saw): the user's lock, and if nothing is
+        -- due, one statement that checks every limit that applies (none may go past its
+        -- max_credits; a charge of 0 passes them all), takes the charge from the head,
+        -- counts it in those limits at v_now and writes the log row - or writes nothing
+        -- (a refusal, or a head that cannot cover it: the slow way below says which).
+        SELECT u.limited, u.next_due INTO v_limited, v_due
+        FROM users u WHERE u.user_id = p_user
+        FOR UPDATE;
+        IF v_limited AND (v_due IS NULL OR v_due > now()) THEN
+            v_now := clock_timestamp();
+            WITH priced AS (
+                SELECT c AS s FROM skills c
+                WHERE c.name = p_skill AND c.is_active
+                  AND (p_version IS NULL OR c.version = p_version)
+            ), bal AS (
+                UPDATE users SET credits = users.credits - (priced.s).cost * p_units,
+                                 head_free = users.head_free - (priced.s).cost * p_units,
+                                 head_taken = users.head_taken + (priced.s).cost * p_units
+                FROM priced
+                WHERE users.user_id = p_user
+                  AND users.head_free >= (priced.s).cost * p_units
+                  AND NOT EXISTS (SELECT 1 FROM limits l
+                                  WHERE l.user_id = p_user
+                                    AND sc_applies(l, p_member, (priced.s).id)
+                                    AND sc_spent(l, v_now) + (priced.s).cost * p_units
+                                        > l.max_credits
+                                    AND (priced.s).cost * p_units > 0)
+                  AND (p_key IS NULL OR NOT EXISTS (SELECT 1 FROM transactions x
+                                                    WHERE x.user_id = p_user
+                                                      AND x.idempotency_key = p_key))
+                  AND (p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
+                                                       WHERE a.id = p_api_key_id
+                                                         AND a.revoked_at IS NULL))
+                RETURNING users.credits, users.head_grant, (priced.s).cost * p_units AS need,
+                          priced.s
+            ), counted AS (
+                UPDATE limits l
+                SET spent = sc_spent(l, v_now) + bal.need,
+                    window_start = sc_window_start(l.period, v_now)
+                FROM bal
+                WHERE l.user_id = p_user AND sc_applies(l, p_member, (bal.s).id)
+                  AND bal.need > 0
+            ), logged AS (
+                INSERT INTO transactions (user_id, type, amount, balance_after, skill_id,
+                                          skill, units, unit_cost, description,
+                                          idempotency_key, request_hash, sources, member,
+                                          created_at)
+                SELECT p_user, 'CONSUMPTION', -bal.need, bal.credits, (bal.s).id,
+                       (bal.s).name, p_units, (bal.s).cost, p_description, p_key, p_hash,
+                       CASE WHEN bal.need = 0 THEN '[]'::jsonb
+                            ELSE jsonb_build_array(jsonb_build_object('grant_id',
+                                                                      bal.head_grant,
+                                                                      'amount', bal.need))
+                       END,
+                       p_member, v_now
+                FROM bal
+                RETURNING *
+            )
+            SELECT 'written', l.id::text, l.user_id, l.type, l.amount, l.balance_after,
+                   l.skill, l.units, l.unit_cost, l.description, NULL, NULL, l.sources,
+                   l.created_at, l.request_hash, bal.s, NULL, NULL, NULL, NULL, l.member,
+                   NULL, true
+            INTO r FROM bal, logged l;
+            IF FOUND THEN
+                RETURN r;
+            END IF;
+        END IF;
     END IF;
 
-    -- The slow way: what was due written off, the head folded (a repeat that looked before
-    -- its original committed sees it now), every fact the refusals need, in one query.
+    -- The slow way: the user's lock, what was due written off, the head folded (a repeat
+    -- that looked before its original committed sees it now), every fact the refusals
+    -- need, in one query. A user with limits is checked against them after the 402, and
+    -- the grants' walk below counts the charge in them.
     v_known := sc_lock_keep(p_user);
     SELECT p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
                                            WHERE a.id = p_api_key_id
@@ -149,7 +174,8 @@ BEGIN
            (SELECT x FROM transactions x WHERE x.user_id = p_user
                                            AND x.idempotency_key = p_key) AS repeated,
            (SELECT c FROM skills c WHERE c.name = p_skill) AS skill,
-           (SELECT u.credits - u.reserved FROM users u WHERE u.user_id = p_user) AS free
+           (SELECT u.credits - u.reserved FROM users u WHERE u.user_id = p_user) AS free,
+           (SELECT u.limited FROM users u WHERE u.user_id = p_user) AS limited
     INTO facts;
     t := facts.repeated;
     s := facts.skill;
@@ -180,7 +206,7 @@ BEGIN
     IF facts.free < v_need THEN
         RETURN sc_skill_out(sc_short(p_user, v_need, NULL), s);
     END IF;
-    IF v_limited THEN
+    IF facts.limited THEN
         v_now := clock_timestamp();
         r.lim := sc_over(p_user, p_member, s.id, v_need, v_now);
         IF r.lim IS NOT NULL THEN
@@ -239,10 +265,11 @@ BEGIN
         -- the grants disagree with the balance: write nothing
         RAISE EXCEPTION 'the grants of % do not cover %', p_user, v_need;
     END IF;
-    IF v_limited THEN
+    IF facts.limited THEN
         PERFORM sc_count(p_user, p_member, s.id, v_need, v_now, v_now);
     END IF;
     r := sc_tx_out('written', t);
     r.sk := s;
+    r.limited := facts.limited;
     RETURN r;
 END $$;

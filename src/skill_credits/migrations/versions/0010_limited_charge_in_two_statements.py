@@ -1,8 +1,10 @@
-"""The charge of a user with spend limits in two statements after the one statement,
-instead of five.
+"""The charge of a user with spend limits in two statements (the lock, then one that
+checks the limits, charges, counts and logs) instead of six.
 
-``skill_credits/ledger/sql/ledger_v5.sql`` (see the header there) replaces ``sc_charge``;
-the tables do not change. Downgrade loads version 4's ``sc_charge`` again.
+``skill_credits/ledger/sql/ledger_v5.sql`` (see the header there) replaces ``sc_charge``
+(which takes ``p_limited``, the caller's hint) and ``sc_applies``, and adds ``limited`` to
+the charge's outcome; the tables do not change. Downgrade loads version 4's functions
+again.
 
 Revision ID: 0010
 Revises: 0009
@@ -25,5 +27,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for statement in previous("ledger_v5.sql"):
+    for statement in [
+        "DROP FUNCTION sc_charge(text, text, integer, integer, text, text, bytea, text, text,"
+        " boolean)",
+        *previous("ledger_v5.sql"),
+        "ALTER TYPE sc_tx_outcome DROP ATTRIBUTE limited",
+    ]:
         op.execute(statement)
