@@ -147,8 +147,8 @@ def create_app(settings: Settings) -> Litestar:
         before_request=plain_inputs,
         middleware=[
             session_config().middleware,
-            csrf_middleware(settings.secret_key),
             login_rate_limit(settings.login_attempts_per_minute).middleware,
+            csrf_middleware(settings.secret_key),  # innermost: refused posts still count
         ],
         after_request=html_security_headers,
         include_in_schema=False,
