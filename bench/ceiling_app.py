@@ -63,6 +63,8 @@ def create_app() -> Litestar:
             "key": request.headers.get("idempotency-key"),
             "hash": None,
             "api_key_id": key_id,
+            "member": None,
+            "limited": False,
         }
         async with state["pool"].acquire() as con:
             row = await con.fetchrow(SQL, *(values[name] for name in ORDER))
