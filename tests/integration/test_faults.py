@@ -97,6 +97,19 @@ async def check_ledger(db_url: str, load: Load, start_balance: int) -> dict:
     return {"requests": load.attempts, "charged": len(rows), "acknowledged": len(created)}
 
 
+async def charges_sent_together(url: str) -> int:
+    """How many of the server's charge calls (all workers) carried more than one charge."""
+    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+        text = (await http.get("/metrics")).text
+    value = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("skill_credits_charge_batch_size_")
+    }
+    alone = value.get('skill_credits_charge_batch_size_bucket{le="1.0"}', 0)
+    return int(value.get("skill_credits_charge_batch_size_count", 0) - alone)
+
+
 async def own_postgres(name: str) -> tuple[PostgresCluster, str, str, str]:
     """A PostgreSQL cluster of the test's own, started, with a migrated database ``name``
     and an admin and a service key in it: the cluster, the database's URL, the tokens."""
@@ -187,6 +200,8 @@ async def test_postgres_stopped_mid_load(redis_url, redis_prefix) -> None:
             await asyncio.sleep(1.5)
 
         await load.run(6, during)
+        together = await charges_sent_together(server.url)
+        assert together > 0, "no charges went in batches: the test did not test them"
         assert marks["ready"] - marks["started"] < 5
         faults = [(s, t) for _, s, t, _ in load.results if s not in (201,)]
         assert faults, "the stop produced no failed request: the test did not test"
@@ -196,6 +211,7 @@ async def test_postgres_stopped_mid_load(redis_url, redis_prefix) -> None:
         assert after_return.count(201) >= 10  # recovered without a restart
         figures = await check_ledger(db_url, load, 10**9)
         figures["503s"] = len(faults)
+        figures["batches of 2 or more"] = together
         record("postgres stopped", figures)
     finally:
         server.stop()
@@ -219,7 +235,10 @@ async def test_worker_sigkilled_mid_load(settings, server_env, keys) -> None:
 
         await load.run(10, during)
         assert killed
+        together = await charges_sent_together(server.url)
+        assert together > 0, "no charges went in batches: the test did not test them"
         figures = await check_ledger(settings.database_url, load, 10**9)
+        figures["batches of 2 or more"] = together
         figures["workers killed"] = len(killed)
         figures["failed attempts"] = sum(1 for _, s, _, _ in load.results if s != 201)
         record("worker SIGKILL", figures)
