@@ -121,7 +121,12 @@ def create_app(settings: Settings) -> Litestar:
         app.state.key_cache = KeyCache()
         app.state.limited_users = LimitedUsers()
         app.state.charge_batcher = (
-            ChargeBatcher(db, settings.charge_batch_max, settings.charge_batch_slots)
+            ChargeBatcher(
+                db,
+                settings.charge_batch_max,
+                settings.charge_batch_slots,
+                wait=settings.db_pool_timeout,
+            )
             if settings.charge_batch_max > 1
             else None
         )

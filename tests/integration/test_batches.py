@@ -7,11 +7,13 @@ import asyncio
 import uuid
 
 import asyncpg
+import httpx
 import pytest
 
 from skill_credits.db import Database
 from skill_credits.ledger.batch import ChargeBatcher
 from tests.support.api import Api
+from tests.support.processes import AppServer, charges_sent_together
 from tests.support.run import unique
 
 
@@ -36,30 +38,37 @@ async def balance(db: Database, user: str) -> int:
         return row.scalar()
 
 
-async def test_concurrent_charges_go_in_batches_each_with_its_own_answer(api: Api, client) -> None:
-    batcher: ChargeBatcher = client.app.state.charge_batcher
-    skill = (await api.create_skill(cost=2))["name"]
-    users = [await api.new_user(100) for _ in range(8)]
-    poor = await api.new_user(1)
-    before = dict(batcher.sizes)
-    requests = [(users[i % 8], f"req-{i}") for i in range(96)]
-    answers = await asyncio.gather(
-        *(api.charge(user, skill, description=tag) for user, tag in requests),
-        api.charge(poor, skill),  # refused in some batch, failing no other charge
-        api.charge(users[0], "no-such-skill"),
-    )
-    for (user, tag), answer in zip(requests, answers, strict=False):
-        assert answer.status_code == 201, answer.text
-        body = answer.json()
-        assert (body["user_id"], body["description"], body["amount"]) == (user, tag, -2)
-    assert answers[-2].status_code == 402 and answers[-1].status_code == 404
-    assert sorted(await asyncio.gather(*(api.balance(u) for u in users))) == [76] * 8
-    # each user's balance_after values are its balances one charge after another
-    for user in users:
-        after = [a.json()["balance_after"] for a in answers[:96] if a.json()["user_id"] == user]
-        assert sorted(after) == list(range(76, 100, 2))
-    grew = {size: n - before.get(size, 0) for size, n in batcher.sizes.items()}
-    assert any(size > 1 and n > 0 for size, n in grew.items()), grew  # batches happened
+async def test_concurrent_charges_go_in_batches_each_with_its_own_answer(server_env, keys) -> None:
+    server = AppServer(server_env, workers=1)
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            api = Api(http, keys)
+            skill = (await api.create_skill(cost=2))["name"]
+            users = [await api.new_user(100) for _ in range(8)]
+            poor = await api.new_user(1)
+            before = await charges_sent_together(server.url)
+            requests = [(users[i % 8], f"req-{i}") for i in range(96)]
+            answers = await asyncio.gather(
+                *(api.charge(user, skill, description=tag) for user, tag in requests),
+                api.charge(poor, skill),  # refused in some batch, failing no other charge
+                api.charge(users[0], unique("NOPE")),
+            )
+            for (user, tag), answer in zip(requests, answers, strict=False):
+                assert answer.status_code == 201, answer.text
+                body = answer.json()
+                assert (body["user_id"], body["description"], body["amount"]) == (user, tag, -2)
+            assert answers[-2].status_code == 402 and answers[-1].status_code == 404
+            assert sorted(await asyncio.gather(*(api.balance(u) for u in users))) == [76] * 8
+            # each user's answers are its balances one charge after another
+            for user in users:
+                after = [
+                    a.json()["balance_after"] for a in answers[:96] if a.json()["user_id"] == user
+                ]
+                assert sorted(after) == list(range(76, 100, 2))
+            assert await charges_sent_together(server.url) > before  # batches happened
+    finally:
+        server.stop()
 
 
 async def test_one_key_twice_in_one_batch_charges_once(api: Api, db: Database) -> None:
@@ -95,7 +104,7 @@ async def test_no_charge_is_answered_before_its_batch_commits(api: Api, db: Data
     first, last = "a" + unique("u").lower(), "z" + unique("u").lower()
     for user in (first, last):
         await api.credit(user, 10)
-    batcher = ChargeBatcher(db, max_items=8, slots=1)
+    batcher = ChargeBatcher(db, max_items=8, slots=1, wait=5)
     blocker = await hold_lock(pg, last)
     try:
         mine = asyncio.create_task(batcher.charge(params(first, skill)))
@@ -131,7 +140,7 @@ async def test_a_batch_that_fails_on_a_key_writes_nothing_and_runs_alone(
     first = await racer.fetchrow(
         "SELECT * FROM sc_charge($1, $2, NULL, 1, NULL, $3, $4, NULL)", user, skill, key, b"h"
     )
-    batcher = ChargeBatcher(db, max_items=8, slots=1)
+    batcher = ChargeBatcher(db, max_items=8, slots=1, wait=5)
     cache = client.app.state.cache
 
     def charge(who: str, key: str | None):
@@ -165,7 +174,7 @@ async def test_refusals_and_replays_in_a_batch_fail_no_other(api: Api) -> None:
         api.charge(other, skill),
         api.charge(user, skill, key=key),
         api.charge(user, skill, key=key),
-        api.charge(other, "no-such-skill"),
+        api.charge(other, unique("NOPE")),
     )
     assert [a.status_code for a in again] == [201, 201, 201, 404]
     assert again[1].json()["id"] == again[2].json()["id"] == original.json()["id"]

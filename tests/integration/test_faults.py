@@ -21,7 +21,12 @@ import pytest
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
 from tests.support.databases import connection, create_keys, problems
-from tests.support.processes import AppServer, PostgresCluster, server_with_own_redis
+from tests.support.processes import (
+    AppServer,
+    PostgresCluster,
+    charges_sent_together,
+    server_with_own_redis,
+)
 from tests.support.run import record, run_in_thread, unique
 
 pytestmark = pytest.mark.faults
@@ -95,19 +100,6 @@ async def check_ledger(db_url: str, load: Load, start_balance: int) -> dict:
     assert credits == start_balance + sum(r["amount"] for r in rows)
     assert await problems(db_url) == []
     return {"requests": load.attempts, "charged": len(rows), "acknowledged": len(created)}
-
-
-async def charges_sent_together(url: str) -> int:
-    """How many of the server's charge calls (all workers) carried more than one charge."""
-    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
-        text = (await http.get("/metrics")).text
-    value = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line.startswith("skill_credits_charge_batch_size_")
-    }
-    alone = value.get('skill_credits_charge_batch_size_bucket{le="1.0"}', 0)
-    return int(value.get("skill_credits_charge_batch_size_count", 0) - alone)
 
 
 async def own_postgres(name: str) -> tuple[PostgresCluster, str, str, str]:

@@ -26,12 +26,15 @@ Waiting = tuple[dict[str, Any], "asyncio.Future[Any]"]
 
 
 class ChargeBatcher:
-    __slots__ = ("_db", "max_items", "slots", "_pending", "_running", "_tasks", "sizes")
+    __slots__ = ("_db", "max_items", "slots", "wait", "_pending", "_running", "_tasks", "sizes")
 
-    def __init__(self, db: Database, max_items: int, slots: int) -> None:
+    def __init__(self, db: Database, max_items: int, slots: int, wait: float) -> None:
         self._db = db
         self.max_items = max_items
         self.slots = slots
+        # the longest a charge waits for a slot before it answers 503, as it would
+        # waiting for a pooled connection (every slot stuck, say, behind a row lock)
+        self.wait = wait
         self._pending: list[Waiting] = []
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -41,8 +44,10 @@ class ChargeBatcher:
     async def charge(self, params: dict[str, Any]) -> Any:
         """One attempt of the charge ``params``: its outcome row, or None when it must be
         run alone (its batch failed)."""
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((params, answer))
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        waiting = (params, answer)
+        self._pending.append(waiting)
         if self._running < self.slots:
             # a free slot: a call goes out now, with this charge and whatever waits. It
             # runs in a task of its own, so a caller that gives up never strands the rest.
@@ -50,7 +55,20 @@ class ChargeBatcher:
             task = asyncio.create_task(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await answer
+        expiry = loop.call_later(self.wait, self._expire, waiting)
+        try:
+            return await answer
+        finally:
+            expiry.cancel()
+
+    def _expire(self, waiting: Waiting) -> None:
+        """A charge still waiting for a slot after ``wait``: it leaves the queue unsent
+        and answers as a pool timeout does (503)."""
+        for i, other in enumerate(self._pending):
+            if other is waiting:
+                del self._pending[i]
+                waiting[1].set_exception(TimeoutError("no charge slot free in time"))
+                return
 
     async def _drain(self) -> None:
         """Send what waits, then what arrived meanwhile, until nothing waits."""
