@@ -33,6 +33,7 @@ from skill_credits.db import Database
 from skill_credits.errors import internal_error_handler, problem_details_plugin
 from skill_credits.events.endpoints import EventController
 from skill_credits.health import healthz, readyz
+from skill_credits.ledger.batch import ChargeBatcher
 from skill_credits.ledger.endpoints import HoldController, LedgerController
 from skill_credits.ledger.service import LimitedUsers
 from skill_credits.limits.endpoints import LimitController
@@ -119,6 +120,16 @@ def create_app(settings: Settings) -> Litestar:
         app.state.db, app.state.cache = db, cache
         app.state.key_cache = KeyCache()
         app.state.limited_users = LimitedUsers()
+        app.state.charge_batcher = (
+            ChargeBatcher(
+                db,
+                settings.charge_batch_max,
+                settings.charge_batch_slots,
+                wait=settings.db_pool_timeout,
+            )
+            if settings.charge_batch_max > 1
+            else None
+        )
         await _bind_cache(db, cache, settings.redis_prefix, settings.db_connect_timeout)
         repair = asyncio.create_task(_repair_cache_forever(db, cache, settings.redis_prefix))
         try:

@@ -31,7 +31,7 @@ from litestar.plugins.prometheus import (
     PrometheusMiddleware,
 )
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 CHARGES = Counter(
     "skill_credits_charges_total",
@@ -43,6 +43,11 @@ CREDITS_CONSUMED = Counter(
 )
 CACHE_LOOKUPS = Counter(
     "skill_credits_skill_cache_lookups_total", "Skill cache lookups by result", ["result"]
+)
+CHARGE_BATCH_SIZES = Histogram(
+    "skill_credits_charge_batch_size",
+    "Charges per call of a worker's charge batches (1: a charge sent alone)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 
 # Where the charge handler leaves the skill of a charge it refuses, for the hook below.

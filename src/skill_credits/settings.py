@@ -37,6 +37,11 @@ class Settings:
     # bounded under the contract's 2 s for a 503.
     db_pool_timeout: float = 1.9
     db_command_timeout: float = 10.0
+    # Charges that arrive while a worker's charge calls are out go together in the next
+    # call (one round trip, one commit): at most this many a call. 1 turns batching off.
+    charge_batch_max: int = 64
+    # How many charge calls (batches) one worker has out at once.
+    charge_batch_slots: int = 2
     max_body_bytes: int = 64 * 1024
     # Signs CSRF tokens of the admin UI; `serve` makes one per start when it is unset,
     # shared by its workers.
@@ -91,6 +96,8 @@ ENV = {
     "CACHE_REMEMBER_SECONDS": "cache_remember",
     "DB_POOL_SIZE": "db_pool_size",
     "DB_FAST_POOL_SIZE": "db_fast_pool_size",
+    "CHARGE_BATCH_MAX": "charge_batch_max",
+    "CHARGE_BATCH_SLOTS": "charge_batch_slots",
     "SECRET_KEY": "secret_key",
     "LOGIN_ATTEMPTS_PER_MINUTE": "login_attempts_per_minute",
     "FORWARDED_ALLOW_IPS": "forwarded_allow_ips",

@@ -21,7 +21,12 @@ import pytest
 from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
 from tests.support.databases import connection, create_keys, problems
-from tests.support.processes import AppServer, PostgresCluster, server_with_own_redis
+from tests.support.processes import (
+    AppServer,
+    PostgresCluster,
+    charges_sent_together,
+    server_with_own_redis,
+)
 from tests.support.run import record, run_in_thread, unique
 
 pytestmark = pytest.mark.faults
@@ -187,6 +192,8 @@ async def test_postgres_stopped_mid_load(redis_url, redis_prefix) -> None:
             await asyncio.sleep(1.5)
 
         await load.run(6, during)
+        together = await charges_sent_together(server.url)
+        assert together > 0, "no charges went in batches: the test did not test them"
         assert marks["ready"] - marks["started"] < 5
         faults = [(s, t) for _, s, t, _ in load.results if s not in (201,)]
         assert faults, "the stop produced no failed request: the test did not test"
@@ -196,6 +203,7 @@ async def test_postgres_stopped_mid_load(redis_url, redis_prefix) -> None:
         assert after_return.count(201) >= 10  # recovered without a restart
         figures = await check_ledger(db_url, load, 10**9)
         figures["503s"] = len(faults)
+        figures["batches of 2 or more"] = together
         record("postgres stopped", figures)
     finally:
         server.stop()
@@ -219,7 +227,10 @@ async def test_worker_sigkilled_mid_load(settings, server_env, keys) -> None:
 
         await load.run(10, during)
         assert killed
+        together = await charges_sent_together(server.url)
+        assert together > 0, "no charges went in batches: the test did not test them"
         figures = await check_ledger(settings.database_url, load, 10**9)
+        figures["batches of 2 or more"] = together
         figures["workers killed"] = len(killed)
         figures["failed attempts"] = sum(1 for _, s, _, _ in load.results if s != 201)
         record("worker SIGKILL", figures)

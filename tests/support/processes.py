@@ -295,3 +295,16 @@ def server_with_own_redis(settings, workers: int = 1):
     finally:
         server.stop()
         redis.cleanup()
+
+
+async def charges_sent_together(url: str) -> int:
+    """How many of the server's charge calls (all workers) carried more than one charge."""
+    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+        text = (await http.get("/metrics")).text
+    value = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("skill_credits_charge_batch_size_")
+    }
+    alone = value.get('skill_credits_charge_batch_size_bucket{le="1.0"}', 0)
+    return int(value.get("skill_credits_charge_batch_size_count", 0) - alone)

@@ -97,6 +97,7 @@ class LedgerController(Controller):
                 digest,
                 api_key_id=principal_of(request).key_id,
                 limited=state.limited_users,
+                batcher=state.charge_batcher,
             )
         except Exception as exc:
             request.scope[CHARGE_SKILL] = data.skill  # observability.count_refused_charge

@@ -56,13 +56,26 @@ def _call(function: str, args: str, columns: str) -> Any:
     return text(f"SELECT {columns}, {SKILL} FROM {function}({args}) o")
 
 
+# The charge's arguments, in order (a batch passes each as an array, an element a charge).
+CHARGE_ARGS = (
+    ("user_id", "text"),
+    ("skill", "text"),
+    ("version", "integer"),
+    ("units", "integer"),
+    ("description", "text"),
+    ("key", "text"),
+    ("hash", "bytea"),
+    ("api_key_id", "text"),
+    ("member", "text"),
+    ("limited", "boolean"),
+)
 CHARGE = _call(
-    "sc_charge",
-    "CAST(:user_id AS text), CAST(:skill AS text), CAST(:version AS integer),"
-    " CAST(:units AS integer), CAST(:description AS text), CAST(:key AS text),"
-    " CAST(:hash AS bytea), CAST(:api_key_id AS text), CAST(:member AS text),"
-    " CAST(:limited AS boolean)",
-    TX_OUTCOME,
+    "sc_charge", ", ".join(f"CAST(:{name} AS {kind})" for name, kind in CHARGE_ARGS), TX_OUTCOME
+)
+CHARGE_BATCH = text(
+    f"SELECT {TX_OUTCOME}, {SKILL} FROM sc_charge_batch("
+    + ", ".join(f"CAST(:{name}_list AS {kind}[])" for name, kind in CHARGE_ARGS)
+    + ") WITH ORDINALITY o ORDER BY o.ordinality"
 )
 CREDIT = _call(
     "sc_credit",
@@ -116,6 +129,13 @@ def transaction_from_row(row: Any) -> Transaction:
 
 async def charge(conn: Connection, params: dict[str, Any]) -> Row:
     return (await conn.execute(CHARGE, params)).one()
+
+
+async def charge_batch(conn: Connection, items: list[dict[str, Any]]) -> list[Row]:
+    """Many charges (each as ``charge`` takes it) in one call and one commit; their
+    outcomes in their order."""
+    lists = {f"{name}_list": [item[name] for item in items] for name, _ in CHARGE_ARGS}
+    return list((await conn.execute(CHARGE_BATCH, lists)).all())
 
 
 async def credit(conn: Connection, params: dict[str, Any]) -> Row:

@@ -28,6 +28,7 @@ from skill_credits import errors
 from skill_credits.db import Connection, Database, constraint_name, sqlstate
 from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
+from skill_credits.ledger.batch import ChargeBatcher
 from skill_credits.ledger.schemas import (
     CaptureIn,
     ChargeIn,
@@ -251,10 +252,13 @@ async def charge(
     *,
     api_key_id: str,
     limited: LimitedUsers | None = None,
+    batcher: ChargeBatcher | None = None,
 ) -> Written:
     """Charge at the cached price (one function call on the hot-path pool); raises
     ``KeyNotLive`` when the caller's key was revoked. ``limited``: this worker's hint of
-    which users have spend limits (none: every charge tries the one statement first)."""
+    which users have spend limits (none: every charge tries the one statement first).
+    ``batcher``: the worker's batches (none: each charge its own call); a charge its batch
+    could not run, or that found the cache behind, runs again alone."""
     params = {
         "api_key_id": api_key_id,
         "skill": data.skill,
@@ -268,8 +272,16 @@ async def charge(
     }
     price = _Price(await cache.get(data.skill))
     try:
-        async with db.statements() as conn:
-            row = await _priced(conn, repo.charge, params, price)
+        row = None
+        if batcher is not None:
+            params["version"] = price.version
+            row = await batcher.charge(params)
+            if row is not None and row.outcome == "version":
+                price.moved(skill_from_row(row, "s_"))
+                row = None
+        if row is None:
+            async with db.statements() as conn:
+                row = await _priced(conn, repo.charge, params, price)
     finally:
         await price.publish(cache)
     if row.outcome == "written":

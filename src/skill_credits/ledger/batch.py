@@ -1,0 +1,118 @@
+"""Natural batching of charges inside one worker.
+
+A charge that finds a free slot (at most ``slots`` calls in flight) is sent at once, with
+whatever else is waiting: alone when the worker is idle, so batching adds no wait. The
+charges that arrive while every slot is busy wait for a call to come back and go
+together in the next one: one round trip and one commit for all of them
+(``repository.charge_batch``, ``sc_charge_batch`` in ``ledger_v6.sql``).
+
+A call answers after PostgreSQL committed it, so a charge is acknowledged only once its row
+is there. Each item gets its own outcome row. When a batch fails with an error that rolled
+it back (a key another batch committed meanwhile, a constraint), every one of its items is
+answered ``None``: the caller runs it alone, so one item never fails the others. When the
+database could not be reached, every item gets that error (a 503), as a single charge would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from skill_credits.db import Database, is_unavailable
+from skill_credits.ledger import repository as repo
+from skill_credits.observability import CHARGE_BATCH_SIZES
+
+Waiting = tuple[dict[str, Any], "asyncio.Future[Any]"]
+
+
+class ChargeBatcher:
+    __slots__ = ("_db", "max_items", "slots", "wait", "_pending", "_running", "_tasks", "sizes")
+
+    def __init__(self, db: Database, max_items: int, slots: int, wait: float) -> None:
+        self._db = db
+        self.max_items = max_items
+        self.slots = slots
+        # the longest a charge waits for a slot before it answers 503, as it would
+        # waiting for a pooled connection (every slot stuck, say, behind a row lock)
+        self.wait = wait
+        self._pending: list[Waiting] = []
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        # how many calls sent how many charges (batch size -> calls); /metrics has them too
+        self.sizes: dict[int, int] = {}
+
+    async def charge(self, params: dict[str, Any]) -> Any:
+        """One attempt of the charge ``params``: its outcome row, or None when it must be
+        run alone (its batch failed)."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        waiting = (params, answer)
+        self._pending.append(waiting)
+        if self._running < self.slots:
+            # a free slot: a call goes out now, with this charge and whatever waits. It
+            # runs in a task of its own, so a caller that gives up never strands the rest.
+            self._running += 1
+            task = asyncio.create_task(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        expiry = loop.call_later(self.wait, self._expire, waiting)
+        try:
+            return await answer
+        finally:
+            expiry.cancel()
+
+    def _expire(self, waiting: Waiting) -> None:
+        """A charge still waiting for a slot after ``wait``: it leaves the queue unsent
+        and answers as a pool timeout does (503)."""
+        for i, other in enumerate(self._pending):
+            if other is waiting:
+                del self._pending[i]
+                waiting[1].set_exception(TimeoutError("no charge slot free in time"))
+                return
+
+    async def _drain(self) -> None:
+        """Send what waits, then what arrived meanwhile, until nothing waits."""
+        try:
+            while self._pending:
+                batch = self._pending[: self.max_items]
+                del self._pending[: self.max_items]
+                await self._send(batch)
+        finally:
+            self._running -= 1
+
+    async def _send(self, batch: list[Waiting]) -> None:
+        self.sizes[len(batch)] = self.sizes.get(len(batch), 0) + 1
+        CHARGE_BATCH_SIZES.observe(len(batch))
+        # by user, each user's charges in arrival order: every batch locks users in one
+        # order, so two batches never deadlock
+        ordered = sorted(batch, key=lambda waiting: waiting[0]["user_id"])
+        try:
+            async with self._db.statements() as conn:
+                if len(ordered) == 1:
+                    rows = [await repo.charge(conn, ordered[0][0])]
+                else:
+                    rows = await repo.charge_batch(conn, [params for params, _ in ordered])
+        except Exception as exc:  # noqa: BLE001 - every waiting charge gets an answer
+            for _, answer in ordered:
+                if answer.done():
+                    continue
+                if is_unavailable(exc) or not isinstance(exc, _ROLLED_BACK):
+                    answer.set_exception(exc)
+                else:
+                    answer.set_result(None)
+            return
+        for (_, answer), row in zip(ordered, rows, strict=True):
+            if not answer.done():
+                answer.set_result(row)
+
+
+def _rolled_back() -> tuple[type[BaseException], ...]:
+    """The errors PostgreSQL raised while it ran the call: the transaction rolled back and
+    nothing of the batch was written."""
+    import asyncpg
+    from sqlalchemy import exc as sa_exc
+
+    return (sa_exc.IntegrityError, sa_exc.DataError, asyncpg.PostgresError)
+
+
+_ROLLED_BACK = _rolled_back()

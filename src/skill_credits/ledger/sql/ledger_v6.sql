@@ -1,0 +1,26 @@
+-- The ledger's functions, version 6 (loaded by migration 0011 over ledger_v5.sql): charges
+-- in batches.
+--
+-- A worker that has a charge in flight sends the charges that arrive meanwhile together:
+-- one call of sc_charge_batch, one round trip, one transaction, one commit. Each item is
+-- sc_charge as it is (its refusals in the contract's order, its key, its version check, its
+-- grants and limits), run one after the other in the order given, each seeing what the
+-- ones before it wrote. The caller orders the items by user (keeping each user's items in
+-- arrival order), so two batches lock users in one order and never deadlock.
+--
+-- An item that raises (a key another batch committed meanwhile: the unique index; a
+-- constraint) rolls the whole batch back: nothing of it was written, and the caller runs
+-- its items again one by one.
+CREATE FUNCTION sc_charge_batch(p_users text[], p_skills text[], p_versions integer[],
+                                p_units integer[], p_descriptions text[], p_keys text[],
+                                p_hashes bytea[], p_api_key_ids text[], p_members text[],
+                                p_limited boolean[])
+RETURNS SETOF sc_tx_outcome
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. cardinality(p_users) LOOP
+        RETURN NEXT sc_charge(p_users[i], p_skills[i], p_versions[i], p_units[i],
+                              p_descriptions[i], p_keys[i], p_hashes[i], p_api_key_ids[i],
+                              p_members[i], p_limited[i]);
+    END LOOP;
+END $$;
