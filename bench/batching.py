@@ -29,14 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.databases import create_keys, delete_prefix, drop_databases  # noqa: E402
-from tests.support.processes import AppServer  # noqa: E402
+from tests.support.processes import AppServer, batch_size_histogram  # noqa: E402
 
 from bench.databases import PG, REDIS_URL, fresh_database  # noqa: E402
 from bench.phases import load_env, log, warm_up, wrk  # noqa: E402
 from bench.servers import Target, plain  # noqa: E402
 
 POINTS = (("spread", 32), ("hot", 32), ("spread", 1))
-HISTOGRAM = "skill_credits_charge_batch_size"
+HISTOGRAM = "skill_credits_batch_size"
 
 
 def postgres_cpu_seconds() -> float:
@@ -57,12 +57,7 @@ def postgres_cpu_seconds() -> float:
 
 
 def batch_histogram(url: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    return {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line.startswith(HISTOGRAM + "_")
-    }
+    return batch_size_histogram(httpx.get(f"{url}/metrics", timeout=5).text, "charge")
 
 
 def batches(before: dict[str, float], after: dict[str, float]) -> dict:

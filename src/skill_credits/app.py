@@ -34,7 +34,7 @@ from skill_credits.db import Database
 from skill_credits.errors import internal_error_handler, problem_details_plugin
 from skill_credits.events.endpoints import EventController
 from skill_credits.health import healthz, readyz
-from skill_credits.ledger.batch import ChargeBatcher
+from skill_credits.ledger.batch import Batches
 from skill_credits.ledger.endpoints import HoldController, LedgerController
 from skill_credits.ledger.service import LimitedUsers
 from skill_credits.limits.endpoints import LimitController
@@ -121,11 +121,11 @@ def create_app(settings: Settings) -> Litestar:
         app.state.db, app.state.cache = db, cache
         app.state.key_cache = KeyCache()
         app.state.limited_users = LimitedUsers()
-        app.state.charge_batcher = (
-            ChargeBatcher(
+        app.state.batches = (
+            Batches.of(
                 db,
-                settings.charge_batch_max,
-                settings.charge_batch_slots,
+                max_items=settings.charge_batch_max,
+                slots=settings.charge_batch_slots,
                 wait=settings.db_pool_timeout,
             )
             if settings.charge_batch_max > 1

@@ -44,9 +44,10 @@ CREDITS_CONSUMED = Counter(
 CACHE_LOOKUPS = Counter(
     "skill_credits_skill_cache_lookups_total", "Skill cache lookups by result", ["result"]
 )
-CHARGE_BATCH_SIZES = Histogram(
-    "skill_credits_charge_batch_size",
-    "Charges per call of a worker's charge batches (1: a charge sent alone)",
+BATCH_SIZES = Histogram(
+    "skill_credits_batch_size",
+    "Writes per call of a worker's batches, by write (charge, hold, capture; 1: sent alone)",
+    ["write"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 

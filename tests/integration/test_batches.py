@@ -11,10 +11,16 @@ import httpx
 import pytest
 
 from skill_credits.db import Database
-from skill_credits.ledger.batch import ChargeBatcher
+from skill_credits.ledger import repository as repo
+from skill_credits.ledger.batch import Batcher, Batches
 from tests.support.api import Api
 from tests.support.processes import AppServer, charges_sent_together
 from tests.support.run import unique
+
+
+def charges_of(db: Database) -> Batcher:
+    """A worker's charge batches: 8 at most a call, one call out at a time."""
+    return Batcher(db, repo.charge, repo.charge_batch, write="charge", max_items=8, slots=1, wait=5)
 
 
 def params(user: str, skill: str, *, key: str | None = None, description: str | None = None):
@@ -71,13 +77,55 @@ async def test_concurrent_charges_go_in_batches_each_with_its_own_answer(server_
         server.stop()
 
 
+async def test_holds_and_captures_go_in_batches_each_with_its_own_answer(server_env, keys) -> None:
+    server = AppServer(server_env, workers=1)
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            api = Api(http, keys)
+            auth = keys.auth("service")
+            skill = (await api.create_skill(cost=2))["name"]
+            users = [await api.new_user(100) for _ in range(6)]
+            asks = [(users[i % 6], f"capture-{i}", 1 + i % 7) for i in range(60)]
+            held = await asyncio.gather(
+                *(
+                    http.post(
+                        "/v1/holds", json={"user_id": u, "skill": skill, "units": n}, headers=auth
+                    )
+                    for u, _, n in asks
+                )
+            )
+            for (user, _, units), answer in zip(asks, held, strict=True):
+                assert answer.status_code == 201, answer.text
+                body = answer.json()
+                assert (body["user_id"], body["units"], body["amount"]) == (user, units, 2 * units)
+            # capture each for one unit: each answer is its own hold's charge
+            captured = await asyncio.gather(
+                *(
+                    http.post(
+                        f"/v1/holds/{h.json()['id']}/capture",
+                        json={"units": 1, "description": tag},
+                        headers=auth,
+                    )
+                    for (_, tag, _), h in zip(asks, held, strict=True)
+                )
+            )
+            for (user, tag, _), answer in zip(asks, captured, strict=True):
+                assert answer.status_code == 201, answer.text
+                body = answer.json()
+                assert (body["user_id"], body["description"], body["amount"]) == (user, tag, -2)
+            assert sorted(await asyncio.gather(*(api.balance(u) for u in users))) == [80] * 6
+            assert await charges_sent_together(server.url, "hold") > 0
+            assert await charges_sent_together(server.url, "capture") > 0
+    finally:
+        server.stop()
+
+
 async def test_one_key_twice_in_one_batch_charges_once(api: Api, db: Database) -> None:
     skill = (await api.create_skill(cost=3))["name"]
     user = await api.new_user(10)
     key = uuid.uuid4().hex
     async with db.statements() as conn:
-        from skill_credits.ledger import repository as repo
-
         rows = await repo.charge_batch(conn, [params(user, skill, key=key)] * 2)
     assert [r.outcome for r in rows] == ["written", "replay"]
     assert rows[0].id == rows[1].id
@@ -104,11 +152,11 @@ async def test_no_charge_is_answered_before_its_batch_commits(api: Api, db: Data
     first, last = "a" + unique("u").lower(), "z" + unique("u").lower()
     for user in (first, last):
         await api.credit(user, 10)
-    batcher = ChargeBatcher(db, max_items=8, slots=1, wait=5)
+    batcher = charges_of(db)
     blocker = await hold_lock(pg, last)
     try:
-        mine = asyncio.create_task(batcher.charge(params(first, skill)))
-        theirs = asyncio.create_task(batcher.charge(params(last, skill)))
+        mine = asyncio.create_task(batcher.write(params(first, skill)))
+        theirs = asyncio.create_task(batcher.write(params(last, skill)))
         await asyncio.sleep(0.5)
         assert batcher.sizes == {2: 1}  # one call with both
         assert not mine.done() and not theirs.done()
@@ -140,12 +188,13 @@ async def test_a_batch_that_fails_on_a_key_writes_nothing_and_runs_alone(
     first = await racer.fetchrow(
         "SELECT * FROM sc_charge($1, $2, NULL, 1, NULL, $3, $4, NULL)", user, skill, key, b"h"
     )
-    batcher = ChargeBatcher(db, max_items=8, slots=1, wait=5)
+    batches = Batches.of(db, max_items=8, slots=1, wait=5)
+    batcher = batches.charges
     cache = client.app.state.cache
 
     def charge(who: str, key: str | None):
         data = ChargeIn(user_id=who, skill=skill)
-        return service.charge(db, cache, data, key, b"h", api_key_id=None, batcher=batcher)
+        return service.charge(db, cache, data, key, b"h", api_key_id=None, batches=batches)
 
     try:
         racing = [asyncio.create_task(charge(other, None)), asyncio.create_task(charge(user, key))]

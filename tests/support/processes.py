@@ -297,14 +297,23 @@ def server_with_own_redis(settings, workers: int = 1):
         redis.cleanup()
 
 
-async def charges_sent_together(url: str) -> int:
-    """How many of the server's charge calls (all workers) carried more than one charge."""
+def batch_size_histogram(text: str, write: str) -> dict[str, float]:
+    """The ``skill_credits_batch_size`` series of one write from a /metrics page, by name
+    without the write label: ``..._count``, ``..._sum``, ``..._bucket{le="1.0"}``, ..."""
+    label = f'write="{write}"'
+    series = {}
+    for line in text.splitlines():
+        if line.startswith("skill_credits_batch_size_") and label in line:
+            name, value = line.rsplit(" ", 1)
+            for form in (f"{label},", f",{label}", "{" + label + "}"):
+                name = name.replace(form, "")
+            series[name] = float(value)
+    return series
+
+
+async def charges_sent_together(url: str, write: str = "charge") -> int:
+    """How many of the server's calls of ``write`` (all workers) carried more than one."""
     async with httpx.AsyncClient(base_url=url, timeout=5) as http:
-        text = (await http.get("/metrics")).text
-    value = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line.startswith("skill_credits_charge_batch_size_")
-    }
-    alone = value.get('skill_credits_charge_batch_size_bucket{le="1.0"}', 0)
-    return int(value.get("skill_credits_charge_batch_size_count", 0) - alone)
+        series = batch_size_histogram((await http.get("/metrics")).text, write)
+    alone = series.get('skill_credits_batch_size_bucket{le="1.0"}', 0)
+    return int(series.get("skill_credits_batch_size_count", 0) - alone)

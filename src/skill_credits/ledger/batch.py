@@ -1,55 +1,87 @@
-"""Natural batching of charges inside one worker.
+"""Natural batching of charges, holds and captures inside one worker (one ``Batcher``
+each, in ``Batches``).
 
-A charge that finds a free slot (at most ``slots`` calls in flight) is sent at once, with
+A write that finds a free slot (at most ``slots`` calls in flight) is sent at once, with
 whatever else is waiting: alone when the worker is idle, so batching adds no wait. The
-charges that arrive while every slot is busy wait for a call to come back and go
+writes that arrive while every slot is busy wait for a call to come back and go
 together in the next one: one round trip and one commit for all of them
-(``repository.charge_batch``, ``sc_charge_batch`` in ``ledger_v6.sql``).
+(``repository.charge_batch``, ``sc_charge_batch`` in ``ledger_v6.sql``; holds and
+captures likewise).
 
-A call answers after PostgreSQL committed it, so a charge is acknowledged only once its row
+A call answers after PostgreSQL committed it, so a write is acknowledged only once its row
 is there. Each item gets its own outcome row. When a batch fails with an error that rolled
 it back (a key another batch committed meanwhile, a constraint), every one of its items is
 answered ``None``: the caller runs it alone, so one item never fails the others. When the
-database could not be reached, every item gets that error (a 503), as a single charge would.
+database could not be reached, every item gets that error (a 503), as a single write would.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from skill_credits.db import Database, is_unavailable
+from skill_credits.db import Connection, Database, is_unavailable
 from skill_credits.ledger import repository as repo
-from skill_credits.observability import CHARGE_BATCH_SIZES
+from skill_credits.observability import BATCH_SIZES
 
 Waiting = tuple[dict[str, Any], "asyncio.Future[Any]"]
+One = Callable[[Connection, dict[str, Any]], Awaitable[Any]]
+Many = Callable[[Connection, list[dict[str, Any]]], Awaitable[list[Any]]]
 
 
-class ChargeBatcher:
-    __slots__ = ("_db", "max_items", "slots", "wait", "_pending", "_running", "_tasks", "sizes")
+class Batcher:
+    """The batches of one kind of write: ``one`` sends a write alone, ``many`` a batch."""
 
-    def __init__(self, db: Database, max_items: int, slots: int, wait: float) -> None:
+    __slots__ = (
+        "_db",
+        "_one",
+        "_many",
+        "_sizes_metric",
+        "max_items",
+        "slots",
+        "wait",
+        "_pending",
+        "_running",
+        "_tasks",
+        "sizes",
+    )
+
+    def __init__(
+        self,
+        db: Database,
+        one: One,
+        many: Many,
+        *,
+        write: str,
+        max_items: int,
+        slots: int,
+        wait: float,
+    ) -> None:
         self._db = db
+        self._one, self._many = one, many
+        self._sizes_metric = BATCH_SIZES.labels(write)
         self.max_items = max_items
         self.slots = slots
-        # the longest a charge waits for a slot before it answers 503, as it would
+        # the longest a write waits for a slot before it answers 503, as it would
         # waiting for a pooled connection (every slot stuck, say, behind a row lock)
         self.wait = wait
         self._pending: list[Waiting] = []
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        # how many calls sent how many charges (batch size -> calls); /metrics has them too
+        # how many calls sent how many writes (batch size -> calls); /metrics has them too
         self.sizes: dict[int, int] = {}
 
-    async def charge(self, params: dict[str, Any]) -> Any:
-        """One attempt of the charge ``params``: its outcome row, or None when it must be
+    async def write(self, params: dict[str, Any]) -> Any:
+        """One attempt of the write ``params``: its outcome row, or None when it must be
         run alone (its batch failed)."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Any] = loop.create_future()
         waiting = (params, answer)
         self._pending.append(waiting)
         if self._running < self.slots:
-            # a free slot: a call goes out now, with this charge and whatever waits. It
+            # a free slot: a call goes out now, with this write and whatever waits. It
             # runs in a task of its own, so a caller that gives up never strands the rest.
             self._running += 1
             task = asyncio.create_task(self._drain())
@@ -62,12 +94,12 @@ class ChargeBatcher:
             expiry.cancel()
 
     def _expire(self, waiting: Waiting) -> None:
-        """A charge still waiting for a slot after ``wait``: it leaves the queue unsent
+        """A write still waiting for a slot after ``wait``: it leaves the queue unsent
         and answers as a pool timeout does (503)."""
         for i, other in enumerate(self._pending):
             if other is waiting:
                 del self._pending[i]
-                waiting[1].set_exception(TimeoutError("no charge slot free in time"))
+                waiting[1].set_exception(TimeoutError("no slot free in time"))
                 return
 
     async def _drain(self) -> None:
@@ -82,16 +114,16 @@ class ChargeBatcher:
 
     async def _send(self, batch: list[Waiting]) -> None:
         self.sizes[len(batch)] = self.sizes.get(len(batch), 0) + 1
-        CHARGE_BATCH_SIZES.observe(len(batch))
+        self._sizes_metric.observe(len(batch))
         # by user, each user's charges in arrival order: every batch locks users in one
         # order, so two batches never deadlock
         ordered = sorted(batch, key=lambda waiting: waiting[0]["user_id"])
         try:
             async with self._db.statements() as conn:
                 if len(ordered) == 1:
-                    rows = [await repo.charge(conn, ordered[0][0])]
+                    rows = [await self._one(conn, ordered[0][0])]
                 else:
-                    rows = await repo.charge_batch(conn, [params for params, _ in ordered])
+                    rows = await self._many(conn, [params for params, _ in ordered])
         except Exception as exc:  # noqa: BLE001 - every waiting charge gets an answer
             for _, answer in ordered:
                 if answer.done():
@@ -104,6 +136,26 @@ class ChargeBatcher:
         for (_, answer), row in zip(ordered, rows, strict=True):
             if not answer.done():
                 answer.set_result(row)
+
+
+@dataclass(frozen=True, slots=True)
+class Batches:
+    """A worker's batchers, one per write that runs in batches."""
+
+    charges: Batcher
+    holds: Batcher
+    captures: Batcher
+
+    @classmethod
+    def of(cls, db: Database, *, max_items: int, slots: int, wait: float) -> Batches:
+        def batcher(write: str, one: One, many: Many) -> Batcher:
+            return Batcher(db, one, many, write=write, max_items=max_items, slots=slots, wait=wait)
+
+        return cls(
+            batcher("charge", repo.charge, repo.charge_batch),
+            batcher("hold", repo.hold, repo.hold_batch),
+            batcher("capture", repo.capture, repo.capture_batch),
+        )
 
 
 def _rolled_back() -> tuple[type[BaseException], ...]:

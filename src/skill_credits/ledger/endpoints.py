@@ -97,7 +97,7 @@ class LedgerController(Controller):
                 digest,
                 api_key_id=principal_of(request).key_id,
                 limited=state.limited_users,
-                batcher=state.charge_batcher,
+                batches=state.batches,
             )
         except Exception as exc:
             request.scope[CHARGE_SKILL] = data.skill  # observability.count_refused_charge
@@ -234,6 +234,7 @@ class HoldController(Controller):
     )
     async def create(
         self,
+        request: Request,
         data: JSONBody[HoldIn],
         db: Db,
         cache: NamedDependency[SkillCache],
@@ -241,7 +242,7 @@ class HoldController(Controller):
     ) -> Response[Hold]:
         idempotency_key(key)
         digest = service.request_hash("POST", "/v1/holds", data, key)
-        written = await service.create_hold(db, cache, data, key, digest)
+        written = await service.create_hold(db, cache, data, key, digest, request.app.state.batches)
         headers = {"Idempotent-Replayed": "true"} if written.replayed else {}
         return Response(written.hold, status_code=201, headers=headers)
 
@@ -257,6 +258,7 @@ class HoldController(Controller):
     )
     async def capture(
         self,
+        request: Request,
         hold_id: PathUuid,
         db: Db,
         data: JSONBody[CaptureIn | None] = None,
@@ -266,7 +268,8 @@ class HoldController(Controller):
         idempotency_key(key)
         body = data or CaptureIn()
         digest = service.request_hash("POST", f"/v1/holds/{hold_uuid}/capture", body, key)
-        return created(await service.capture(db, hold_uuid, body, key, digest))
+        batches = request.app.state.batches
+        return created(await service.capture(db, hold_uuid, body, key, digest, batches))
 
     @post(
         "/{hold_id:str}/release",

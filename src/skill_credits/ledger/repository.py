@@ -56,27 +56,6 @@ def _call(function: str, args: str, columns: str) -> Any:
     return text(f"SELECT {columns}, {SKILL} FROM {function}({args}) o")
 
 
-# The charge's arguments, in order (a batch passes each as an array, an element a charge).
-CHARGE_ARGS = (
-    ("user_id", "text"),
-    ("skill", "text"),
-    ("version", "integer"),
-    ("units", "integer"),
-    ("description", "text"),
-    ("key", "text"),
-    ("hash", "bytea"),
-    ("api_key_id", "text"),
-    ("member", "text"),
-    ("limited", "boolean"),
-)
-CHARGE = _call(
-    "sc_charge", ", ".join(f"CAST(:{name} AS {kind})" for name, kind in CHARGE_ARGS), TX_OUTCOME
-)
-CHARGE_BATCH = text(
-    f"SELECT {TX_OUTCOME}, {SKILL} FROM sc_charge_batch("
-    + ", ".join(f"CAST(:{name}_list AS {kind}[])" for name, kind in CHARGE_ARGS)
-    + ") WITH ORDINALITY o ORDER BY o.ordinality"
-)
 CREDIT = _call(
     "sc_credit",
     "CAST(:user_id AS text), CAST(:type AS text), CAST(:amount AS bigint),"
@@ -90,19 +69,59 @@ REFUND = _call(
     " CAST(:key AS text), CAST(:hash AS bytea)",
     TX_OUTCOME,
 )
-HOLD = _call(
-    "sc_hold",
-    "CAST(:user_id AS text), CAST(:skill AS text), CAST(:version AS integer),"
-    " CAST(:units AS integer), CAST(:ttl AS integer), CAST(:description AS text),"
-    " CAST(:key AS text), CAST(:hash AS bytea), CAST(:member AS text)",
-    HOLD_OUTCOME,
+
+
+def _args(arguments: tuple[tuple[str, str], ...], suffix: str = "", array: str = "") -> str:
+    return ", ".join(f"CAST(:{name}{suffix} AS {kind}{array})" for name, kind in arguments)
+
+
+def _batched(function: str, arguments: tuple[tuple[str, str], ...], columns: str) -> Any:
+    """``function``'s batch form (``ledger_v6.sql``): each argument an array, one element
+    a write; the outcome rows in the writes' order."""
+    return text(
+        f"SELECT {columns}, {SKILL} FROM {function}_batch({_args(arguments, '_list', '[]')})"
+        " WITH ORDINALITY o ORDER BY o.ordinality"
+    )
+
+
+# The arguments of the writes that run in batches, in order.
+CHARGE_ARGS = (
+    ("user_id", "text"),
+    ("skill", "text"),
+    ("version", "integer"),
+    ("units", "integer"),
+    ("description", "text"),
+    ("key", "text"),
+    ("hash", "bytea"),
+    ("api_key_id", "text"),
+    ("member", "text"),
+    ("limited", "boolean"),
 )
-CAPTURE = _call(
-    "sc_capture",
-    "CAST(:user_id AS text), CAST(:id AS uuid), CAST(:units AS integer),"
-    " CAST(:description AS text), CAST(:key AS text), CAST(:hash AS bytea)",
-    TX_OUTCOME,
+HOLD_ARGS = (
+    ("user_id", "text"),
+    ("skill", "text"),
+    ("version", "integer"),
+    ("units", "integer"),
+    ("ttl", "integer"),
+    ("description", "text"),
+    ("key", "text"),
+    ("hash", "bytea"),
+    ("member", "text"),
 )
+CAPTURE_ARGS = (
+    ("user_id", "text"),
+    ("id", "uuid"),
+    ("units", "integer"),
+    ("description", "text"),
+    ("key", "text"),
+    ("hash", "bytea"),
+)
+CHARGE = _call("sc_charge", _args(CHARGE_ARGS), TX_OUTCOME)
+HOLD = _call("sc_hold", _args(HOLD_ARGS), HOLD_OUTCOME)
+CAPTURE = _call("sc_capture", _args(CAPTURE_ARGS), TX_OUTCOME)
+CHARGE_BATCH = _batched("sc_charge", CHARGE_ARGS, TX_OUTCOME)
+HOLD_BATCH = _batched("sc_hold", HOLD_ARGS, HOLD_OUTCOME)
+CAPTURE_BATCH = _batched("sc_capture", CAPTURE_ARGS, TX_OUTCOME)
 RELEASE = _call("sc_release", "CAST(:user_id AS text), CAST(:id AS uuid)", HOLD_OUTCOME)
 
 _SOURCES = msgspec.json.Decoder(list[Source])
@@ -131,11 +150,27 @@ async def charge(conn: Connection, params: dict[str, Any]) -> Row:
     return (await conn.execute(CHARGE, params)).one()
 
 
+async def _in_batch(
+    conn: Connection, statement: Any, arguments: tuple, items: list[dict[str, Any]]
+) -> list[Row]:
+    lists = {f"{name}_list": [item[name] for item in items] for name, _ in arguments}
+    return list((await conn.execute(statement, lists)).all())
+
+
 async def charge_batch(conn: Connection, items: list[dict[str, Any]]) -> list[Row]:
     """Many charges (each as ``charge`` takes it) in one call and one commit; their
     outcomes in their order."""
-    lists = {f"{name}_list": [item[name] for item in items] for name, _ in CHARGE_ARGS}
-    return list((await conn.execute(CHARGE_BATCH, lists)).all())
+    return await _in_batch(conn, CHARGE_BATCH, CHARGE_ARGS, items)
+
+
+async def hold_batch(conn: Connection, items: list[dict[str, Any]]) -> list[Row]:
+    """Many holds (each as ``hold`` takes it) in one call and one commit."""
+    return await _in_batch(conn, HOLD_BATCH, HOLD_ARGS, items)
+
+
+async def capture_batch(conn: Connection, items: list[dict[str, Any]]) -> list[Row]:
+    """Many captures (each as ``capture`` takes it) in one call and one commit."""
+    return await _in_batch(conn, CAPTURE_BATCH, CAPTURE_ARGS, items)
 
 
 async def credit(conn: Connection, params: dict[str, Any]) -> Row:

@@ -28,7 +28,7 @@ from skill_credits import errors
 from skill_credits.db import Connection, Database, constraint_name, sqlstate
 from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
-from skill_credits.ledger.batch import ChargeBatcher
+from skill_credits.ledger.batch import Batcher, Batches
 from skill_credits.ledger.schemas import (
     CaptureIn,
     ChargeIn,
@@ -225,6 +225,21 @@ class _Price:
             await cache.put(self.newer)
 
 
+async def _in_batch(batcher: Batcher | None, params: dict[str, Any], price: _Price | None) -> Any:
+    """The write's first attempt, in its worker's batch: its outcome row, or None when it
+    must run alone (no batches; its batch failed; the cache was behind, and ``price`` has
+    moved to the version the function answered)."""
+    if batcher is None:
+        return None
+    if price is not None:
+        params["version"] = price.version
+    row = await batcher.write(params)
+    if row is not None and price is not None and row.outcome == "version":
+        price.moved(skill_from_row(row, "s_"))
+        return None
+    return row
+
+
 async def _priced(conn: Connection, write: Any, params: dict[str, Any], price: _Price) -> Any:
     """Run a priced write at ``price``'s version until it is not behind. A charge that
     lost the race to a concurrent request with its Idempotency-Key wrote nothing (the
@@ -252,13 +267,12 @@ async def charge(
     *,
     api_key_id: str,
     limited: LimitedUsers | None = None,
-    batcher: ChargeBatcher | None = None,
+    batches: Batches | None = None,
 ) -> Written:
     """Charge at the cached price (one function call on the hot-path pool); raises
     ``KeyNotLive`` when the caller's key was revoked. ``limited``: this worker's hint of
     which users have spend limits (none: every charge tries the one statement first).
-    ``batcher``: the worker's batches (none: each charge its own call); a charge its batch
-    could not run, or that found the cache behind, runs again alone."""
+    ``batches``: the worker's batches (none: each charge its own call)."""
     params = {
         "api_key_id": api_key_id,
         "skill": data.skill,
@@ -272,13 +286,7 @@ async def charge(
     }
     price = _Price(await cache.get(data.skill))
     try:
-        row = None
-        if batcher is not None:
-            params["version"] = price.version
-            row = await batcher.charge(params)
-            if row is not None and row.outcome == "version":
-                price.moved(skill_from_row(row, "s_"))
-                row = None
+        row = await _in_batch(batches.charges if batches else None, params, price)
         if row is None:
             async with db.statements() as conn:
                 row = await _priced(conn, repo.charge, params, price)
@@ -399,7 +407,12 @@ def _hold(row: Any, digest: bytes | None, subject: str) -> HoldWritten:
 
 
 async def create_hold(
-    db: Database, cache: SkillCache, data: HoldIn, key: str | None, digest: bytes | None
+    db: Database,
+    cache: SkillCache,
+    data: HoldIn,
+    key: str | None,
+    digest: bytes | None,
+    batches: Batches | None = None,
 ) -> HoldWritten:
     """Reserve at the cached price (see ``charge``)."""
     params = {
@@ -414,8 +427,10 @@ async def create_hold(
     }
     price = _Price(await cache.get(data.skill))
     try:
-        async with db.statements() as conn:  # one function call, like a charge
-            row = await _priced(conn, repo.hold, params, price)
+        row = await _in_batch(batches.holds if batches else None, params, price)
+        if row is None:
+            async with db.statements() as conn:  # one function call, like a charge
+                row = await _priced(conn, repo.hold, params, price)
     finally:
         await price.publish(cache)
     subject = data.user_id if row.outcome == "user_not_found" else data.skill
@@ -431,7 +446,12 @@ async def get_hold(db: Database, hold_id: str) -> Hold:
 
 
 async def capture(
-    db: Database, hold_id: str, data: CaptureIn, key: str | None, digest: bytes | None
+    db: Database,
+    hold_id: str,
+    data: CaptureIn,
+    key: str | None,
+    digest: bytes | None,
+    batches: Batches | None = None,
 ) -> Written:
     async with db.connect() as conn:
         current = await repo.get_hold(conn, hold_id)
@@ -448,7 +468,10 @@ async def capture(
             "key": key,
             "hash": digest,
         }
-        row = await repo.capture(conn, params)
+    row = await _in_batch(batches.captures if batches else None, params, None)
+    if row is None:
+        async with db.connect() as conn:
+            row = await _call(repo.capture(conn, params))
     return _transaction(row, digest, hold_id)
 
 

@@ -1,7 +1,8 @@
-"""Charges in batches: ``sc_charge_batch`` runs many charges in one call and one commit.
+"""Charges, holds and captures in batches: ``sc_charge_batch``, ``sc_hold_batch`` and
+``sc_capture_batch`` each run many writes in one call and one commit.
 
-``skill_credits/ledger/sql/ledger_v6.sql`` (see the header there) adds the function; the
-tables and every other function stay as they are. Downgrade drops it.
+``skill_credits/ledger/sql/ledger_v6.sql`` (see the header there) adds the functions; the
+tables and every other function stay as they are. Downgrade drops them.
 
 Revision ID: 0011
 Revises: 0010
@@ -26,5 +27,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute(
         "DROP FUNCTION sc_charge_batch(text[], text[], integer[], integer[], text[], text[],"
-        " bytea[], text[], text[], boolean[])"
+        " bytea[], text[], text[], boolean[]),"
+        " sc_hold_batch(text[], text[], integer[], integer[], integer[], text[], text[],"
+        " bytea[], text[]),"
+        " sc_capture_batch(text[], uuid[], integer[], text[], text[], bytea[])"
     )
