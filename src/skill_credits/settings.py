@@ -63,6 +63,11 @@ class Settings:
     # reads the variable itself); `serve` makes one per start when it is unset.
     metrics_dir: str = ""
 
+    def __post_init__(self) -> None:
+        # no slot would ever send a write: every charge would wait, then answer 503
+        if self.charge_batch_slots < 1:
+            raise ValueError(f"CHARGE_BATCH_SLOTS must be at least 1: {self.charge_batch_slots}")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """The fields ``ENV`` names, from ``env`` (the process's environment by default);

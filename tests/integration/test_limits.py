@@ -318,3 +318,31 @@ async def test_exactly_floor_of_limit_over_cost_succeed_on_two_workers(
         await assert_reconciled(db)
     finally:
         server.stop()
+
+
+async def test_a_worker_learns_which_users_have_limits_from_its_charges(
+    api: Api, db, client
+) -> None:
+    """The hint (service.LimitedUsers) follows what the charges report: a user gains it on
+    the first charge after a limit is made, and loses it on the first after the last goes."""
+    from skill_credits.ledger import service
+    from skill_credits.ledger.schemas import ChargeIn
+
+    skill = (await api.create_skill(cost=1))["name"]
+    user = await api.new_user(100)
+    hint = service.LimitedUsers()
+    cache = client.app.state.cache
+
+    async def charge() -> int:
+        data = ChargeIn(user_id=user, skill=skill)
+        written = await service.charge(db, cache, data, None, None, api_key_id=None, limited=hint)
+        return written.transaction.balance_after
+
+    assert await charge() == 99 and user not in hint
+    made = (await add_limit(api, user, window="day", max_credits=50)).json()
+    assert await charge() == 98 and user in hint
+    assert await charge() == 97 and user in hint  # the limited way; the day so far counts
+    assert {lim["id"]: lim["spent"] for lim in await limits(api, user)} == {made["id"]: 3}
+    await api.c.delete(f"/v1/users/{user}/limits/{made['id']}", headers=api.keys.auth("service"))
+    assert await charge() == 96 and user not in hint
+    await assert_reconciled(db)

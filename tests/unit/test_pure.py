@@ -168,3 +168,9 @@ def test_the_limited_users_hint_learns_forgets_and_stays_bounded() -> None:
     hint.learn("c", True)
     hint.learn("d", True)  # full: it starts over
     assert ("b" in hint, "c" in hint, "d" in hint) == (False, False, True)
+
+
+def test_charge_batch_slots_below_one_are_refused_at_start() -> None:
+    assert Settings.from_env({"CHARGE_BATCH_SLOTS": "1"}).charge_batch_slots == 1
+    with pytest.raises(ValueError, match="CHARGE_BATCH_SLOTS"):
+        Settings.from_env({"CHARGE_BATCH_SLOTS": "0"})
