@@ -14,8 +14,15 @@ without limits, the same users without them, charged without a member). Nothing 
 compared: run it on a machine that is as quiet as it can be, and read the spread of the
 rounds before the ratio.
 
+Beside charges/s, each round measures what a charge cost: CPU of the server's processes
+and of PostgreSQL's, and bytes of WAL, per charge. These vary far less than charges/s,
+so they tell a cost of a few per cent that the rounds' spread hides. Where the disk's
+flush is slow, charges/s measure the disk, not the code: ``--no-commit-wait`` sets
+``synchronous_commit = off`` on both databases, so that the code's CPU is what limits
+them (every charge still commits; only the wait for the flush is left out).
+
     uv run --group bench python bench/ab.py --a ../old-checkout --b . [--rounds 6]
-        [--patterns spread,limits]
+        [--patterns spread,limits] [--no-commit-wait]
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import statistics
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -35,11 +44,17 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.databases import delete_prefix, drop_databases  # noqa: E402
+from tests.support.databases import delete_prefix, drop_databases, execute  # noqa: E402
 from tests.support.processes import AppServer  # noqa: E402
 
 from bench.databases import PG, REDIS_URL, SKILL, SPAN_SKILL, USERS  # noqa: E402
-from bench.phases import charges, limited_charges, log, span_charges  # noqa: E402
+from bench.phases import (  # noqa: E402
+    charges,
+    cpu_seconds,
+    limited_charges,
+    log,
+    span_charges,
+)
 
 BIG = 10**15
 # Users with three grants, each charged once, so every charge spans the first two.
@@ -59,12 +74,12 @@ PATTERNS = ("spread", "hot", "spans", "limits")
 class Side:
     """One checkout: its CLI, its database, its server."""
 
-    def __init__(self, label: str, checkout: Path, run: str, workers: int) -> None:
+    def __init__(self, label: str, checkout: Path, run: str, workers: int, pg: str = PG) -> None:
         self.label, self.checkout = label, checkout.resolve()
         self.cli = [str(self.checkout / ".venv" / "bin" / "skill-credits")]
         self.database = f"sc_ab_{run}_{label.lower()}"
         self.env = {
-            "DATABASE_URL": f"{PG}/{self.database}",
+            "DATABASE_URL": f"{pg}/{self.database}",
             "REDIS_URL": REDIS_URL,
             "REDIS_PREFIX": f"sc_ab_{run}_{label.lower()}:",
         }
@@ -79,15 +94,20 @@ class Side:
         )
         return out.stdout.strip().splitlines()[-1]
 
-    def start(self) -> None:
+    def start(self, commit_wait: bool) -> None:
         """Migrate its database, make its key, and serve."""
         self.cli_run("migrate")
+        if not commit_wait:
+            off = f"ALTER DATABASE {self.database} SET synchronous_commit = off"
+            asyncio.run(execute(f"{PG}/postgres", off))
         self.token = self.cli_run("keys", "create", "--role", "admin", "--name", "ab-admin")
         self.server.start()
 
-    async def seed(self, users: int, patterns: tuple[str, ...]) -> None:
+    async def seed(
+        self, users: int, patterns: tuple[str, ...], limit_users: int = LIMIT_USERS
+    ) -> None:
         """The bench's skill, ``users`` users and a hot one, each with a big PURCHASE, and
-        the users of ``patterns``' own."""
+        the users of ``patterns``' own (``limit_users`` of them for "limits")."""
         auth = {"Authorization": f"Bearer {self.token}"}
         async with httpx.AsyncClient(base_url=self.server.url, headers=auth, timeout=30) as http:
             body = {"name": SKILL, "display_name": "bench", "cost": 1}
@@ -112,7 +132,7 @@ class Side:
                     *(http.post(f"/v1/users/{n}/credits", json=body) for n, body in batch)
                 )
                 assert all(a.status_code == 201 for a in answers), answers[0].text
-            limited = [f"lim_{i}" for i in range(LIMIT_USERS if "limits" in patterns else 0)]
+            limited = [f"lim_{i}" for i in range(limit_users if "limits" in patterns else 0)]
             await self._each(http, [(f"/v1/users/{n}/credits", purchase) for n in limited])
             probe = await http.post("/v1/users/bench_0/limits", json=LIMITS[0])
             if limited and probe.status_code == 201:
@@ -141,6 +161,32 @@ class Side:
             )
             assert all(a.status_code == 201 for a in answers), answers[0].text
 
+    def measured(self, load: Callable[[], dict]) -> dict:
+        """``load``'s result, with what each of its 201s cost: CPU of this side's server
+        and of PostgreSQL (µs), and WAL (bytes)."""
+        server, postgres, wal = self.costs()
+        result = load()
+        after = self.costs()
+        charged = max(result["statuses"].get(201, 0), 1)
+        result["cost"] = {
+            "server_us": (after[0] - server) / charged * 1e6,
+            "postgres_us": (after[1] - postgres) / charged * 1e6,
+            "wal_bytes": (after[2] - wal) / charged,
+        }
+        return result
+
+    def costs(self) -> tuple[float, float, int]:
+        async def lsn() -> int:
+            conn = await asyncpg.connect(f"{PG}/postgres")
+            try:
+                return await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+            finally:
+                await conn.close()
+
+        wal = int(asyncio.run(lsn()))
+        group = self.server.proc.pid  # started in a session of its own: its process group
+        return cpu_seconds(group=group), cpu_seconds(command="postgres"), wal
+
     def spans(self, seconds: float) -> dict:
         """Charges of span users not charged before."""
         result = span_charges(self.server.url, self.token, seconds, SPAN_USERS, self.span_from)
@@ -164,6 +210,21 @@ class Side:
         return f"{row['two']} of {row['all']} charges spanned two grants"
 
 
+def load(side: Side, pattern: str, seconds: float) -> dict:
+    """One round of ``pattern`` against ``side``: wrk's result."""
+    if pattern == "spans":
+        return side.spans(seconds)
+    if pattern == "limits":
+        return limited_charges(side.server.url, side.token, seconds, LIMIT_USERS, side.member)
+    return charges(side.server.url, side.token, pattern, seconds)
+
+
+def paired_ratios(a: list[float], b: list[float]) -> str:
+    """The median of B ÷ A, round by round, and the lowest and highest of those."""
+    ratios = sorted(y / x for x, y in zip(a, b, strict=True))
+    return f"{statistics.median(ratios):.3f} ({ratios[0]:.2f}–{ratios[-1]:.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--a", type=Path, required=True, help="the checkout before the change")
@@ -174,31 +235,32 @@ def main() -> None:
     parser.add_argument(
         "--patterns", default=",".join(PATTERNS), help=f"some of {','.join(PATTERNS)}"
     )
+    parser.add_argument(
+        "--no-commit-wait",
+        dest="commit_wait",
+        action="store_false",
+        help="synchronous_commit = off on both databases: measure the code, not the disk",
+    )
     args = parser.parse_args()
     patterns = tuple(p for p in PATTERNS if p in args.patterns.split(","))
     run = uuid.uuid4().hex[:8]
     sides = [Side("A", args.a, run, args.workers), Side("B", args.b, run, args.workers)]
     rates = {s.label: {p: [] for p in patterns} for s in sides}
+    costs = {s.label: {p: [] for p in patterns} for s in sides}
     try:
         for side in sides:
-            side.start()
+            side.start(args.commit_wait)
             asyncio.run(side.seed(USERS, patterns))
             log(f"{side.label}: {side.checkout} seeded ({USERS} users)")
         for round_ in range(args.rounds):
             order = sides if round_ % 2 == 0 else sides[::-1]
             for pattern in patterns:
                 for side in order:
-                    if pattern == "spans":
-                        result = side.spans(args.seconds)
-                    elif pattern == "limits":
-                        result = limited_charges(
-                            side.server.url, side.token, args.seconds, LIMIT_USERS, side.member
-                        )
-                    else:
-                        result = charges(side.server.url, side.token, pattern, args.seconds)
+                    result = side.measured(partial(load, side, pattern, args.seconds))
                     bad = {s: n for s, n in result["statuses"].items() if s not in (201, 402)}
                     assert not bad, f"{side.label} answered {bad}"
                     rates[side.label][pattern].append(round(result["rate"]))
+                    costs[side.label][pattern].append(result["cost"])
             log(f"round {round_ + 1}/{args.rounds}: {json.dumps(rates)}")
         for side in sides:
             if "spans" in patterns:
@@ -211,14 +273,30 @@ def main() -> None:
         asyncio.run(drop_databases(PG, *(s.database for s in sides)))
         for side in sides:
             delete_prefix(REDIS_URL, side.env["REDIS_PREFIX"])
-    print("| pattern | A median charges/s (rounds) | B median (rounds) | B ÷ A |")
-    print("|---|---:|---:|---:|")
+    commit = "" if args.commit_wait else ", synchronous_commit = off"
+    print(f"{args.rounds} rounds of {args.seconds:g} s, {args.workers} worker(s){commit}\n")
+    print(
+        "| pattern | A median charges/s (rounds) | B median (rounds) | B ÷ A"
+        " | B ÷ A round by round: median (range) |"
+    )
+    print("|---|---:|---:|---:|---:|")
     for pattern in patterns:
         a, b = (statistics.median(rates[s][pattern]) for s in ("A", "B"))
         print(
             f"| {pattern} | {a:.0f} ({', '.join(map(str, rates['A'][pattern]))})"
-            f" | {b:.0f} ({', '.join(map(str, rates['B'][pattern]))}) | {b / a:.2f} |"
+            f" | {b:.0f} ({', '.join(map(str, rates['B'][pattern]))}) | {b / a:.2f}"
+            f" | {paired_ratios(rates['A'][pattern], rates['B'][pattern])} |"
         )
+    print("\nPer charge, median of the rounds (B ÷ A, round by round: median (range)):\n")
+    print("| pattern | cost | A | B | B ÷ A |")
+    print("|---|---|---:|---:|---:|")
+    for pattern in patterns:
+        for cost, unit in (("server_us", "µs"), ("postgres_us", "µs"), ("wal_bytes", "B")):
+            a, b = ([c[cost] for c in costs[s][pattern]] for s in ("A", "B"))
+            print(
+                f"| {pattern} | {cost.rsplit('_', 1)[0]} | {statistics.median(a):.0f} {unit}"
+                f" | {statistics.median(b):.0f} {unit} | {paired_ratios(a, b)} |"
+            )
 
 
 if __name__ == "__main__":

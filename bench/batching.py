@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import uuid
@@ -32,28 +31,11 @@ from tests.support.databases import create_keys, delete_prefix, drop_databases  
 from tests.support.processes import AppServer, batch_size_histogram  # noqa: E402
 
 from bench.databases import PG, REDIS_URL, fresh_database  # noqa: E402
-from bench.phases import load_env, log, warm_up, wrk  # noqa: E402
+from bench.phases import cpu_seconds, load_env, log, warm_up, wrk  # noqa: E402
 from bench.servers import Target, plain  # noqa: E402
 
 POINTS = (("spread", 32), ("hot", 32), ("spread", 1))
 HISTOGRAM = "skill_credits_batch_size"
-
-
-def postgres_cpu_seconds() -> float:
-    """User + system CPU of every process whose command is postgres, so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)
-            if not fields[0].endswith("(postgres"):
-                continue
-            values = fields[1].split()
-            total += int(values[11]) + int(values[12])  # utime, stime
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / ticks
 
 
 def batch_histogram(url: str) -> dict[str, float]:
@@ -89,9 +71,9 @@ def measure(targets: list[Target], token: str, seconds: float, rounds: int) -> d
                 for pattern, c in POINTS:
                     counted = target.name.startswith("skill-credits")
                     before = batch_histogram(server.url) if counted else {}
-                    cpu = postgres_cpu_seconds()
+                    cpu = cpu_seconds(command="postgres")
                     r = wrk(server.url, c, seconds, **load_env(token, pattern, True))
-                    cpu = postgres_cpu_seconds() - cpu
+                    cpu = cpu_seconds(command="postgres") - cpu
                     point = {
                         "rate": r["rate"],
                         "p50_ms": r["p50"] / 1000,

@@ -33,6 +33,27 @@ def log(message: str) -> None:
     print(f"[{dt.datetime.now():%H:%M:%S}] {message}", flush=True)
 
 
+def cpu_seconds(*, command: str | None = None, group: int | None = None) -> float:
+    """User + system CPU so far of every living process whose command is ``command``
+    (``postgres``: the server and its backends), or of the process group ``group`` (a
+    server started in a session of its own: it and its workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                name, rest = f.read().rsplit(")", 1)
+            values = rest.split()  # state, ppid, pgrp, ... utime is the 12th, stime the 13th
+            if command is not None and not name.endswith(f"({command}"):
+                continue
+            if group is not None and int(values[2]) != group:
+                continue
+            total += int(values[11]) + int(values[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / ticks
+
+
 def wrk(url: str, concurrency: int, seconds: float, **env: str) -> dict:
     threads = 1 if concurrency == 1 else 2
     out = subprocess.run(

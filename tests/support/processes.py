@@ -107,6 +107,8 @@ class HttpServer:
     Its output goes to a log file (``output()``), or nowhere with ``quiet``.
     """
 
+    startup_seconds = 30.0  # how long it may take to answer
+
     def __init__(self, env: dict[str, str], cwd: Path | None = None, quiet: bool = False) -> None:
         self.port = free_port()
         self.env = {**os.environ, **env}
@@ -135,7 +137,7 @@ class HttpServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_until(self.answers, 30)
+        wait_until(self.answers, self.startup_seconds)
 
     def stop(self) -> None:
         if self.proc is not None:
