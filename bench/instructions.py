@@ -61,8 +61,9 @@ GRIND = ("valgrind", "--tool=callgrind", "--trace-children=yes", "--vgdb=no")
 
 
 class GrindCluster(PostgresCluster):
-    """A PostgreSQL cluster of its own that can also run under callgrind (its processes'
-    counts go to ``cg/pg.<pid>``). Autovacuum is off: no work of its own in a count."""
+    """A PostgreSQL cluster of its own that can also run under callgrind (each process's
+    count goes to ``cg/<run>/pg.<pid>``). Autovacuum is off: no work of its own in a
+    count."""
 
     SETTINGS = ("autovacuum=off", "fsync=off", "listen_addresses=127.0.0.1", "max_connections=50")
 
