@@ -225,10 +225,16 @@ def paired_ratios(a: list[float], b: list[float]) -> str:
     return f"{statistics.median(ratios):.3f} ({ratios[0]:.2f}–{ratios[-1]:.2f})"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def checkouts_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a comparison of two checkouts: --a, and --b (this one)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--a", type=Path, required=True, help="the checkout before the change")
     parser.add_argument("--b", type=Path, default=ROOT, help="the checkout after it")
+    return parser
+
+
+def main() -> None:
+    parser = checkouts_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--workers", type=int, default=1)

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.processes import PostgresCluster, wait_until  # noqa: E402
 
-from bench.ab import Side  # noqa: E402
+from bench.ab import Side, checkouts_parser  # noqa: E402
 from bench.databases import SKILL  # noqa: E402
 from bench.phases import log  # noqa: E402
 
@@ -259,9 +259,7 @@ def run_side(label: str, checkout: Path, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--a", type=Path, required=True, help="the checkout before the change")
-    parser.add_argument("--b", type=Path, default=ROOT, help="the checkout after it")
+    parser = checkouts_parser(__doc__)
     parser.add_argument("--charges", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--patterns", default=",".join(PATTERNS))
