@@ -840,16 +840,18 @@ def test_the_downgrade_folds_every_head_into_its_grant(fresh_database) -> None:
 def test_down_the_charge_is_the_earlier_versions_again(fresh_database, down_to, there) -> None:
     """0008 and 0010 replace only sc_charge: down to 0009 (or 0007) its body is
     ledger_v4.sql's (ledger_v2.sql's), word for word, and a charge that spans grants is
-    still exact; up again, the newest file's (ledger_v5.sql)."""
+    still exact; up again, the present's (ledger/sql/charge.sql)."""
     from alembic import command
 
-    from skill_credits.ledger.sql import statements
     from skill_credits.migrate import alembic_config, migrate
+    from skill_credits.ledger.sql import commands
+    from skill_credits.migrations.sql import statements
     from skill_credits.settings import Settings
     from tests.support.run import run_in_thread
 
     def body(name: str) -> str:
-        (command_,) = [c for c in statements(name) if "CREATE OR REPLACE FUNCTION sc_charge(" in c]
+        found = commands(name) if name == "charge.sql" else statements(name)
+        (command_,) = [c for c in found if "CREATE OR REPLACE FUNCTION sc_charge(" in c]
         return command_.split("$$")[1]
 
     _, url = fresh_database
@@ -874,8 +876,8 @@ def test_down_the_charge_is_the_earlier_versions_again(fresh_database, down_to, 
         finally:
             await conn.close()
 
-    run_in_thread(asyncio.run, check("ledger_v5.sql", "up"))
+    run_in_thread(asyncio.run, check("charge.sql", "up"))
     run_in_thread(command.downgrade, alembic_config(settings), down_to)
     run_in_thread(asyncio.run, check(there, "down"))
     run_in_thread(command.upgrade, alembic_config(settings), "head")
-    run_in_thread(asyncio.run, check("ledger_v5.sql", "again"))
+    run_in_thread(asyncio.run, check("charge.sql", "again"))

@@ -1,10 +1,18 @@
-"""Alembic environment: async engine over asyncpg, URL from the caller or DATABASE_URL."""
+"""Alembic environment: async engine over asyncpg, URL from the caller or DATABASE_URL.
+
+An upgrade that ends at head applies the present functions again (``ledger/sql``), in a
+transaction of its own after the last versioned step: the repeatable step. A change that
+touches only functions needs no migration, and a replay of the history never meets a
+function written for tables that a later step makes.
+"""
 
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from skill_credits.ledger.sql import functions
 from skill_credits.settings import Settings
 
 config = context.config
@@ -18,6 +26,16 @@ def _run(connection) -> None:
     context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
     with context.begin_transaction():
         context.run_migrations()
+    if context.get_context().get_current_revision() == context.get_head_revision():
+        _apply_present(connection)
+
+
+def _apply_present(connection) -> None:
+    """The functions as ``ledger/sql`` writes them today, each CREATE OR REPLACE (a body
+    is checked when it first runs, as pg_dump restores them), committed by the caller."""
+    connection.execute(text("SET LOCAL check_function_bodies = off"))
+    for command in functions():
+        connection.exec_driver_sql(command)
 
 
 async def _run_online() -> None:

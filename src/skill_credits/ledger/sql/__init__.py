@@ -1,7 +1,14 @@
-"""The ledger's SQL that lives in the database: functions loaded by migrations.
+"""The database as it is today, written once: the SQL files beside this module.
 
-Hot ledger SQL stays SQL (one file per version, CREATE OR REPLACE in the next one), so a
-migration loads a file, and the file is what runs: there is no second copy in Python.
+``tables.sql`` is the shape (tables, types, indexes, the view); every other file holds the
+functions of one concern, each defined once with CREATE OR REPLACE and changed in place.
+``README.md`` here says what goes where and the rules every statement keeps.
+
+Two readers: ``build()`` makes a database from nothing (the guard test compares it with
+one made by the migrations), and ``functions()`` is what ``migrations/env.py`` applies
+again at the end of every upgrade that reaches head, after the last versioned step (the
+idea of Flyway's repeatable migrations). What the migrations loaded in their day is frozen
+beside them (``skill_credits/migrations/sql/``) and is never read from here.
 """
 
 from __future__ import annotations
@@ -9,14 +16,30 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+# In the order a database is built from nothing: the checks before the tables that call
+# them, the tables before the functions that take their rows, the triggers last.
+SCHEMA = "tables.sql"
+FILES = (
+    "checks.sql",
+    SCHEMA,
+    "outcomes.sql",
+    "users.sql",
+    "grants.sql",
+    "limits.sql",
+    "charge.sql",
+    "credits.sql",
+    "holds.sql",
+    "batches.sql",
+    "events.sql",
+)
+
 # A command ends at a ';' that closes a line outside a dollar-quoted body.
 _DOLLAR = re.compile(r"\$\$")
 
 
-def statements(name: str) -> list[str]:
-    """The commands of ``name`` (a file next to this module), one each: asyncpg prepares
-    what it runs, and a prepared statement holds one command."""
-    script = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+def split(script: str, name: str) -> list[str]:
+    """The commands of ``script`` (the text of the file ``name``), one each: asyncpg
+    prepares what it runs, and a prepared statement holds one command."""
     commands: list[str] = []
     lines: list[str] = []
     quoted = False
@@ -27,44 +50,28 @@ def statements(name: str) -> list[str]:
         if not quoted and code.rstrip().endswith(";"):
             commands.append("\n".join(lines).strip())
             lines = []
-    if "\n".join(lines).strip(" \n;").strip() and any(
-        not ln.strip().startswith("--") and ln.strip() for ln in lines
-    ):
+    if any(ln.strip() and not ln.strip().startswith("--") for ln in lines):
         raise ValueError(f"{name}: text after the last command")
     return commands
 
 
-_REPLACED = re.compile(r"^CREATE OR REPLACE FUNCTION (\w+)\(", re.MULTILINE)
-_CREATED = re.compile(r"^CREATE (?:OR REPLACE )?FUNCTION (\w+)\(", re.MULTILINE)
-_VERSION = re.compile(r"ledger_v(\d+)\.sql")
+def commands(name: str) -> list[str]:
+    """The commands of the present file ``name``."""
+    text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+    return split(text, name)
 
 
-def previous(name: str) -> list[str]:
-    """The functions that ``name`` (``ledger_vN.sql``) replaces (CREATE OR REPLACE), each
-    as the newest earlier file defines it, as CREATE OR REPLACE commands: what the
-    downgrade of the migration that loads ``name`` runs to put them back."""
-    found = _VERSION.fullmatch(name)
-    if found is None:
-        raise ValueError(f"{name}: not a ledger_vN.sql")
-    wanted = set(_REPLACED.findall("\n".join(statements(name))))
-    commands: list[str] = []
-    for version in range(int(found.group(1)) - 1, 0, -1):
-        here = [
-            (created.group(1), command)
-            for command in statements(f"ledger_v{version}.sql")
-            if (created := _CREATED.search(command)) and created.group(1) in wanted
-        ]
-        commands += [
-            re.sub(
-                r"^CREATE (?:OR REPLACE )?FUNCTION",
-                "CREATE OR REPLACE FUNCTION",
-                command,
-                count=1,
-                flags=re.MULTILINE,
-            )
-            for _, command in here
-        ]
-        wanted -= {function for function, _ in here}
-    if wanted:
-        raise ValueError(f"{name} replaces functions no earlier file has: {sorted(wanted)}")
-    return commands
+def build() -> list[str]:
+    """Every command of the present, in order: a database from nothing. Bodies are checked
+    when they first run (as pg_dump restores them): a function of checks.sql may read a
+    table that tables.sql makes after it."""
+    return [
+        "SET check_function_bodies = off",
+        *(command for name in FILES for command in commands(name)),
+    ]
+
+
+def functions() -> list[str]:
+    """The functions and triggers of the present (every file but the tables): what an
+    upgrade applies again once it has reached head."""
+    return [command for name in FILES if name != SCHEMA for command in commands(name)]

@@ -10,7 +10,7 @@ reservations of the user's live holds, so no balance and no reservation changes.
 without reading holds or grants first: ``credits - reserved`` is what the grants have free,
 and a user with nothing due (``next_due`` NULL or later) needs no expiry scan.
 
-The functions live in ``skill_credits/ledger/sql/ledger_v1.sql`` (see the header there).
+The functions live in ``skill_credits/migrations/sql/ledger_v1.sql`` (see the header there).
 
 Revision ID: 0006
 Revises: 0005
@@ -19,7 +19,7 @@ Create Date: 2026-11-28
 
 from alembic import op
 
-from skill_credits.ledger.sql import statements
+from skill_credits.migrations.sql import statements
 
 revision = "0006"
 down_revision = "0005"

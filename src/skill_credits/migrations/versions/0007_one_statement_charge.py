@@ -1,7 +1,7 @@
 """A charge that passes every check is one statement again; CHECK constraints that
 PostgreSQL need not rebuild from text for every statement.
 
-``skill_credits/ledger/sql/ledger_v2.sql`` (see the header there) books a charge's grant
+``skill_credits/migrations/sql/ledger_v2.sql`` (see the header there) books a charge's grant
 on the user's row (``users.head_grant``, ``head_free``, ``head_taken``), so a charge is
 the guarded UPDATE of that row and the log insert in one statement; and it turns the
 CHECK constraints of users, grants and transactions into one each, calling a PL/pgSQL
@@ -18,7 +18,7 @@ Create Date: 2026-11-28
 
 from alembic import op
 
-from skill_credits.ledger.sql import previous, statements
+from skill_credits.migrations.sql import previous, statements
 
 revision = "0007"
 down_revision = "0006"

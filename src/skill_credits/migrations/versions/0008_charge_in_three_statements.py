@@ -1,7 +1,7 @@
 """A charge the head cannot cover (the first after a credit, or one that spans grants)
 in three statements after the user's lock instead of a dozen.
 
-``skill_credits/ledger/sql/ledger_v3.sql`` (see the header there) replaces ``sc_charge``;
+``skill_credits/migrations/sql/ledger_v3.sql`` (see the header there) replaces ``sc_charge``;
 the tables do not change. Downgrade loads version 2's ``sc_charge`` again.
 
 Revision ID: 0008
@@ -11,7 +11,7 @@ Create Date: 2026-11-28
 
 from alembic import op
 
-from skill_credits.ledger.sql import previous, statements
+from skill_credits.migrations.sql import previous, statements
 
 revision = "0008"
 down_revision = "0007"

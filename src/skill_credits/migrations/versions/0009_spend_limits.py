@@ -1,6 +1,6 @@
 """Spend limits and members.
 
-``skill_credits/ledger/sql/ledger_v4.sql`` (see the header there) adds ``member`` to
+``skill_credits/migrations/sql/ledger_v4.sql`` (see the header there) adds ``member`` to
 transactions and holds, the ``limits`` table and ``users.limited``, and replaces the
 writes that count in limits: ``sc_charge`` and ``sc_hold`` (which take the member),
 ``sc_capture``, ``sc_release``, ``sc_refund`` and ``sc_lock_keep`` (an expiring hold
@@ -15,7 +15,7 @@ Create Date: 2026-11-28
 
 from alembic import op
 
-from skill_credits.ledger.sql import previous, statements
+from skill_credits.migrations.sql import previous, statements
 
 revision = "0009"
 down_revision = "0008"

@@ -1,7 +1,7 @@
 """The charge of a user with spend limits in two statements (the lock, then one that
 checks the limits, charges, counts and logs) instead of six.
 
-``skill_credits/ledger/sql/ledger_v5.sql`` (see the header there) replaces ``sc_charge``
+``skill_credits/migrations/sql/ledger_v5.sql`` (see the header there) replaces ``sc_charge``
 (which takes ``p_limited``, the caller's hint) and ``sc_applies``, and adds ``limited`` to
 the charge's outcome; the tables do not change. Downgrade loads version 4's functions
 again.
@@ -13,7 +13,7 @@ Create Date: 2026-11-29
 
 from alembic import op
 
-from skill_credits.ledger.sql import previous, statements
+from skill_credits.migrations.sql import previous, statements
 
 revision = "0010"
 down_revision = "0009"

@@ -1,7 +1,7 @@
 """Charges, holds and captures in batches: ``sc_charge_batch``, ``sc_hold_batch`` and
 ``sc_capture_batch`` each run many writes in one call and one commit.
 
-``skill_credits/ledger/sql/ledger_v6.sql`` (see the header there) adds the functions; the
+``skill_credits/migrations/sql/ledger_v6.sql`` (see the header there) adds the functions; the
 tables and every other function stay as they are. Downgrade drops them.
 
 Revision ID: 0011
@@ -11,7 +11,7 @@ Create Date: 2026-11-29
 
 from alembic import op
 
-from skill_credits.ledger.sql import statements
+from skill_credits.migrations.sql import statements
 
 revision = "0011"
 down_revision = "0010"

@@ -1,0 +1,153 @@
+-- Money in and back: top-ups, grants and adjustments (sc_credit), and refunds.
+
+-- POST /v1/users/{id}/credits. Positive: creates the user if new and makes a grant (the
+-- transaction names it in grant_id). Negative (ADJUSTMENT): draws in spending order; 404
+-- for an unknown user, 402 when the free credits are short. A replay comes first.
+CREATE OR REPLACE FUNCTION sc_credit(p_user text, p_type text, p_amount bigint, p_description text,
+                          p_key text, p_hash bytea, p_expires_at timestamptz,
+                          p_priority integer, p_category text)
+RETURNS sc_tx_outcome
+LANGUAGE plpgsql AS $$
+DECLARE
+    r sc_tx_outcome;
+    t transactions;
+    v_grant uuid;
+    v_credits bigint;
+    v_sources jsonb;
+BEGIN
+    IF p_amount > 0 AND NOT sc_lock(p_user) THEN
+        INSERT INTO users (user_id) VALUES (p_user) ON CONFLICT (user_id) DO NOTHING;
+        PERFORM sc_lock(p_user);
+    END IF;
+    IF p_amount < 0 AND NOT sc_lock(p_user) THEN
+        r.outcome := 'user_not_found';
+        RETURN r;
+    END IF;
+    IF p_key IS NOT NULL THEN
+        t := sc_keyed(p_user, p_key);
+        IF t.id IS NOT NULL THEN
+            RETURN sc_tx_out('replay', t);
+        END IF;
+    END IF;
+    IF p_amount > 0 THEN
+        v_grant := skill_credits_uuid_v7();
+        UPDATE users SET credits = credits + p_amount,
+                         next_due = least(next_due, p_expires_at)
+        WHERE user_id = p_user
+        RETURNING credits INTO v_credits;
+        INSERT INTO transactions (user_id, type, amount, balance_after, description,
+                                  idempotency_key, request_hash, grant_id)
+        VALUES (p_user, p_type, p_amount, v_credits, p_description, p_key, p_hash, v_grant)
+        RETURNING * INTO t;
+        INSERT INTO grants (id, user_id, transaction_id, category, priority, amount, remaining,
+                            expires_at)
+        VALUES (v_grant, p_user, t.id,
+                coalesce(p_category, CASE WHEN p_type = 'GRANT' THEN 'promotional' ELSE 'paid' END),
+                coalesce(p_priority, 50), p_amount, p_amount, p_expires_at);
+        RETURN sc_tx_out('written', t);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM users WHERE user_id = p_user
+                   AND credits - reserved >= -p_amount) THEN
+        RETURN sc_short(p_user, -p_amount, NULL);
+    END IF;
+    SELECT d.credits, d.sources INTO v_credits, v_sources FROM sc_debit(p_user, -p_amount) d;
+    INSERT INTO transactions (user_id, type, amount, balance_after, description,
+                              idempotency_key, request_hash, sources)
+    VALUES (p_user, p_type, p_amount, v_credits, p_description, p_key, p_hash, v_sources)
+    RETURNING * INTO t;
+    RETURN sc_tx_out('written', t);
+END $$;
+
+-- POST /v1/transactions/{id}/refund. The limits stop counting
+-- what it refunds if the charge counted in the current window.
+CREATE OR REPLACE FUNCTION sc_refund(p_user text, p_tx uuid, p_description text, p_key text,
+                          p_hash bytea)
+RETURNS sc_tx_outcome
+LANGUAGE plpgsql AS $$
+DECLARE
+    r sc_tx_outcome;
+    o transactions;
+    t transactions;
+    v_sources jsonb;
+    v_lapsed jsonb;
+    v_lapsed_total bigint;
+    v_credits bigint;
+BEGIN
+    IF NOT sc_lock(p_user) THEN
+        r.outcome := 'not_found';
+        RETURN r;
+    END IF;
+    SELECT * INTO o FROM transactions WHERE id = p_tx AND user_id = p_user;
+    IF NOT FOUND THEN
+        r.outcome := 'not_found';
+        RETURN r;
+    END IF;
+    IF p_key IS NOT NULL THEN
+        t := sc_keyed(p_user, p_key);
+        IF t.id IS NOT NULL THEN
+            RETURN sc_tx_out('replay', t);
+        END IF;
+    END IF;
+    IF o.type <> 'CONSUMPTION' THEN
+        r := sc_tx_out('not_refundable', o);
+        RETURN r;
+    END IF;
+    IF EXISTS (SELECT 1 FROM transactions x WHERE x.refund_of = o.id) THEN
+        r.outcome := 'already_refunded';
+        RETURN r;
+    END IF;
+    v_sources := o.sources;
+    IF v_sources = '[]'::jsonb AND o.amount < 0 THEN
+        SELECT jsonb_build_array(jsonb_build_object('grant_id', g.id, 'amount', -o.amount))
+        INTO v_sources
+        FROM grants g WHERE g.user_id = p_user AND g.transaction_id IS NULL
+        ORDER BY g.created_at LIMIT 1;
+    END IF;
+    -- back to the grants that still live; the lapsed parts, as they were. A grant written
+    -- off already is lapsed whatever now() says: this transaction's now() may predate the
+    -- expiry that another request wrote off before this one had the user's lock.
+    WITH parts AS (
+        SELECT (e ->> 'grant_id')::uuid AS grant_id, (e ->> 'amount')::bigint AS amount, n
+        FROM jsonb_array_elements(v_sources) WITH ORDINALITY AS x(e, n)
+    ), back AS (
+        UPDATE grants g SET remaining = g.remaining + parts.amount, status = 'active'
+        FROM parts
+        WHERE g.id = parts.grant_id AND g.status <> 'expired'
+          AND (g.expires_at IS NULL OR g.expires_at > now())
+        RETURNING g.id
+    ), lapsed AS (
+        UPDATE grants g SET status = 'expired'
+        FROM parts
+        WHERE g.id = parts.grant_id AND (g.status = 'expired' OR g.expires_at <= now())
+        RETURNING parts.grant_id, parts.amount, parts.n
+    )
+    SELECT jsonb_agg(jsonb_build_object('grant_id', grant_id, 'amount', amount) ORDER BY n),
+           sum(amount)
+    INTO v_lapsed, v_lapsed_total FROM lapsed;
+    UPDATE users SET credits = credits - o.amount,
+                     next_due = least(next_due, (SELECT min(g.expires_at) FROM grants g
+                         JOIN jsonb_array_elements(v_sources) e
+                           ON g.id = (e ->> 'grant_id')::uuid
+                         WHERE g.status = 'active'))
+    WHERE user_id = p_user
+    RETURNING credits INTO v_credits;
+    INSERT INTO transactions (user_id, type, amount, balance_after, refund_of, description,
+                              idempotency_key, request_hash, sources)
+    VALUES (p_user, 'REFUND', -o.amount, v_credits, o.id, p_description, p_key, p_hash,
+            coalesce(v_sources, '[]'::jsonb))
+    RETURNING * INTO t;
+    -- the limits stop counting it if it counted in the current window (a capture counted
+    -- when its hold was made)
+    PERFORM sc_count(p_user, o.member, o.skill_id, o.amount,
+                     coalesce((SELECT h.created_at FROM holds h
+                               WHERE h.user_id = p_user AND h.transaction_id = o.id),
+                              o.created_at),
+                     clock_timestamp());
+    IF v_lapsed_total > 0 THEN
+        UPDATE users SET credits = credits - v_lapsed_total WHERE user_id = p_user
+        RETURNING credits INTO v_credits;
+        INSERT INTO transactions (user_id, type, amount, balance_after, sources)
+        VALUES (p_user, 'EXPIRY', -v_lapsed_total, v_credits, v_lapsed);
+    END IF;
+    RETURN sc_tx_out('written', t);
+END $$;

@@ -1,0 +1,193 @@
+-- Holds: credits set aside for a call whose cost is known when it ends; captured (for at
+-- most what was held), released, or expired (users.sql writes those off).
+
+-- POST /v1/holds: the hold counts its amount in the limits when it is made. Refusals: replay, skill 404, version, disabled, user 404,
+-- 402 (available = what the grants that outlive the hold have free), 429.
+CREATE OR REPLACE FUNCTION sc_hold(p_user text, p_skill text, p_version integer,
+                                   p_units integer, p_ttl integer, p_description text,
+                                   p_key text, p_hash bytea,
+                                   p_member text DEFAULT NULL)
+RETURNS sc_hold_outcome
+LANGUAGE plpgsql AS $$
+DECLARE
+    r sc_hold_outcome;
+    s skills;
+    h holds;
+    v_found boolean;
+    v_need bigint;
+    v_until timestamptz := now() + make_interval(secs => p_ttl);
+    v_short sc_tx_outcome;
+    v_now timestamptz;
+    v_limited boolean;
+BEGIN
+    v_found := sc_lock(p_user);
+    IF p_key IS NOT NULL THEN
+        SELECT * INTO h FROM holds WHERE user_id = p_user AND idempotency_key = p_key;
+        IF FOUND THEN
+            RETURN sc_hold_out('replay', h);
+        END IF;
+    END IF;
+    SELECT * INTO s FROM skills WHERE name = p_skill;
+    IF NOT FOUND THEN
+        r.outcome := 'skill_not_found';
+        RETURN r;
+    END IF;
+    IF p_version IS NOT NULL AND s.version <> p_version THEN
+        r.outcome := 'version';
+        RETURN sc_skill_out(r, s);
+    END IF;
+    IF NOT s.is_active THEN
+        r.outcome := 'skill_disabled';
+        RETURN sc_skill_out(r, s);
+    END IF;
+    IF NOT v_found THEN
+        r.outcome := 'user_not_found';
+        RETURN r;
+    END IF;
+    v_need := s.cost * p_units;
+    IF sc_free(p_user, v_until) < v_need THEN
+        v_short := sc_short(p_user, v_need, v_until);
+        r.outcome := v_short.outcome;
+        r.credits := v_short.credits;
+        r.available := v_short.available;
+        r.required := v_short.required;
+        RETURN sc_skill_out(r, s);
+    END IF;
+    v_now := clock_timestamp();
+    -- a user without limits has none to check or count
+    v_limited := (SELECT u.limited FROM users u WHERE u.user_id = p_user);
+    IF v_limited THEN
+        r.lim := sc_over(p_user, p_member, s.id, v_need, v_now);
+        IF r.lim IS NOT NULL THEN
+            r.outcome := 'limited';
+            r.required := v_need;
+            RETURN sc_skill_out(r, s);
+        END IF;
+    END IF;
+    INSERT INTO holds (user_id, skill_id, skill, skill_version, units, unit_cost, amount,
+                       description, expires_at, idempotency_key, request_hash, sources,
+                       member, created_at)
+    VALUES (p_user, s.id, s.name, s.version, p_units, s.cost, v_need, p_description, v_until,
+            p_key, p_hash, sc_take(p_user, v_need, v_until, true), p_member, v_now)
+    RETURNING * INTO h;
+    IF v_limited THEN
+        PERFORM sc_count(p_user, p_member, s.id, v_need, v_now, v_now);
+    END IF;
+    UPDATE users SET reserved = reserved + v_need, hold_seq = hold_seq + 1,
+                     next_due = least(next_due, v_until)
+    WHERE user_id = p_user;
+    RETURN sc_skill_out(sc_hold_out('written', h), s);
+END $$;
+
+-- A hold of the user's, locked, for capture and release; NULL when there is none.
+CREATE OR REPLACE FUNCTION sc_hold_of(p_user text, p_hold uuid) RETURNS holds
+LANGUAGE sql AS $$
+    SELECT * FROM holds WHERE id = p_hold AND user_id = p_user FOR UPDATE
+$$;
+
+-- Give a hold's reservations back to its grants and the user.
+CREATE OR REPLACE FUNCTION sc_unreserve(h holds) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE grants g SET reserved = g.reserved - (e ->> 'amount')::bigint
+    FROM jsonb_array_elements(h.sources) e
+    WHERE g.id = (e ->> 'grant_id')::uuid;
+    UPDATE users SET reserved = reserved - h.amount, hold_seq = hold_seq + 1
+    WHERE user_id = h.user_id;
+END $$;
+
+-- POST /v1/holds/{id}/capture: the transaction names the hold's member, and what the hold does not charge stops counting in the limits.
+CREATE OR REPLACE FUNCTION sc_capture(p_user text, p_hold uuid, p_units integer,
+                                      p_description text, p_key text, p_hash bytea)
+RETURNS sc_tx_outcome
+LANGUAGE plpgsql AS $$
+DECLARE
+    r sc_tx_outcome;
+    h holds;
+    t transactions;
+    v_need bigint;
+    v_credits bigint;
+    v_sources jsonb;
+BEGIN
+    IF NOT sc_lock(p_user) THEN
+        r.outcome := 'hold_not_found';
+        RETURN r;
+    END IF;
+    h := sc_hold_of(p_user, p_hold);
+    IF h.id IS NULL THEN
+        r.outcome := 'hold_not_found';
+        RETURN r;
+    END IF;
+    IF p_key IS NOT NULL THEN
+        t := sc_keyed(p_user, p_key);
+        IF t.id IS NOT NULL THEN
+            RETURN sc_tx_out('replay', t);
+        END IF;
+    END IF;
+    IF h.status <> 'held' OR h.expires_at <= now() THEN
+        r.outcome := 'hold_not_active';
+        r.hold_status := (sc_hold_out('', h)).status;
+        RETURN r;
+    END IF;
+    IF p_units > h.units THEN
+        RAISE EXCEPTION 'capture of % units from a hold of %', p_units, h.units;
+    END IF;
+    v_need := h.unit_cost * p_units;
+    PERFORM sc_unreserve(h);
+    WITH parts AS (
+        SELECT (e ->> 'grant_id')::uuid AS grant_id, (e ->> 'amount')::bigint AS amount, n,
+               sum((e ->> 'amount')::bigint) OVER (ORDER BY n) AS upto
+        FROM jsonb_array_elements(h.sources) WITH ORDINALITY AS x(e, n)
+    ), d AS (
+        SELECT grant_id, n, least(amount, v_need - (upto - amount)) AS take
+        FROM parts WHERE upto - amount < v_need
+    ), u AS (
+        UPDATE grants g SET remaining = g.remaining - d.take,
+            status = CASE WHEN g.remaining = d.take THEN 'depleted' ELSE g.status END
+        FROM d WHERE g.id = d.grant_id
+        RETURNING d.grant_id, d.take, d.n
+    )
+    SELECT coalesce(jsonb_agg(jsonb_build_object('grant_id', grant_id, 'amount', take)
+                              ORDER BY n), '[]'::jsonb)
+    INTO v_sources FROM u;
+    UPDATE users SET credits = credits - v_need WHERE user_id = p_user
+    RETURNING credits INTO v_credits;
+    INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill, units,
+                              unit_cost, description, idempotency_key, request_hash, sources,
+                              member)
+    VALUES (p_user, 'CONSUMPTION', -v_need, v_credits, h.skill_id, h.skill, p_units,
+            h.unit_cost, coalesce(p_description, h.description), p_key, p_hash, v_sources,
+            h.member)
+    RETURNING * INTO t;
+    PERFORM sc_count(p_user, h.member, h.skill_id, v_need - h.amount, h.created_at,
+                     clock_timestamp());
+    UPDATE holds SET status = 'captured', resolved_at = clock_timestamp(), transaction_id = t.id
+    WHERE id = h.id;
+    RETURN sc_tx_out('written', t);
+END $$;
+
+-- POST /v1/holds/{id}/release: the limits stop counting the hold. Refusals: hold 404, hold_not_active.
+CREATE OR REPLACE FUNCTION sc_release(p_user text, p_hold uuid) RETURNS sc_hold_outcome
+LANGUAGE plpgsql AS $$
+DECLARE
+    r sc_hold_outcome;
+    h holds;
+BEGIN
+    IF NOT sc_lock(p_user) THEN
+        r.outcome := 'hold_not_found';
+        RETURN r;
+    END IF;
+    h := sc_hold_of(p_user, p_hold);
+    IF h.id IS NULL THEN
+        r.outcome := 'hold_not_found';
+        RETURN r;
+    END IF;
+    IF h.status <> 'held' OR h.expires_at <= now() THEN
+        RETURN sc_hold_out('hold_not_active', h);
+    END IF;
+    PERFORM sc_unreserve(h);
+    PERFORM sc_count(p_user, h.member, h.skill_id, -h.amount, h.created_at, clock_timestamp());
+    UPDATE holds SET status = 'released', resolved_at = clock_timestamp() WHERE id = h.id
+    RETURNING * INTO h;
+    RETURN sc_hold_out('written', h);
+END $$;

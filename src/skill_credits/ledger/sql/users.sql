@@ -1,0 +1,185 @@
+-- The user's lock, and what falls due.
+--
+-- Every write locks the user's row before it reads or changes anything of the user's: that
+-- serializes one user's writes, and every statement after the lock (a new snapshot each, in
+-- READ COMMITTED) sees what the writes before it committed. Then it writes off what is due
+-- (sc_expire: expired holds' reservations, expired grants' remainders), then does its work.
+--
+-- The head (users.head_grant, head_free, head_taken) is the grant a charge may draw from
+-- without reading grants. Charges only ever draw from the head, so the grants stay exactly
+-- as the log says once head_taken is folded into the head's row (sc_fold), which happens
+-- under the lock: every write but a charge folds and clears the head first (sc_lock), so
+-- it works on exact grant rows. Reads take no lock and fold nothing: they read the view
+-- grants_now, in the same snapshot as the user's row.
+
+-- sc_lock_keep, and the head cleared: for every write but a charge (it changes the grants).
+CREATE OR REPLACE FUNCTION sc_lock(p_user text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT sc_lock_keep(p_user) THEN
+        RETURN false;
+    END IF;
+    PERFORM sc_fold(p_user, true);
+    RETURN true;
+END $$;
+
+-- Lock the user's row and write off what is due; False for an unknown user. Before what is
+-- due is written off, the holds that expire stop counting in the limits (only a user with
+-- limits has any to change). The head stays, folded.
+CREATE OR REPLACE FUNCTION sc_lock_keep(p_user text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_due timestamptz;
+    v_taken bigint;
+    v_limited boolean;
+BEGIN
+    SELECT next_due, head_taken, limited INTO v_due, v_taken, v_limited
+    FROM users WHERE user_id = p_user
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF v_due <= now() THEN
+        IF v_limited THEN
+            PERFORM sc_count(p_user, h.member, h.skill_id, -h.amount, h.created_at,
+                             clock_timestamp())
+            FROM holds h
+            WHERE h.user_id = p_user AND h.status = 'held' AND h.expires_at <= now();
+        END IF;
+        PERFORM sc_fold(p_user, true);
+        PERFORM sc_expire(p_user);
+    ELSIF v_taken > 0 THEN
+        PERFORM sc_fold(p_user, false);
+    END IF;
+    RETURN true;
+END $$;
+
+-- For reads: write off what is due (taking the lock only then). False for an unknown
+-- user. The head stays: reads see it through grants_now.
+CREATE OR REPLACE FUNCTION sc_touch(p_user text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_due timestamptz;
+BEGIN
+    SELECT next_due INTO v_due FROM users WHERE user_id = p_user;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF v_due <= now() THEN
+        RETURN sc_lock_keep(p_user);
+    END IF;
+    RETURN true;
+END $$;
+
+-- Fold what charges took from the head into its row, for a user the caller has locked;
+-- p_clear: the head is cleared too (the caller is about to change the grants).
+CREATE OR REPLACE FUNCTION sc_fold(p_user text, p_clear boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_head uuid;
+    v_taken bigint;
+BEGIN
+    SELECT head_grant, head_taken INTO v_head, v_taken FROM users WHERE user_id = p_user;
+    IF v_taken > 0 THEN
+        UPDATE grants SET remaining = remaining - v_taken,
+                          status = CASE WHEN remaining = v_taken THEN 'depleted'
+                                        ELSE status END
+        WHERE id = v_head;
+    END IF;
+    IF v_taken > 0 OR (p_clear AND v_head IS NOT NULL) THEN
+        UPDATE users SET head_taken = 0,
+                         head_grant = CASE WHEN p_clear THEN NULL ELSE head_grant END,
+                         head_free = CASE WHEN p_clear THEN NULL ELSE head_free END
+        WHERE user_id = p_user;
+    END IF;
+END $$;
+
+-- Write off what is due for a user whose row the caller has locked: holds past expires_at
+-- give their reservations back, then each active grant past expires_at is written off by
+-- one EXPIRY row (its remainder, sources = that grant). A grant is only ever written off
+-- here, under the user's lock, and leaves 'active' as it is: exactly once.
+CREATE OR REPLACE FUNCTION sc_expire(p_user text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    g record;
+    v_released bigint;
+    v_credits bigint;
+BEGIN
+    WITH h AS (
+        UPDATE holds SET status = 'expired', resolved_at = holds.expires_at
+        WHERE holds.user_id = p_user AND holds.status = 'held' AND holds.expires_at <= now()
+        RETURNING holds.amount, holds.sources
+    ), parts AS (
+        SELECT (e ->> 'grant_id')::uuid AS grant_id, sum((e ->> 'amount')::bigint) AS amount
+        FROM h, jsonb_array_elements(h.sources) e GROUP BY 1
+    ), freed AS (
+        UPDATE grants SET reserved = grants.reserved - parts.amount
+        FROM parts WHERE grants.id = parts.grant_id
+        RETURNING parts.amount
+    )
+    SELECT (SELECT coalesce(sum(amount), 0) FROM h) INTO v_released;
+    IF v_released > 0 THEN
+        UPDATE users SET reserved = reserved - v_released WHERE user_id = p_user;
+    END IF;
+
+    FOR g IN
+        SELECT id, remaining FROM grants
+        WHERE user_id = p_user AND status = 'active' AND expires_at <= now()
+        ORDER BY expires_at, priority, created_at, id
+    LOOP
+        UPDATE grants SET remaining = 0, status = 'expired' WHERE id = g.id;
+        UPDATE users SET credits = credits - g.remaining WHERE user_id = p_user
+        RETURNING credits INTO v_credits;
+        INSERT INTO transactions (user_id, type, amount, balance_after, sources)
+        VALUES (p_user, 'EXPIRY', -g.remaining, v_credits,
+                jsonb_build_array(jsonb_build_object('grant_id', g.id, 'amount', g.remaining)));
+    END LOOP;
+
+    UPDATE users SET next_due = sc_next_due(p_user) WHERE user_id = p_user;
+END $$;
+
+-- The earliest instant something of the user's falls due: an active grant's or a held
+-- hold's expiry (NULL: never).
+CREATE OR REPLACE FUNCTION sc_next_due(p_user text) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT least(
+        (SELECT min(g.expires_at) FROM grants g
+         WHERE g.user_id = p_user AND g.status = 'active'),
+        (SELECT min(h.expires_at) FROM holds h
+         WHERE h.user_id = p_user AND h.status = 'held'))
+$$;
+
+-- For the worker: the users with something due (touch each in its own transaction).
+CREATE OR REPLACE FUNCTION sc_due_users(p_limit integer) RETURNS SETOF text
+LANGUAGE sql STABLE AS $$
+    SELECT user_id FROM users WHERE next_due <= now() ORDER BY next_due LIMIT p_limit
+$$;
+
+-- GET /v1/users/{id}: written off first, then read (the grants as grants_now, in the same
+-- snapshot as the user's row). No row for an unknown user.
+CREATE OR REPLACE FUNCTION sc_user(p_user text)
+RETURNS TABLE (user_id text, credits bigint, reserved bigint, available bigint, paid bigint,
+               promotional bigint, created_at timestamptz)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT sc_touch(p_user) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT u.user_id, u.credits, u.reserved, u.credits - u.reserved,
+           (SELECT coalesce(sum(g.remaining), 0) FROM grants_now g
+            WHERE g.user_id = p_user AND g.status = 'active' AND g.category = 'paid')::bigint,
+           (SELECT coalesce(sum(g.remaining), 0) FROM grants_now g
+            WHERE g.user_id = p_user AND g.status = 'active'
+              AND g.category = 'promotional')::bigint,
+           u.created_at
+    FROM users u WHERE u.user_id = p_user;
+END $$;
+
+-- The user's transaction written under an Idempotency-Key (NULL when there is none). The
+-- strict "=" implies the partial unique index's predicate (keyed rows only), so even a
+-- generic plan can use that index.
+CREATE OR REPLACE FUNCTION sc_keyed(p_user text, p_key text) RETURNS transactions
+LANGUAGE sql STABLE AS $$
+    SELECT * FROM transactions WHERE user_id = p_user AND idempotency_key = p_key
+$$;
