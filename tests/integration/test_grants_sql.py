@@ -742,13 +742,14 @@ def test_the_upgrade_turns_each_balance_into_one_grant(fresh_database) -> None:
     from before goes back to it."""
     from alembic import command
 
-    from skill_credits.migrate import alembic_config, migrate
+    from skill_credits.migrate import alembic_config
     from skill_credits.settings import Settings
+    from tests.support.databases import at_revision
     from tests.support.run import run_in_thread
 
     _, url = fresh_database
     settings = Settings(database_url=url)
-    run_in_thread(migrate, settings)
+    run_in_thread(at_revision, url, "0011")
     run_in_thread(command.downgrade, alembic_config(settings), "0005")
 
     async def before() -> None:
@@ -799,13 +800,14 @@ def test_the_downgrade_folds_every_head_into_its_grant(fresh_database) -> None:
     no head): every grant says what it has, and v1's reconcile is clean; up again."""
     from alembic import command
 
-    from skill_credits.migrate import alembic_config, migrate
+    from skill_credits.migrate import alembic_config
     from skill_credits.settings import Settings
+    from tests.support.databases import at_revision
     from tests.support.run import run_in_thread
 
     _, url = fresh_database
     settings = Settings(database_url=url)
-    run_in_thread(migrate, settings)
+    run_in_thread(at_revision, url, "0011")
 
     async def charged() -> None:
         conn = await asyncpg.connect(url)
@@ -838,15 +840,16 @@ def test_the_downgrade_folds_every_head_into_its_grant(fresh_database) -> None:
     ("down_to", "there"), [("0009", "ledger_v4.sql"), ("0007", "ledger_v2.sql")]
 )
 def test_down_the_charge_is_the_earlier_versions_again(fresh_database, down_to, there) -> None:
-    """0008 and 0010 replace only sc_charge: down to 0009 (or 0007) its body is
+    """0008 and 0010 replace only sc_charge: from 0011 down to 0009 (or 0007) its body is
     ledger_v4.sql's (ledger_v2.sql's), word for word, and a charge that spans grants is
-    still exact; up again, the present's (ledger/sql/charge.sql)."""
+    still exact; up to head, the present's (ledger/sql/charge.sql)."""
     from alembic import command
 
-    from skill_credits.migrate import alembic_config, migrate
     from skill_credits.ledger.sql import commands
+    from skill_credits.migrate import alembic_config
     from skill_credits.migrations.sql import statements
     from skill_credits.settings import Settings
+    from tests.support.databases import at_revision
     from tests.support.run import run_in_thread
 
     def body(name: str) -> str:
@@ -856,7 +859,7 @@ def test_down_the_charge_is_the_earlier_versions_again(fresh_database, down_to, 
 
     _, url = fresh_database
     settings = Settings(database_url=url)
-    run_in_thread(migrate, settings)
+    run_in_thread(at_revision, url, "0011")
 
     async def check(version: str, user: str) -> None:
         conn = await asyncpg.connect(url)
@@ -876,7 +879,7 @@ def test_down_the_charge_is_the_earlier_versions_again(fresh_database, down_to, 
         finally:
             await conn.close()
 
-    run_in_thread(asyncio.run, check("charge.sql", "up"))
+    run_in_thread(asyncio.run, check("ledger_v5.sql", "up"))
     run_in_thread(command.downgrade, alembic_config(settings), down_to)
     run_in_thread(asyncio.run, check(there, "down"))
     run_in_thread(command.upgrade, alembic_config(settings), "head")

@@ -181,11 +181,13 @@ async def _tamper(url: str) -> None:
 
 
 def test_migrations_go_down_and_up_again(fresh_database) -> None:
-    """Head has the partial unique indexes of 0004 under the old constraint names; down to
-    0003 gives the full constraints back, and up again the partial indexes."""
+    """0011 has the partial unique indexes of 0004 under the old constraint names; down to
+    0003 gives the full constraints back, and up to head the partial indexes, the
+    refund-once one keyed by the user too (0012)."""
     from alembic import command
 
-    from skill_credits.migrate import alembic_config, migrate
+    from skill_credits.migrate import alembic_config
+    from tests.support.databases import at_revision
 
     _, url = fresh_database
     settings = Settings(database_url=url)
@@ -207,7 +209,7 @@ def test_migrations_go_down_and_up_again(fresh_database) -> None:
         ),
         "transactions_refund_once": "(refund_of) WHERE (refund_of IS NOT NULL)",
     }
-    run_in_thread(migrate, settings)
+    run_in_thread(at_revision, url, "0011")
     assert run_in_thread(asyncio.run, unique_indexes()) == partial
     run_in_thread(command.downgrade, alembic_config(settings), "0003")
     assert run_in_thread(asyncio.run, unique_indexes()) == {
@@ -215,7 +217,10 @@ def test_migrations_go_down_and_up_again(fresh_database) -> None:
         "transactions_refund_once": "(refund_of)",
     }
     run_in_thread(command.upgrade, alembic_config(settings), "head")
-    assert run_in_thread(asyncio.run, unique_indexes()) == partial
+    assert run_in_thread(asyncio.run, unique_indexes()) == {
+        **partial,
+        "transactions_refund_once": "(refund_of, user_id) WHERE (refund_of IS NOT NULL)",
+    }
 
 
 async def _create_empty_database(pg_base: str, name: str) -> None:

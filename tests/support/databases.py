@@ -31,6 +31,20 @@ async def execute(url: str, *statements: str) -> None:
             await conn.execute(statement)
 
 
+def at_revision(url: str, revision: str) -> None:
+    """Create the database at ``url`` and upgrade it to ``revision`` (blocking; the last
+    release's head, for a test of what the history does from there: 0012 and later do not
+    go down)."""
+    import asyncio
+
+    from alembic import command
+
+    from skill_credits.migrate import alembic_config, create_database_if_missing
+
+    asyncio.run(create_database_if_missing(url))
+    command.upgrade(alembic_config(Settings(database_url=url)), revision)
+
+
 async def drop_databases(base: str, *names: str) -> None:
     """``base`` is a server URL without database name."""
     await execute(

@@ -291,7 +291,8 @@ async def get_transaction(conn: Connection, tx_id: str) -> Row | None:
         await conn.execute(
             text(
                 f"SELECT {TX_COLUMNS},"
-                " EXISTS (SELECT 1 FROM transactions r WHERE r.refund_of = t.id) AS refunded"
+                " EXISTS (SELECT 1 FROM transactions r"
+                "         WHERE r.user_id = t.user_id AND r.refund_of = t.id) AS refunded"
                 " FROM transactions t WHERE id = CAST(:id AS uuid)"
             ),
             {"id": tx_id},
@@ -357,7 +358,8 @@ async def reconcile(conn: Connection) -> list[str]:
         text(
             "SELECT h.id::text AS id, h.status, t.id AS tx, t.unit_cost, t.units,"
             "       h.unit_cost AS price, h.units AS reserved"
-            " FROM holds h LEFT JOIN transactions t ON t.id = h.transaction_id"
+            " FROM holds h"
+            " LEFT JOIN transactions t ON t.user_id = h.user_id AND t.id = h.transaction_id"
             " WHERE (h.status = 'captured') <> (t.id IS NOT NULL)"
             "    OR t.unit_cost <> h.unit_cost OR t.units > h.units"
         )
@@ -369,11 +371,12 @@ async def reconcile(conn: Connection) -> list[str]:
         )
     rows = await conn.execute(
         text(
-            "SELECT l.id::text AS id, l.user_id, sc_spent(l, now()) AS spent,"
-            "       sc_spent_so_far(l.user_id, l.member, l.skill_id, l.period, now()) AS logged"
-            " FROM limits l"
-            " WHERE sc_spent(l, now())"
-            "       <> sc_spent_so_far(l.user_id, l.member, l.skill_id, l.period, now())"
+            "SELECT id, user_id, spent, logged FROM ("
+            "  SELECT l.id::text AS id, l.user_id,"
+            "         sc_spent(l.window_start, l.period, l.spent, now()) AS spent,"
+            "         sc_spent_so_far(l.user_id, l.member, l.skill_id, l.period, now()) AS logged"
+            "  FROM limits l) x"
+            " WHERE spent <> logged"
         )
     )
     for r in rows:
@@ -388,31 +391,32 @@ async def reconcile(conn: Connection) -> list[str]:
     return problems
 
 
-async def refunded_among(conn: Connection, tx_ids: list[str]) -> set[str]:
-    """Which of ``tx_ids`` have a refund already."""
+async def refunded_among(conn: Connection, user_id: str, tx_ids: list[str]) -> set[str]:
+    """Which of the user's ``tx_ids`` have a refund already."""
     if not tx_ids:
         return set()
     rows = await conn.execute(
         text(
             "SELECT refund_of::text AS id FROM transactions"
-            " WHERE refund_of = ANY(CAST(:ids AS uuid[]))"
+            " WHERE user_id = :user_id AND refund_of = ANY(CAST(:ids AS uuid[]))"
         ),
-        {"ids": tx_ids},
+        {"user_id": user_id, "ids": tx_ids},
     )
     return {r.id for r in rows}
 
 
-async def charges_among(conn: Connection, tx_ids: list[str]) -> dict[str, Row]:
-    """The ``CONSUMPTION`` rows among ``tx_ids`` (what refunds refunded), by id, with the
-    ``seq`` a cursor needs to open the page that starts at one."""
+async def charges_among(conn: Connection, user_id: str, tx_ids: list[str]) -> dict[str, Row]:
+    """The ``CONSUMPTION`` rows among the user's ``tx_ids`` (what refunds refunded), by id,
+    with the ``seq`` a cursor needs to open the page that starts at one."""
     if not tx_ids:
         return {}
     rows = await conn.execute(
         text(
             "SELECT id::text AS id, skill, units, unit_cost, seq FROM transactions"
-            " WHERE id = ANY(CAST(:ids AS uuid[])) AND type = 'CONSUMPTION'"
+            " WHERE user_id = :user_id AND id = ANY(CAST(:ids AS uuid[]))"
+            "   AND type = 'CONSUMPTION'"
         ),
-        {"ids": tx_ids},
+        {"user_id": user_id, "ids": tx_ids},
     )
     return {r.id: r for r in rows}
 

@@ -529,8 +529,10 @@ async def user_log(
         if user is None:
             raise errors.user_not_found(user_id)
         items, next_cursor = await repo.page(conn, user_id, limit, before, None, member)
-        refunded = await repo.refunded_among(conn, [t.id for t in items])
-        charges = await repo.charges_among(conn, [t.refund_of for t in items if t.refund_of])
+        refunded = await repo.refunded_among(conn, user_id, [t.id for t in items])
+        charges = await repo.charges_among(
+            conn, user_id, [t.refund_of for t in items if t.refund_of]
+        )
         grants, _ = await repo.grants_page(conn, user_id, "active", 200, None)
         limits = await limits_repo.of_user(conn, user_id)
     return UserLog(user, items, next_cursor, refunded, charges, grants, limits)

@@ -1,5 +1,5 @@
 """Every query of spend limits: calls of the ledger's database functions
-(``ledger/sql/ledger_v4.sql``), each under the user's lock, in autocommit. A limit comes
+(``ledger/sql/limits.sql``), each under the user's lock, in autocommit. A limit comes
 back as the JSON ``sc_limit_json`` makes, with ``spent`` and ``resets_at`` as of now."""
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ CHANGE = text(
 )
 DELETE = text("SELECT sc_limit_delete(CAST(:user_id AS text), CAST(:id AS uuid))")
 LIST = text(
-    "SELECT sc_limit_json(l, clock_timestamp())::text FROM limits l"
+    "SELECT sc_limit_json(l.id, l.user_id, l.member, s.name, l.period, l.max_credits,"
+    "                     l.window_start, l.spent, l.created_at, clock_timestamp())::text"
+    " FROM limits l LEFT JOIN skills s ON s.id = l.skill_id"
     " WHERE l.user_id = :user_id ORDER BY l.created_at, l.id"
 )
 

@@ -1,8 +1,10 @@
 """Alembic environment: async engine over asyncpg, URL from the caller or DATABASE_URL.
 
-An upgrade that ends at head applies the present functions again (``ledger/sql``), in a
-transaction of its own after the last versioned step: the repeatable step. A change that
-touches only functions needs no migration, and a replay of the history never meets a
+The steps run in one transaction (a step that builds an index CONCURRENTLY commits what
+came before it), and an upgrade that ends at head applies the present functions again
+(``ledger/sql``) in that same transaction, after the last versioned step: the repeatable
+step. The new tables and the functions written for them commit together; a change that
+touches only functions needs no migration; and a replay of the history never meets a
 function written for tables that a later step makes.
 """
 
@@ -23,16 +25,16 @@ def _url() -> str:
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+    context.configure(connection=connection, target_metadata=None)
     with context.begin_transaction():
         context.run_migrations()
-    if context.get_context().get_current_revision() == context.get_head_revision():
-        _apply_present(connection)
+        if context.get_context().get_current_revision() == context.get_head_revision():
+            _apply_present(connection)
 
 
 def _apply_present(connection) -> None:
     """The functions as ``ledger/sql`` writes them today, each CREATE OR REPLACE (a body
-    is checked when it first runs, as pg_dump restores them), committed by the caller."""
+    is checked when it first runs, as pg_dump restores them)."""
     connection.execute(text("SET LOCAL check_function_bodies = off"))
     for command in functions():
         connection.exec_driver_sql(command)

@@ -35,115 +35,113 @@ DECLARE
     v_due timestamptz;
     v_need bigint;
     v_now timestamptz;
+    v_credits bigint;
+    v_head uuid;
+    v_head_free bigint;
+    v_seq bigint;
+    v_sources jsonb;
 BEGIN
     IF NOT p_limited THEN
-        -- A user without limits: the one statement.
-        WITH priced AS (
-            SELECT c AS s FROM skills c
-            WHERE c.name = p_skill AND c.is_active
+        -- A user without limits: one guarded UPDATE of the user's row at the skill's price
+        -- (the balance, the head it draws from, the log's counter), then the log row.
+        UPDATE users u SET credits = u.credits - c.cost * p_units,
+                           head_free = u.head_free - c.cost * p_units,
+                           head_taken = u.head_taken + c.cost * p_units,
+                           log_seq = u.log_seq + 1
+        FROM skills c
+        WHERE u.user_id = p_user
+          AND c.name = p_skill AND c.is_active
+          AND (p_version IS NULL OR c.version = p_version)
+          AND u.head_free >= c.cost * p_units
+          AND (u.next_due IS NULL OR u.next_due > now())
+          AND NOT u.limited
+          AND (p_key IS NULL OR NOT EXISTS (SELECT 1 FROM transactions x
+                                            WHERE x.user_id = p_user
+                                              AND x.idempotency_key = p_key))
+          AND (p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
+                                               WHERE a.id = p_api_key_id
+                                                 AND a.revoked_at IS NULL))
+        RETURNING u.credits, u.head_grant, u.log_seq,
+                  c.id, c.name, c.display_name, c.description, c.cost, c.is_active,
+                  c.version, c.created_at, c.updated_at
+        INTO v_credits, v_head, v_seq,
+             s.id, s.name, s.display_name, s.description, s.cost, s.is_active,
+             s.version, s.created_at, s.updated_at;
+        IF FOUND THEN
+            v_need := s.cost * p_units;
+            INSERT INTO transactions (seq, user_id, type, amount, balance_after, skill_id,
+                                      skill, units, unit_cost, description, idempotency_key,
+                                      request_hash, sources, member, created_at)
+            VALUES (v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, s.id, s.name, p_units,
+                    s.cost, p_description, p_key, p_hash,
+                    CASE WHEN v_need = 0 THEN '[]'::jsonb
+                         ELSE jsonb_build_array(jsonb_build_object('grant_id', v_head,
+                                                                   'amount', v_need)) END,
+                    p_member, clock_timestamp())
+            RETURNING 'written', id::text, user_id, type, amount, balance_after, skill, units,
+                      unit_cost, description, NULL, NULL, sources, created_at, request_hash,
+                      s, NULL, NULL, NULL, NULL, member, NULL, false
+            INTO r;
+            RETURN r;
+        END IF;
+    ELSE
+        -- A user with limits (as the caller last saw): the user's lock, and if nothing is
+        -- due, one guarded UPDATE that checks every limit that applies (none may go past
+        -- its max_credits; a charge of 0 passes them all) and takes the charge from the
+        -- head, then the count in those limits at v_now and the log row - or nothing (a
+        -- refusal, or a head that cannot cover it: the slow way below says which).
+        SELECT u.limited, u.next_due INTO v_limited, v_due
+        FROM users u WHERE u.user_id = p_user
+        FOR UPDATE;
+        IF v_limited AND (v_due IS NULL OR v_due > now()) THEN
+            v_now := clock_timestamp();
+            UPDATE users u SET credits = u.credits - c.cost * p_units,
+                               head_free = u.head_free - c.cost * p_units,
+                               head_taken = u.head_taken + c.cost * p_units,
+                               log_seq = u.log_seq + 1
+            FROM skills c
+            WHERE u.user_id = p_user
+              AND c.name = p_skill AND c.is_active
               AND (p_version IS NULL OR c.version = p_version)
-        ), bal AS (
-            UPDATE users SET credits = users.credits - (priced.s).cost * p_units,
-                             head_free = users.head_free - (priced.s).cost * p_units,
-                             head_taken = users.head_taken + (priced.s).cost * p_units
-            FROM priced
-            WHERE users.user_id = p_user
-              AND users.head_free >= (priced.s).cost * p_units
-              AND (users.next_due IS NULL OR users.next_due > now())
-              AND NOT users.limited
+              AND u.head_free >= c.cost * p_units
+              AND NOT EXISTS (SELECT 1 FROM limits l
+                              WHERE l.user_id = p_user
+                                AND sc_applies(l.member, l.skill_id, p_member, c.id)
+                                AND sc_spent(l.window_start, l.period, l.spent, v_now)
+                                    + c.cost * p_units > l.max_credits
+                                AND c.cost * p_units > 0)
               AND (p_key IS NULL OR NOT EXISTS (SELECT 1 FROM transactions x
                                                 WHERE x.user_id = p_user
                                                   AND x.idempotency_key = p_key))
               AND (p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
                                                    WHERE a.id = p_api_key_id
                                                      AND a.revoked_at IS NULL))
-            RETURNING users.credits, users.head_grant, (priced.s).cost * p_units AS need,
-                      priced.s
-        ), logged AS (
-            INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill,
-                                      units, unit_cost, description, idempotency_key,
-                                      request_hash, sources, member, created_at)
-            SELECT p_user, 'CONSUMPTION', -bal.need, bal.credits, (bal.s).id, (bal.s).name,
-                   p_units, (bal.s).cost, p_description, p_key, p_hash,
-                   CASE WHEN bal.need = 0 THEN '[]'::jsonb
-                        ELSE jsonb_build_array(jsonb_build_object('grant_id', bal.head_grant,
-                                                                  'amount', bal.need)) END,
-                   p_member, clock_timestamp()
-            FROM bal
-            RETURNING *
-        )
-        SELECT 'written', l.id::text, l.user_id, l.type, l.amount, l.balance_after, l.skill,
-               l.units, l.unit_cost, l.description, NULL, NULL, l.sources, l.created_at,
-               l.request_hash, bal.s, NULL, NULL, NULL, NULL, l.member, NULL, false
-        INTO r FROM bal, logged l;
-        IF FOUND THEN
-            RETURN r;
-        END IF;
-    ELSE
-        -- A user with limits (as the caller last saw): the user's lock, and if nothing is
-        -- due, one statement that checks every limit that applies (none may go past its
-        -- max_credits; a charge of 0 passes them all), takes the charge from the head,
-        -- counts it in those limits at v_now and writes the log row - or writes nothing
-        -- (a refusal, or a head that cannot cover it: the slow way below says which).
-        SELECT u.limited, u.next_due INTO v_limited, v_due
-        FROM users u WHERE u.user_id = p_user
-        FOR UPDATE;
-        IF v_limited AND (v_due IS NULL OR v_due > now()) THEN
-            v_now := clock_timestamp();
-            WITH priced AS (
-                SELECT c AS s FROM skills c
-                WHERE c.name = p_skill AND c.is_active
-                  AND (p_version IS NULL OR c.version = p_version)
-            ), bal AS (
-                UPDATE users SET credits = users.credits - (priced.s).cost * p_units,
-                                 head_free = users.head_free - (priced.s).cost * p_units,
-                                 head_taken = users.head_taken + (priced.s).cost * p_units
-                FROM priced
-                WHERE users.user_id = p_user
-                  AND users.head_free >= (priced.s).cost * p_units
-                  AND NOT EXISTS (SELECT 1 FROM limits l
-                                  WHERE l.user_id = p_user
-                                    AND sc_applies(l, p_member, (priced.s).id)
-                                    AND sc_spent(l, v_now) + (priced.s).cost * p_units
-                                        > l.max_credits
-                                    AND (priced.s).cost * p_units > 0)
-                  AND (p_key IS NULL OR NOT EXISTS (SELECT 1 FROM transactions x
-                                                    WHERE x.user_id = p_user
-                                                      AND x.idempotency_key = p_key))
-                  AND (p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
-                                                       WHERE a.id = p_api_key_id
-                                                         AND a.revoked_at IS NULL))
-                RETURNING users.credits, users.head_grant, (priced.s).cost * p_units AS need,
-                          priced.s
-            ), counted AS (
-                UPDATE limits l
-                SET spent = sc_spent(l, v_now) + bal.need,
-                    window_start = sc_window_start(l.period, v_now)
-                FROM bal
-                WHERE l.user_id = p_user AND sc_applies(l, p_member, (bal.s).id)
-                  AND bal.need > 0
-            ), logged AS (
-                INSERT INTO transactions (user_id, type, amount, balance_after, skill_id,
-                                          skill, units, unit_cost, description,
+            RETURNING u.credits, u.head_grant, u.log_seq,
+                      c.id, c.name, c.display_name, c.description, c.cost, c.is_active,
+                      c.version, c.created_at, c.updated_at
+            INTO v_credits, v_head, v_seq,
+                 s.id, s.name, s.display_name, s.description, s.cost, s.is_active,
+                 s.version, s.created_at, s.updated_at;
+            IF FOUND THEN
+                v_need := s.cost * p_units;
+                IF v_need > 0 THEN
+                    PERFORM sc_count(p_user, p_member, s.id, v_need, v_now, v_now);
+                END IF;
+                INSERT INTO transactions (seq, user_id, type, amount, balance_after,
+                                          skill_id, skill, units, unit_cost, description,
                                           idempotency_key, request_hash, sources, member,
                                           created_at)
-                SELECT p_user, 'CONSUMPTION', -bal.need, bal.credits, (bal.s).id,
-                       (bal.s).name, p_units, (bal.s).cost, p_description, p_key, p_hash,
-                       CASE WHEN bal.need = 0 THEN '[]'::jsonb
-                            ELSE jsonb_build_array(jsonb_build_object('grant_id',
-                                                                      bal.head_grant,
-                                                                      'amount', bal.need))
-                       END,
-                       p_member, v_now
-                FROM bal
-                RETURNING *
-            )
-            SELECT 'written', l.id::text, l.user_id, l.type, l.amount, l.balance_after,
-                   l.skill, l.units, l.unit_cost, l.description, NULL, NULL, l.sources,
-                   l.created_at, l.request_hash, bal.s, NULL, NULL, NULL, NULL, l.member,
-                   NULL, true
-            INTO r FROM bal, logged l;
-            IF FOUND THEN
+                VALUES (v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, s.id, s.name,
+                        p_units, s.cost, p_description, p_key, p_hash,
+                        CASE WHEN v_need = 0 THEN '[]'::jsonb
+                             ELSE jsonb_build_array(jsonb_build_object('grant_id', v_head,
+                                                                       'amount', v_need))
+                        END,
+                        p_member, v_now)
+                RETURNING 'written', id::text, user_id, type, amount, balance_after, skill,
+                          units, unit_cost, description, NULL, NULL, sources, created_at,
+                          request_hash, s, NULL, NULL, NULL, NULL, member, NULL, true
+                INTO r;
                 RETURN r;
             END IF;
         END IF;
@@ -152,7 +150,7 @@ BEGIN
     -- The slow way: the user's lock, what was due written off, the head folded (a repeat
     -- that looked before its original committed sees it now), every fact the refusals
     -- need, in one query. A user with limits is checked against them after the 402, and
-    -- the grants' walk below counts the charge in them.
+    -- counted once the charge is taken.
     v_known := sc_lock_keep(p_user);
     SELECT p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
                                            WHERE a.id = p_api_key_id
@@ -202,55 +200,27 @@ BEGIN
         END IF;
     END IF;
 
-    -- One statement: each grant in spending order takes what the ones before it left; the
+    -- Each grant in spending order takes what the ones before it left (sc_take); the
     -- balance drops by the whole; the new head is the first grant with credits left after
-    -- the takes (computed from the same rows: the statement cannot see its own updates);
-    -- the log row names every grant it drew from. The lock keeps the grants still.
-    WITH o AS (
-        SELECT f.id, f.remaining - f.reserved AS free,
-               sum(f.remaining - f.reserved) OVER w AS upto, row_number() OVER w AS n
-        FROM grants f
-        WHERE f.user_id = p_user AND f.status = 'active' AND f.remaining > f.reserved
-        WINDOW w AS (ORDER BY f.priority, f.expires_at, f.created_at, f.id)
-    ), d AS (
-        SELECT o.id, o.n, least(o.free, v_need - (o.upto - o.free)) AS take
-        FROM o WHERE o.upto - o.free < v_need
-    ), taken AS (
-        UPDATE grants g
-        SET remaining = g.remaining - d.take,
-            status = CASE WHEN g.remaining = d.take THEN 'depleted' ELSE g.status END
-        FROM d WHERE g.id = d.id
-        RETURNING g.id, d.take, d.n
-    ), head AS (
-        SELECT o.id, o.free - coalesce(d.take, 0) AS free
-        FROM o LEFT JOIN d ON d.id = o.id
-        WHERE o.free > coalesce(d.take, 0)
-        ORDER BY o.n LIMIT 1
-    ), bal AS (
-        UPDATE users u
-        SET credits = u.credits - v_need, head_taken = 0,
-            (head_grant, head_free) = (SELECT head.id, head.free FROM head)
-        WHERE u.user_id = p_user
-        RETURNING u.credits
-    ), logged AS (
-        INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill,
-                                  units, unit_cost, description, idempotency_key,
-                                  request_hash, sources, member, created_at)
-        SELECT p_user, 'CONSUMPTION', -v_need, bal.credits, s.id, s.name, p_units, s.cost,
-               p_description, p_key, p_hash,
-               coalesce((SELECT jsonb_agg(jsonb_build_object('grant_id', taken.id,
-                                                             'amount', taken.take)
-                                          ORDER BY taken.n) FROM taken), '[]'::jsonb),
-               p_member, coalesce(v_now, clock_timestamp())
-        FROM bal
-        RETURNING *
-    )
-    SELECT l.* INTO t FROM logged l
-    WHERE (SELECT coalesce(sum(taken.take), 0) FROM taken) = v_need;
-    IF NOT FOUND THEN
-        -- the grants disagree with the balance: write nothing
-        RAISE EXCEPTION 'the grants of % do not cover %', p_user, v_need;
-    END IF;
+    -- the takes; the log row names every grant it drew from. The lock keeps the grants
+    -- still.
+    v_sources := sc_take(p_user, v_need, NULL, false);
+    SELECT g.id, g.remaining - g.reserved INTO v_head, v_head_free
+    FROM grants g
+    WHERE g.user_id = p_user AND g.status = 'active' AND g.remaining > g.reserved
+    ORDER BY g.priority, g.expires_at, g.created_at, g.id
+    LIMIT 1;
+    UPDATE users SET credits = credits - v_need, head_taken = 0, head_grant = v_head,
+                     head_free = v_head_free, log_seq = log_seq + 1
+    WHERE user_id = p_user
+    RETURNING credits, log_seq INTO v_credits, v_seq;
+    v_now := coalesce(v_now, clock_timestamp());
+    INSERT INTO transactions (seq, user_id, type, amount, balance_after, skill_id, skill,
+                              units, unit_cost, description, idempotency_key, request_hash,
+                              sources, member, created_at)
+    VALUES (v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, s.id, s.name, p_units, s.cost,
+            p_description, p_key, p_hash, v_sources, p_member, v_now)
+    RETURNING * INTO t;
     IF facts.limited THEN
         PERFORM sc_count(p_user, p_member, s.id, v_need, v_now, v_now);
     END IF;

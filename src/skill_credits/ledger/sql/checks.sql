@@ -90,24 +90,25 @@ CREATE OR REPLACE FUNCTION sc_grant_problems()
 RETURNS TABLE (user_id text, grant_id text, problem text)
 LANGUAGE sql STABLE AS $$
     WITH moved AS (
-        SELECT (e ->> 'grant_id')::uuid AS grant_id,
+        SELECT t.user_id, (e ->> 'grant_id')::uuid AS grant_id,
                sum(sign(t.amount) * (e ->> 'amount')::bigint)::bigint AS net
-        FROM transactions t, jsonb_array_elements(t.sources) e GROUP BY 1
+        FROM transactions t, jsonb_array_elements(t.sources) e GROUP BY 1, 2
     ), held AS (
-        SELECT (e ->> 'grant_id')::uuid AS grant_id, sum((e ->> 'amount')::bigint) AS amount
+        SELECT h.user_id, (e ->> 'grant_id')::uuid AS grant_id,
+               sum((e ->> 'amount')::bigint) AS amount
         FROM holds h, jsonb_array_elements(h.sources) e
-        WHERE h.status = 'held' GROUP BY 1
+        WHERE h.status = 'held' GROUP BY 1, 2
     )
     SELECT g.user_id, g.id::text,
            format('remaining %s but amount %s and the log''s sources give %s',
                   g.remaining, g.amount, g.amount + coalesce(m.net, 0))
-    FROM grants_now g LEFT JOIN moved m ON m.grant_id = g.id
+    FROM grants_now g LEFT JOIN moved m ON m.user_id = g.user_id AND m.grant_id = g.id
     WHERE g.remaining <> g.amount + coalesce(m.net, 0)
     UNION ALL
     SELECT g.user_id, g.id::text,
            format('reserved %s but remaining %s and live holds set aside %s',
                   g.reserved, g.remaining, coalesce(h.amount, 0))
-    FROM grants_now g LEFT JOIN held h ON h.grant_id = g.id
+    FROM grants_now g LEFT JOIN held h ON h.user_id = g.user_id AND h.grant_id = g.id
     WHERE g.reserved < 0 OR g.reserved > g.remaining OR g.reserved <> coalesce(h.amount, 0)
     UNION ALL
     SELECT u.user_id, NULL,
@@ -122,7 +123,7 @@ LANGUAGE sql STABLE AS $$
     SELECT u.user_id, u.head_grant::text,
            format('the head has %s free for charges but %s in its grant',
                   u.head_free, g.remaining - g.reserved)
-    FROM users u JOIN grants_now g ON g.id = u.head_grant
+    FROM users u JOIN grants_now g ON g.user_id = u.user_id AND g.id = u.head_grant
     WHERE u.head_free > g.remaining - g.reserved
     UNION ALL
     SELECT t.user_id, NULL,

@@ -13,6 +13,7 @@ DECLARE
     t transactions;
     v_grant uuid;
     v_credits bigint;
+    v_seq bigint;
     v_sources jsonb;
 BEGIN
     IF p_amount > 0 AND NOT sc_lock(p_user) THEN
@@ -32,12 +33,14 @@ BEGIN
     IF p_amount > 0 THEN
         v_grant := skill_credits_uuid_v7();
         UPDATE users SET credits = credits + p_amount,
-                         next_due = least(next_due, p_expires_at)
+                         next_due = least(next_due, p_expires_at),
+                         log_seq = log_seq + 1
         WHERE user_id = p_user
-        RETURNING credits INTO v_credits;
-        INSERT INTO transactions (user_id, type, amount, balance_after, description,
+        RETURNING credits, log_seq INTO v_credits, v_seq;
+        INSERT INTO transactions (seq, user_id, type, amount, balance_after, description,
                                   idempotency_key, request_hash, grant_id)
-        VALUES (p_user, p_type, p_amount, v_credits, p_description, p_key, p_hash, v_grant)
+        VALUES (v_seq, p_user, p_type, p_amount, v_credits, p_description, p_key, p_hash,
+                v_grant)
         RETURNING * INTO t;
         INSERT INTO grants (id, user_id, transaction_id, category, priority, amount, remaining,
                             expires_at)
@@ -50,34 +53,44 @@ BEGIN
                    AND credits - reserved >= -p_amount) THEN
         RETURN sc_short(p_user, -p_amount, NULL);
     END IF;
-    SELECT d.credits, d.sources INTO v_credits, v_sources FROM sc_debit(p_user, -p_amount) d;
-    INSERT INTO transactions (user_id, type, amount, balance_after, description,
+    v_sources := sc_take(p_user, -p_amount, NULL, false);
+    UPDATE users SET credits = credits + p_amount, log_seq = log_seq + 1
+    WHERE user_id = p_user
+    RETURNING credits, log_seq INTO v_credits, v_seq;
+    INSERT INTO transactions (seq, user_id, type, amount, balance_after, description,
                               idempotency_key, request_hash, sources)
-    VALUES (p_user, p_type, p_amount, v_credits, p_description, p_key, p_hash, v_sources)
+    VALUES (v_seq, p_user, p_type, p_amount, v_credits, p_description, p_key, p_hash,
+            v_sources)
     RETURNING * INTO t;
     RETURN sc_tx_out('written', t);
 END $$;
 
--- POST /v1/transactions/{id}/refund. The limits stop counting
--- what it refunds if the charge counted in the current window.
+-- POST /v1/transactions/{id}/refund: the credits go back to the grants the charge drew
+-- from that still live; the parts whose grant lapsed meanwhile are written off at once by
+-- an EXPIRY row. The limits stop counting what it refunds if the charge counted in the
+-- current window (a capture counted when its hold was made).
 CREATE OR REPLACE FUNCTION sc_refund(p_user text, p_tx uuid, p_description text, p_key text,
-                          p_hash bytea)
+                                     p_hash bytea)
 RETURNS sc_tx_outcome
 LANGUAGE plpgsql AS $$
 DECLARE
     r sc_tx_outcome;
     o transactions;
     t transactions;
+    part record;
     v_sources jsonb;
-    v_lapsed jsonb;
-    v_lapsed_total bigint;
+    v_lapsed jsonb := '[]'::jsonb;
+    v_lapsed_total bigint := 0;
     v_credits bigint;
+    v_seq bigint;
+    v_due timestamptz;
+    v_counted_at timestamptz;
 BEGIN
     IF NOT sc_lock(p_user) THEN
         r.outcome := 'not_found';
         RETURN r;
     END IF;
-    SELECT * INTO o FROM transactions WHERE id = p_tx AND user_id = p_user;
+    SELECT * INTO o FROM transactions WHERE user_id = p_user AND id = p_tx;
     IF NOT FOUND THEN
         r.outcome := 'not_found';
         RETURN r;
@@ -92,7 +105,8 @@ BEGIN
         r := sc_tx_out('not_refundable', o);
         RETURN r;
     END IF;
-    IF EXISTS (SELECT 1 FROM transactions x WHERE x.refund_of = o.id) THEN
+    IF EXISTS (SELECT 1 FROM transactions x WHERE x.user_id = p_user AND x.refund_of = o.id)
+    THEN
         r.outcome := 'already_refunded';
         RETURN r;
     END IF;
@@ -106,48 +120,47 @@ BEGIN
     -- back to the grants that still live; the lapsed parts, as they were. A grant written
     -- off already is lapsed whatever now() says: this transaction's now() may predate the
     -- expiry that another request wrote off before this one had the user's lock.
-    WITH parts AS (
-        SELECT (e ->> 'grant_id')::uuid AS grant_id, (e ->> 'amount')::bigint AS amount, n
-        FROM jsonb_array_elements(v_sources) WITH ORDINALITY AS x(e, n)
-    ), back AS (
-        UPDATE grants g SET remaining = g.remaining + parts.amount, status = 'active'
-        FROM parts
-        WHERE g.id = parts.grant_id AND g.status <> 'expired'
-          AND (g.expires_at IS NULL OR g.expires_at > now())
-        RETURNING g.id
-    ), lapsed AS (
-        UPDATE grants g SET status = 'expired'
-        FROM parts
-        WHERE g.id = parts.grant_id AND (g.status = 'expired' OR g.expires_at <= now())
-        RETURNING parts.grant_id, parts.amount, parts.n
-    )
-    SELECT jsonb_agg(jsonb_build_object('grant_id', grant_id, 'amount', amount) ORDER BY n),
-           sum(amount)
-    INTO v_lapsed, v_lapsed_total FROM lapsed;
-    UPDATE users SET credits = credits - o.amount,
-                     next_due = least(next_due, (SELECT min(g.expires_at) FROM grants g
-                         JOIN jsonb_array_elements(v_sources) e
-                           ON g.id = (e ->> 'grant_id')::uuid
-                         WHERE g.status = 'active'))
+    FOR part IN
+        SELECT (e ->> 'grant_id')::uuid AS grant_id, (e ->> 'amount')::bigint AS amount
+        FROM jsonb_array_elements(v_sources) WITH ORDINALITY AS x(e, n) ORDER BY n
+    LOOP
+        UPDATE grants SET remaining = remaining + part.amount, status = 'active'
+        WHERE user_id = p_user AND id = part.grant_id AND status <> 'expired'
+          AND (expires_at IS NULL OR expires_at > now());
+        IF NOT FOUND THEN
+            UPDATE grants SET status = 'expired'
+            WHERE user_id = p_user AND id = part.grant_id
+              AND (status = 'expired' OR expires_at <= now());
+            IF FOUND THEN
+                v_lapsed := v_lapsed || jsonb_build_object('grant_id', part.grant_id,
+                                                           'amount', part.amount);
+                v_lapsed_total := v_lapsed_total + part.amount;
+            END IF;
+        END IF;
+    END LOOP;
+    SELECT min(g.expires_at) INTO v_due
+    FROM grants g
+    WHERE g.user_id = p_user AND g.status = 'active'
+      AND g.id IN (SELECT (e ->> 'grant_id')::uuid FROM jsonb_array_elements(v_sources) e);
+    UPDATE users SET credits = credits - o.amount, next_due = least(next_due, v_due),
+                     log_seq = log_seq + 1
     WHERE user_id = p_user
-    RETURNING credits INTO v_credits;
-    INSERT INTO transactions (user_id, type, amount, balance_after, refund_of, description,
-                              idempotency_key, request_hash, sources)
-    VALUES (p_user, 'REFUND', -o.amount, v_credits, o.id, p_description, p_key, p_hash,
+    RETURNING credits, log_seq INTO v_credits, v_seq;
+    INSERT INTO transactions (seq, user_id, type, amount, balance_after, refund_of,
+                              description, idempotency_key, request_hash, sources)
+    VALUES (v_seq, p_user, 'REFUND', -o.amount, v_credits, o.id, p_description, p_key, p_hash,
             coalesce(v_sources, '[]'::jsonb))
     RETURNING * INTO t;
-    -- the limits stop counting it if it counted in the current window (a capture counted
-    -- when its hold was made)
+    SELECT h.created_at INTO v_counted_at
+    FROM holds h WHERE h.user_id = p_user AND h.transaction_id = o.id;
     PERFORM sc_count(p_user, o.member, o.skill_id, o.amount,
-                     coalesce((SELECT h.created_at FROM holds h
-                               WHERE h.user_id = p_user AND h.transaction_id = o.id),
-                              o.created_at),
-                     clock_timestamp());
+                     coalesce(v_counted_at, o.created_at), clock_timestamp());
     IF v_lapsed_total > 0 THEN
-        UPDATE users SET credits = credits - v_lapsed_total WHERE user_id = p_user
-        RETURNING credits INTO v_credits;
-        INSERT INTO transactions (user_id, type, amount, balance_after, sources)
-        VALUES (p_user, 'EXPIRY', -v_lapsed_total, v_credits, v_lapsed);
+        UPDATE users SET credits = credits - v_lapsed_total, log_seq = log_seq + 1
+        WHERE user_id = p_user
+        RETURNING credits, log_seq INTO v_credits, v_seq;
+        INSERT INTO transactions (seq, user_id, type, amount, balance_after, sources)
+        VALUES (v_seq, p_user, 'EXPIRY', -v_lapsed_total, v_credits, v_lapsed);
     END IF;
     RETURN sc_tx_out('written', t);
 END $$;

@@ -40,7 +40,7 @@ BEGIN
             reserved = g.reserved + CASE WHEN p_reserve THEN d.take ELSE 0 END,
             status = CASE WHEN NOT p_reserve AND g.remaining = d.take THEN 'depleted'
                           ELSE g.status END
-        FROM d WHERE g.id = d.id
+        FROM d WHERE g.user_id = p_user AND g.id = d.id
         RETURNING g.id, d.take, d.n
     )
     SELECT jsonb_agg(jsonb_build_object('grant_id', u.id, 'amount', u.take) ORDER BY u.n),
@@ -54,20 +54,22 @@ END $$;
 
 -- What the user's grants that live until p_until (NULL: all) have free.
 CREATE OR REPLACE FUNCTION sc_free(p_user text, p_until timestamptz) RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(sum(remaining - reserved), 0)::bigint FROM grants
-    WHERE user_id = p_user AND status = 'active'
-      AND (p_until IS NULL OR expires_at IS NULL OR expires_at >= p_until)
-$$;
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT coalesce(sum(remaining - reserved), 0)::bigint FROM grants
+            WHERE user_id = p_user AND status = 'active'
+              AND (p_until IS NULL OR expires_at IS NULL OR expires_at >= p_until));
+END $$;
 
--- Debit p_need in spending order for a user the caller has locked and checked: the grants,
--- then the balance. Returns the new balance and the sources.
-CREATE OR REPLACE FUNCTION sc_debit(p_user text, p_need bigint, OUT credits bigint, OUT sources jsonb)
+-- Give what holds set aside (their sources, a grant maybe more than once) back to the
+-- user's grants; the caller gives the user's row its part.
+CREATE OR REPLACE FUNCTION sc_unreserve(p_user text, p_sources jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    sources := sc_take(p_user, p_need, NULL, false);
-    UPDATE users u SET credits = u.credits - p_need WHERE u.user_id = p_user
-    RETURNING u.credits INTO sc_debit.credits;
+    UPDATE grants g SET reserved = g.reserved - e.amount
+    FROM (SELECT (x ->> 'grant_id')::uuid AS grant_id, sum((x ->> 'amount')::bigint) AS amount
+          FROM jsonb_array_elements(p_sources) x GROUP BY 1) e
+    WHERE g.user_id = p_user AND g.id = e.grant_id;
 END $$;
 
 -- The 402 outcome: the balance, what is free, what was asked.

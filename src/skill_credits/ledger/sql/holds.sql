@@ -1,7 +1,8 @@
 -- Holds: credits set aside for a call whose cost is known when it ends; captured (for at
 -- most what was held), released, or expired (users.sql writes those off).
 
--- POST /v1/holds: the hold counts its amount in the limits when it is made. Refusals: replay, skill 404, version, disabled, user 404,
+-- POST /v1/holds: the hold counts its amount in the limits when it is made. Refusals:
+-- replay, skill 404, version, disabled, user 404,
 -- 402 (available = what the grants that outlive the hold have free), 429.
 CREATE OR REPLACE FUNCTION sc_hold(p_user text, p_skill text, p_version integer,
                                    p_units integer, p_ttl integer, p_description text,
@@ -19,6 +20,7 @@ DECLARE
     v_short sc_tx_outcome;
     v_now timestamptz;
     v_limited boolean;
+    v_sources jsonb;
 BEGIN
     v_found := sc_lock(p_user);
     IF p_key IS NOT NULL THEN
@@ -64,11 +66,12 @@ BEGIN
             RETURN sc_skill_out(r, s);
         END IF;
     END IF;
+    v_sources := sc_take(p_user, v_need, v_until, true);
     INSERT INTO holds (user_id, skill_id, skill, skill_version, units, unit_cost, amount,
                        description, expires_at, idempotency_key, request_hash, sources,
                        member, created_at)
     VALUES (p_user, s.id, s.name, s.version, p_units, s.cost, v_need, p_description, v_until,
-            p_key, p_hash, sc_take(p_user, v_need, v_until, true), p_member, v_now)
+            p_key, p_hash, v_sources, p_member, v_now)
     RETURNING * INTO h;
     IF v_limited THEN
         PERFORM sc_count(p_user, p_member, s.id, v_need, v_now, v_now);
@@ -81,22 +84,16 @@ END $$;
 
 -- A hold of the user's, locked, for capture and release; NULL when there is none.
 CREATE OR REPLACE FUNCTION sc_hold_of(p_user text, p_hold uuid) RETURNS holds
-LANGUAGE sql AS $$
-    SELECT * FROM holds WHERE id = p_hold AND user_id = p_user FOR UPDATE
-$$;
-
--- Give a hold's reservations back to its grants and the user.
-CREATE OR REPLACE FUNCTION sc_unreserve(h holds) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    h holds;
 BEGIN
-    UPDATE grants g SET reserved = g.reserved - (e ->> 'amount')::bigint
-    FROM jsonb_array_elements(h.sources) e
-    WHERE g.id = (e ->> 'grant_id')::uuid;
-    UPDATE users SET reserved = reserved - h.amount, hold_seq = hold_seq + 1
-    WHERE user_id = h.user_id;
+    SELECT * INTO h FROM holds WHERE user_id = p_user AND id = p_hold FOR UPDATE;
+    RETURN h;
 END $$;
 
--- POST /v1/holds/{id}/capture: the transaction names the hold's member, and what the hold does not charge stops counting in the limits.
+-- POST /v1/holds/{id}/capture: the transaction names the hold's member, and what the hold
+-- does not charge stops counting in the limits.
 CREATE OR REPLACE FUNCTION sc_capture(p_user text, p_hold uuid, p_units integer,
                                       p_description text, p_key text, p_hash bytea)
 RETURNS sc_tx_outcome
@@ -107,7 +104,9 @@ DECLARE
     t transactions;
     v_need bigint;
     v_credits bigint;
+    v_seq bigint;
     v_sources jsonb;
+    v_now timestamptz;
 BEGIN
     IF NOT sc_lock(p_user) THEN
         r.outcome := 'hold_not_found';
@@ -133,7 +132,7 @@ BEGIN
         RAISE EXCEPTION 'capture of % units from a hold of %', p_units, h.units;
     END IF;
     v_need := h.unit_cost * p_units;
-    PERFORM sc_unreserve(h);
+    PERFORM sc_unreserve(p_user, h.sources);
     WITH parts AS (
         SELECT (e ->> 'grant_id')::uuid AS grant_id, (e ->> 'amount')::bigint AS amount, n,
                sum((e ->> 'amount')::bigint) OVER (ORDER BY n) AS upto
@@ -144,34 +143,38 @@ BEGIN
     ), u AS (
         UPDATE grants g SET remaining = g.remaining - d.take,
             status = CASE WHEN g.remaining = d.take THEN 'depleted' ELSE g.status END
-        FROM d WHERE g.id = d.grant_id
+        FROM d WHERE g.user_id = p_user AND g.id = d.grant_id
         RETURNING d.grant_id, d.take, d.n
     )
     SELECT coalesce(jsonb_agg(jsonb_build_object('grant_id', grant_id, 'amount', take)
                               ORDER BY n), '[]'::jsonb)
     INTO v_sources FROM u;
-    UPDATE users SET credits = credits - v_need WHERE user_id = p_user
-    RETURNING credits INTO v_credits;
-    INSERT INTO transactions (user_id, type, amount, balance_after, skill_id, skill, units,
-                              unit_cost, description, idempotency_key, request_hash, sources,
-                              member)
-    VALUES (p_user, 'CONSUMPTION', -v_need, v_credits, h.skill_id, h.skill, p_units,
+    UPDATE users SET credits = credits - v_need, reserved = reserved - h.amount,
+                     hold_seq = hold_seq + 1, log_seq = log_seq + 1
+    WHERE user_id = p_user
+    RETURNING credits, log_seq INTO v_credits, v_seq;
+    v_now := clock_timestamp();
+    INSERT INTO transactions (seq, user_id, type, amount, balance_after, skill_id, skill,
+                              units, unit_cost, description, idempotency_key, request_hash,
+                              sources, member, created_at)
+    VALUES (v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, h.skill_id, h.skill, p_units,
             h.unit_cost, coalesce(p_description, h.description), p_key, p_hash, v_sources,
-            h.member)
+            h.member, v_now)
     RETURNING * INTO t;
-    PERFORM sc_count(p_user, h.member, h.skill_id, v_need - h.amount, h.created_at,
-                     clock_timestamp());
-    UPDATE holds SET status = 'captured', resolved_at = clock_timestamp(), transaction_id = t.id
-    WHERE id = h.id;
+    PERFORM sc_count(p_user, h.member, h.skill_id, v_need - h.amount, h.created_at, v_now);
+    UPDATE holds SET status = 'captured', resolved_at = v_now, transaction_id = t.id
+    WHERE user_id = p_user AND id = h.id;
     RETURN sc_tx_out('written', t);
 END $$;
 
--- POST /v1/holds/{id}/release: the limits stop counting the hold. Refusals: hold 404, hold_not_active.
+-- POST /v1/holds/{id}/release: the limits stop counting the hold. Refusals: hold 404,
+-- hold_not_active.
 CREATE OR REPLACE FUNCTION sc_release(p_user text, p_hold uuid) RETURNS sc_hold_outcome
 LANGUAGE plpgsql AS $$
 DECLARE
     r sc_hold_outcome;
     h holds;
+    v_now timestamptz;
 BEGIN
     IF NOT sc_lock(p_user) THEN
         r.outcome := 'hold_not_found';
@@ -185,9 +188,13 @@ BEGIN
     IF h.status <> 'held' OR h.expires_at <= now() THEN
         RETURN sc_hold_out('hold_not_active', h);
     END IF;
-    PERFORM sc_unreserve(h);
-    PERFORM sc_count(p_user, h.member, h.skill_id, -h.amount, h.created_at, clock_timestamp());
-    UPDATE holds SET status = 'released', resolved_at = clock_timestamp() WHERE id = h.id
+    PERFORM sc_unreserve(p_user, h.sources);
+    UPDATE users SET reserved = reserved - h.amount, hold_seq = hold_seq + 1
+    WHERE user_id = p_user;
+    v_now := clock_timestamp();
+    PERFORM sc_count(p_user, h.member, h.skill_id, -h.amount, h.created_at, v_now);
+    UPDATE holds SET status = 'released', resolved_at = v_now
+    WHERE user_id = p_user AND id = h.id
     RETURNING * INTO h;
     RETURN sc_hold_out('written', h);
 END $$;

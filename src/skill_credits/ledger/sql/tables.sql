@@ -68,7 +68,8 @@ INSERT INTO database_identity DEFAULT VALUES;
 -- head_free what it has free for charges, head_taken what charges took from it that its
 -- own row does not show yet (folded under the lock: users.sql). next_due: the earliest
 -- instant something of the user's expires (NULL: never). limited: the user has limits.
--- hold_seq is read by nothing (the statements of before grants moved it).
+-- log_seq: the seq of the user's newest log row (the statement that writes a row bumps
+-- it). hold_seq is read by nothing (the statements of before grants moved it).
 CREATE TABLE users (
     user_id                text NOT NULL,
     credits                bigint NOT NULL DEFAULT 0,
@@ -81,6 +82,7 @@ CREATE TABLE users (
     head_free              bigint,
     head_taken             bigint NOT NULL DEFAULT 0,
     limited                boolean NOT NULL DEFAULT false,
+    log_seq                bigint NOT NULL DEFAULT 0,
     CONSTRAINT users_pkey PRIMARY KEY (user_id),
     CONSTRAINT users_valid CHECK (sc_user_valid(user_id, credits, reserved,
                                                 low_balance_threshold, head_free,
@@ -90,9 +92,10 @@ CREATE INDEX users_next_due ON users (next_due) WHERE next_due IS NOT NULL;
 
 -- The log: every change of a balance is one row, and no row is without its change.
 -- sources: [{grant_id, amount}] drawn from, given back to or written off (positive
--- amounts; the row's sign says which); grant_id: the grant a positive credit made.
+-- amounts; the row's sign says which); grant_id: the grant a positive credit made. seq
+-- orders a user's rows: users.log_seq, bumped by the statement that writes the row.
 CREATE TABLE transactions (
-    seq              bigint GENERATED ALWAYS AS IDENTITY,
+    seq              bigint NOT NULL,
     id               uuid NOT NULL DEFAULT skill_credits_uuid_v7(),
     user_id          text NOT NULL,
     type             text NOT NULL,
@@ -110,24 +113,24 @@ CREATE TABLE transactions (
     grant_id         uuid,
     sources          jsonb NOT NULL DEFAULT '[]',
     member           sc_member,
-    CONSTRAINT transactions_pkey PRIMARY KEY (id),
+    CONSTRAINT transactions_pkey PRIMARY KEY (id, user_id),
     CONSTRAINT transactions_user_id_fkey FOREIGN KEY (user_id) REFERENCES users (user_id),
     CONSTRAINT transactions_skill_id_fkey FOREIGN KEY (skill_id) REFERENCES skills (id),
-    CONSTRAINT transactions_refund_of_fkey FOREIGN KEY (refund_of)
-        REFERENCES transactions (id),
+    CONSTRAINT transactions_refund_of_fkey FOREIGN KEY (refund_of, user_id)
+        REFERENCES transactions (id, user_id),
     CONSTRAINT transactions_valid CHECK (sc_transaction_valid(type, amount, balance_after,
                                                               skill_id, units, unit_cost,
                                                               description, idempotency_key,
                                                               refund_of))
 );
 -- History pages: newest first per user, keyset on seq (and by type, by member).
-CREATE INDEX transactions_user_seq ON transactions (user_id, seq DESC);
+CREATE UNIQUE INDEX transactions_user_seq ON transactions (user_id, seq DESC);
 CREATE INDEX transactions_user_type_seq ON transactions (user_id, type, seq DESC);
 CREATE INDEX transactions_member ON transactions (user_id, member, seq DESC)
     WHERE member IS NOT NULL;
 CREATE UNIQUE INDEX transactions_idempotency ON transactions (user_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
-CREATE UNIQUE INDEX transactions_refund_once ON transactions (refund_of)
+CREATE UNIQUE INDEX transactions_refund_once ON transactions (refund_of, user_id)
     WHERE refund_of IS NOT NULL;
 
 -- Credits with a category, a priority and maybe an expiry; spent in order of priority,
@@ -144,10 +147,10 @@ CREATE TABLE grants (
     expires_at      timestamptz,
     status          text NOT NULL DEFAULT 'active',
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
-    CONSTRAINT grants_pkey PRIMARY KEY (id),
+    CONSTRAINT grants_pkey PRIMARY KEY (id, user_id),
     CONSTRAINT grants_user_id_fkey FOREIGN KEY (user_id) REFERENCES users (user_id),
-    CONSTRAINT grants_transaction_id_fkey FOREIGN KEY (transaction_id)
-        REFERENCES transactions (id),
+    CONSTRAINT grants_transaction_id_fkey FOREIGN KEY (transaction_id, user_id)
+        REFERENCES transactions (id, user_id),
     CONSTRAINT grants_valid CHECK (sc_grant_valid(category, priority, amount, remaining,
                                                   reserved, status))
 ) WITH (fillfactor = 80);
@@ -185,12 +188,12 @@ CREATE TABLE holds (
     request_hash     bytea,
     sources          jsonb NOT NULL DEFAULT '[]',
     member           sc_member,
-    CONSTRAINT holds_pkey PRIMARY KEY (id),
+    CONSTRAINT holds_pkey PRIMARY KEY (id, user_id),
     CONSTRAINT holds_idempotency UNIQUE (user_id, idempotency_key),
     CONSTRAINT holds_user_id_fkey FOREIGN KEY (user_id) REFERENCES users (user_id),
     CONSTRAINT holds_skill_id_fkey FOREIGN KEY (skill_id) REFERENCES skills (id),
-    CONSTRAINT holds_transaction_id_fkey FOREIGN KEY (transaction_id)
-        REFERENCES transactions (id),
+    CONSTRAINT holds_transaction_id_fkey FOREIGN KEY (transaction_id, user_id)
+        REFERENCES transactions (id, user_id),
     CONSTRAINT holds_amount_check CHECK (amount >= 0),
     CONSTRAINT holds_description_check CHECK (char_length(description) <= 500),
     CONSTRAINT holds_idempotency_key_check
@@ -217,7 +220,7 @@ CREATE TABLE limits (
     window_start  timestamptz NOT NULL,
     spent         bigint NOT NULL DEFAULT 0,
     created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
-    CONSTRAINT limits_pkey PRIMARY KEY (id),
+    CONSTRAINT limits_pkey PRIMARY KEY (id, user_id),
     CONSTRAINT limits_one_per_scope UNIQUE NULLS NOT DISTINCT (user_id, member, skill_id,
                                                                period),
     CONSTRAINT limits_user_id_fkey FOREIGN KEY (user_id) REFERENCES users (user_id),

@@ -32,6 +32,8 @@ DECLARE
     v_due timestamptz;
     v_taken bigint;
     v_limited boolean;
+    v_now timestamptz;
+    h record;
 BEGIN
     SELECT next_due, head_taken, limited INTO v_due, v_taken, v_limited
     FROM users WHERE user_id = p_user
@@ -41,10 +43,12 @@ BEGIN
     END IF;
     IF v_due <= now() THEN
         IF v_limited THEN
-            PERFORM sc_count(p_user, h.member, h.skill_id, -h.amount, h.created_at,
-                             clock_timestamp())
-            FROM holds h
-            WHERE h.user_id = p_user AND h.status = 'held' AND h.expires_at <= now();
+            v_now := clock_timestamp();
+            FOR h IN SELECT member, skill_id, amount, created_at FROM holds
+                     WHERE user_id = p_user AND status = 'held' AND expires_at <= now()
+            LOOP
+                PERFORM sc_count(p_user, h.member, h.skill_id, -h.amount, h.created_at, v_now);
+            END LOOP;
         END IF;
         PERFORM sc_fold(p_user, true);
         PERFORM sc_expire(p_user);
@@ -84,7 +88,7 @@ BEGIN
         UPDATE grants SET remaining = remaining - v_taken,
                           status = CASE WHEN remaining = v_taken THEN 'depleted'
                                         ELSE status END
-        WHERE id = v_head;
+        WHERE user_id = p_user AND id = v_head;
     END IF;
     IF v_taken > 0 OR (p_clear AND v_head IS NOT NULL) THEN
         UPDATE users SET head_taken = 0,
@@ -103,22 +107,20 @@ LANGUAGE plpgsql AS $$
 DECLARE
     g record;
     v_released bigint;
+    v_sources jsonb;
     v_credits bigint;
+    v_seq bigint;
+    v_due timestamptz;
 BEGIN
-    WITH h AS (
-        UPDATE holds SET status = 'expired', resolved_at = holds.expires_at
-        WHERE holds.user_id = p_user AND holds.status = 'held' AND holds.expires_at <= now()
-        RETURNING holds.amount, holds.sources
-    ), parts AS (
-        SELECT (e ->> 'grant_id')::uuid AS grant_id, sum((e ->> 'amount')::bigint) AS amount
-        FROM h, jsonb_array_elements(h.sources) e GROUP BY 1
-    ), freed AS (
-        UPDATE grants SET reserved = grants.reserved - parts.amount
-        FROM parts WHERE grants.id = parts.grant_id
-        RETURNING parts.amount
-    )
-    SELECT (SELECT coalesce(sum(amount), 0) FROM h) INTO v_released;
-    IF v_released > 0 THEN
+    SELECT coalesce(sum(amount), 0), jsonb_agg(sources) INTO v_released, v_sources
+    FROM holds WHERE user_id = p_user AND status = 'held' AND expires_at <= now();
+    IF v_sources IS NOT NULL THEN
+        UPDATE holds SET status = 'expired', resolved_at = expires_at
+        WHERE user_id = p_user AND status = 'held' AND expires_at <= now();
+        -- every expired hold's sources, as one list
+        PERFORM sc_unreserve(p_user, (SELECT coalesce(jsonb_agg(e), '[]'::jsonb)
+                                      FROM jsonb_array_elements(v_sources) s,
+                                           jsonb_array_elements(s) e));
         UPDATE users SET reserved = reserved - v_released WHERE user_id = p_user;
     END IF;
 
@@ -127,33 +129,39 @@ BEGIN
         WHERE user_id = p_user AND status = 'active' AND expires_at <= now()
         ORDER BY expires_at, priority, created_at, id
     LOOP
-        UPDATE grants SET remaining = 0, status = 'expired' WHERE id = g.id;
-        UPDATE users SET credits = credits - g.remaining WHERE user_id = p_user
-        RETURNING credits INTO v_credits;
-        INSERT INTO transactions (user_id, type, amount, balance_after, sources)
-        VALUES (p_user, 'EXPIRY', -g.remaining, v_credits,
+        UPDATE grants SET remaining = 0, status = 'expired'
+        WHERE user_id = p_user AND id = g.id;
+        UPDATE users SET credits = credits - g.remaining, log_seq = log_seq + 1
+        WHERE user_id = p_user
+        RETURNING credits, log_seq INTO v_credits, v_seq;
+        INSERT INTO transactions (seq, user_id, type, amount, balance_after, sources)
+        VALUES (v_seq, p_user, 'EXPIRY', -g.remaining, v_credits,
                 jsonb_build_array(jsonb_build_object('grant_id', g.id, 'amount', g.remaining)));
     END LOOP;
 
-    UPDATE users SET next_due = sc_next_due(p_user) WHERE user_id = p_user;
+    v_due := sc_next_due(p_user);
+    UPDATE users SET next_due = v_due WHERE user_id = p_user;
 END $$;
 
 -- The earliest instant something of the user's falls due: an active grant's or a held
 -- hold's expiry (NULL: never).
 CREATE OR REPLACE FUNCTION sc_next_due(p_user text) RETURNS timestamptz
-LANGUAGE sql STABLE AS $$
-    SELECT least(
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN least(
         (SELECT min(g.expires_at) FROM grants g
          WHERE g.user_id = p_user AND g.status = 'active'),
         (SELECT min(h.expires_at) FROM holds h
-         WHERE h.user_id = p_user AND h.status = 'held'))
-$$;
+         WHERE h.user_id = p_user AND h.status = 'held'));
+END $$;
 
 -- For the worker: the users with something due (touch each in its own transaction).
 CREATE OR REPLACE FUNCTION sc_due_users(p_limit integer) RETURNS SETOF text
-LANGUAGE sql STABLE AS $$
-    SELECT user_id FROM users WHERE next_due <= now() ORDER BY next_due LIMIT p_limit
-$$;
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT user_id FROM users WHERE next_due <= now() ORDER BY next_due LIMIT p_limit;
+END $$;
 
 -- GET /v1/users/{id}: written off first, then read (the grants as grants_now, in the same
 -- snapshot as the user's row). No row for an unknown user.
@@ -180,6 +188,10 @@ END $$;
 -- strict "=" implies the partial unique index's predicate (keyed rows only), so even a
 -- generic plan can use that index.
 CREATE OR REPLACE FUNCTION sc_keyed(p_user text, p_key text) RETURNS transactions
-LANGUAGE sql STABLE AS $$
-    SELECT * FROM transactions WHERE user_id = p_user AND idempotency_key = p_key
-$$;
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t transactions;
+BEGIN
+    SELECT * INTO t FROM transactions WHERE user_id = p_user AND idempotency_key = p_key;
+    RETURN t;
+END $$;
