@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,10 +26,10 @@ import msgspec
 from sqlalchemy import exc as sa_exc
 
 from skill_credits import errors
-from skill_credits.db import Connection, Database, constraint_name, sqlstate
+from skill_credits.db import Database, constraint_name, sqlstate
 from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
-from skill_credits.ledger.batch import Batcher, Batches
+from skill_credits.ledger.batch import Batches
 from skill_credits.ledger.schemas import (
     CaptureIn,
     ChargeIn,
@@ -203,8 +204,8 @@ def _transaction(row: Any, digest: bytes | None, subject: str) -> Written:
 
 
 class _Price:
-    """The skill version a priced write runs at: the cache's, then PostgreSQL's if the
-    function found the cache behind. ``publish`` tells the cache of the newer one (call
+    """The skill version a priced write runs at: the cache's, then PostgreSQL's each time
+    the function finds the cache behind. ``publish`` tells the cache of the newer one (call
     it once the connection is back)."""
 
     __slots__ = ("skill", "newer")
@@ -217,45 +218,45 @@ class _Price:
     def version(self) -> int | None:
         return self.skill.version if self.skill is not None else None
 
-    def moved(self, current: Skill) -> None:
-        self.skill = self.newer = current
+    def at(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params``, set to run at this price's version."""
+        params["version"] = self.version
+        return params
+
+    def answered(self, row: Any) -> bool:
+        """Whether ``row`` answers the write. Not when there is none (the write has not run
+        alone yet, its batch failed, or it lost the race to a request with its key), nor
+        when the function found the price behind (outcome ``version``): the price moves to
+        the skill the row carries, and the write runs again at it."""
+        if row is None:
+            return False
+        if row.outcome != "version":
+            return True
+        self.skill = self.newer = skill_from_row(row, "s_")
+        return False
 
     async def publish(self, cache: SkillCache) -> None:
         if self.newer is not None:
             await cache.put(self.newer)
 
 
-async def _in_batch(batcher: Batcher | None, params: dict[str, Any], price: _Price | None) -> Any:
-    """The write's first attempt, in its worker's batch: its outcome row, or None when it
-    must run alone (no batches; its batch failed; the cache was behind, and ``price`` has
-    moved to the version the function answered)."""
-    if batcher is None:
-        return None
-    if price is not None:
-        params["version"] = price.version
-    row = await batcher.write(params)
-    if row is not None and price is not None and row.outcome == "version":
-        price.moved(skill_from_row(row, "s_"))
-        return None
-    return row
-
-
-async def _priced(conn: Connection, write: Any, params: dict[str, Any], price: _Price) -> Any:
-    """Run a priced write at ``price``'s version until it is not behind. A charge that
-    lost the race to a concurrent request with its Idempotency-Key wrote nothing (the
-    unique index stopped it): the next call answers the winner's row as the replay."""
-    for _ in range(MAX_ATTEMPTS):
-        params["version"] = price.version
-        try:
-            row = await write(conn, params)
-        except sa_exc.IntegrityError as exc:
-            if constraint_name(exc) != "transactions_idempotency":
-                raise
-            continue
-        if row.outcome != "version":
-            return row
-        price.moved(skill_from_row(row, "s_"))
+def _attempts() -> Iterator[int]:
+    """The runs of a priced write alone: ``MAX_ATTEMPTS`` at most. A loop that runs out of
+    them (it never ``break``s on an answer) ends in ``contention``."""
+    yield from range(MAX_ATTEMPTS)
     raise errors.contention()
+
+
+async def _unless_raced(statement: Awaitable[Any]) -> Any:
+    """The outcome row of a priced write, or None when it lost the race to a concurrent
+    request with its Idempotency-Key: it wrote nothing (the unique index stopped it), and
+    run again it answers the winner's row as the replay."""
+    try:
+        return await statement
+    except sa_exc.IntegrityError as exc:
+        if constraint_name(exc) != "transactions_idempotency":
+            raise
+        return None
 
 
 async def charge(
@@ -286,10 +287,13 @@ async def charge(
     }
     price = _Price(await cache.get(data.skill))
     try:
-        row = await _in_batch(batches.charges if batches else None, params, price)
-        if row is None:
+        row = await batches.charges.write(price.at(params)) if batches else None
+        if not price.answered(row):
             async with db.statements() as conn:
-                row = await _priced(conn, repo.charge, params, price)
+                for _ in _attempts():
+                    row = await _unless_raced(repo.charge(conn, price.at(params)))
+                    if price.answered(row):
+                        break
     finally:
         await price.publish(cache)
     if row.outcome == "written":
@@ -427,10 +431,13 @@ async def create_hold(
     }
     price = _Price(await cache.get(data.skill))
     try:
-        row = await _in_batch(batches.holds if batches else None, params, price)
-        if row is None:
+        row = await batches.holds.write(price.at(params)) if batches else None
+        if not price.answered(row):
             async with db.statements() as conn:  # one function call, like a charge
-                row = await _priced(conn, repo.hold, params, price)
+                for _ in _attempts():
+                    row = await _unless_raced(repo.hold(conn, price.at(params)))
+                    if price.answered(row):
+                        break
     finally:
         await price.publish(cache)
     subject = data.user_id if row.outcome == "user_not_found" else data.skill
@@ -468,7 +475,7 @@ async def capture(
             "key": key,
             "hash": digest,
         }
-    row = await _in_batch(batches.captures if batches else None, params, None)
+    row = await batches.captures.write(params) if batches else None
     if row is None:
         async with db.connect() as conn:
             row = await _call(repo.capture(conn, params))
