@@ -15,9 +15,8 @@ again at it.
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,10 +25,12 @@ import msgspec
 from sqlalchemy import exc as sa_exc
 
 from skill_credits import errors
-from skill_credits.db import Database, constraint_name, sqlstate
+from skill_credits.db import Database, sqlstate
 from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger.batch import Batches
+from skill_credits.ledger.idempotency import request_hash as request_hash  # for admin_ui
+from skill_credits.ledger.idempotency import same_request, unless_raced
 from skill_credits.ledger.limited import LimitedUsers
 from skill_credits.ledger.schemas import (
     CaptureIn,
@@ -75,41 +76,6 @@ class KeyNotLive(ApiError):
             "a valid API key is required (Authorization: Bearer <key>)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-
-
-def request_hash(
-    method: str, path: str, body: msgspec.Struct | None, key: str | None
-) -> bytes | None:
-    """What makes two requests "the same" for an Idempotency-Key: route, path, decoded body.
-
-    None without a key: only a keyed request is ever compared with another, so a keyless
-    one neither computes nor stores it."""
-    if key is None:
-        return None
-    return hashlib.sha256(f"{method} {path}\n".encode() + _encoded(body)).digest()
-
-
-# ChargeIn's and HoldIn's last field, as the encoding ends when it is absent
-_NO_MEMBER = b',"member":null}'
-
-
-def _encoded(body: msgspec.Struct | None) -> bytes:
-    """The body as its hash sees it. A charge or hold without a member (their last field)
-    is encoded as it was before members existed, so a retry across that upgrade still
-    finds its original; the hot path only cuts the bytes (tests/unit/test_pure.py pins
-    the old encoding)."""
-    if body is None:
-        return b""
-    encoded = msgspec.json.encode(body)
-    if encoded.endswith(_NO_MEMBER):
-        return encoded[: -len(_NO_MEMBER)] + b"}"
-    return encoded
-
-
-def _same_request(stored: Any, digest: bytes | None) -> None:
-    """A replayed row answers this request only if it was made by the same one: else 422."""
-    if bytes(stored.request_hash) != digest:
-        raise errors.idempotency_key_reused()
 
 
 async def _call(statement: Any) -> Any:
@@ -169,7 +135,7 @@ def _answer(row: Any, digest: bytes | None, subject: str, from_row: Any) -> tupl
     if row.outcome == "written":
         return from_row(row), False
     if row.outcome == "replay":
-        _same_request(row, digest)
+        same_request(row, digest)
         return from_row(row), True
     raise refused(row, subject)
 
@@ -222,18 +188,6 @@ def _attempts() -> Iterator[int]:
     raise errors.contention()
 
 
-async def _unless_raced(statement: Awaitable[Any]) -> Any:
-    """The outcome row of a priced write, or None when it lost the race to a concurrent
-    request with its Idempotency-Key: it wrote nothing (the unique index stopped it), and
-    run again it answers the winner's row as the replay."""
-    try:
-        return await statement
-    except sa_exc.IntegrityError as exc:
-        if constraint_name(exc) != "transactions_idempotency":
-            raise
-        return None
-
-
 async def charge(
     db: Database,
     cache: SkillCache,
@@ -266,7 +220,7 @@ async def charge(
         if not price.answered(row):
             async with db.statements() as conn:
                 for _ in _attempts():
-                    row = await _unless_raced(repo.charge(conn, price.at(params)))
+                    row = await unless_raced(repo.charge(conn, price.at(params)))
                     if price.answered(row):
                         break
     finally:
@@ -302,7 +256,7 @@ async def add_credits(
             stored = await repo.keyed(conn, user_id, key) if key is not None else None
             if stored is None:
                 raise errors.validation_error("expires_at", "must be in the future")
-            _same_request(stored, digest)
+            same_request(stored, digest)
             return Written(repo.transaction_from_row(stored), replayed=True)
         row = await _call(repo.credit(conn, params))
     return _transaction(row, digest, user_id)
@@ -410,7 +364,7 @@ async def create_hold(
         if not price.answered(row):
             async with db.statements() as conn:  # one function call, like a charge
                 for _ in _attempts():
-                    row = await _unless_raced(repo.hold(conn, price.at(params)))
+                    row = await unless_raced(repo.hold(conn, price.at(params)))
                     if price.answered(row):
                         break
     finally:
