@@ -18,6 +18,7 @@ from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger import service
 from skill_credits.ledger.batch import Batches
+from skill_credits.ledger.pricing import MAX_ATTEMPTS
 from skill_credits.ledger.schemas import ChargeIn, HoldIn
 from skill_credits.skills.schemas import Skill
 
@@ -187,8 +188,8 @@ async def test_a_write_still_behind_after_its_attempts_is_contention() -> None:
             connections, cache, ChargeIn(user_id="u1", skill="S"), None, None, api_key_id="k"
         )
     assert refused.value.status_code == 503
-    assert (connections.calls, connections.taken) == (service.MAX_ATTEMPTS, 1)
-    assert cache.put_versions == [4 + service.MAX_ATTEMPTS - 1]
+    assert (connections.calls, connections.taken) == (MAX_ATTEMPTS, 1)
+    assert cache.put_versions == [4 + MAX_ATTEMPTS - 1]
 
 
 async def test_a_write_that_lost_its_key_race_runs_again() -> None:

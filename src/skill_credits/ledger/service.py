@@ -6,17 +6,13 @@ written, or which check refused it with the facts the answer needs, in the contr
 order. This module only maps an outcome to the
 answer; it never reads again to find out why nothing was written.
 
-A charge and a hold are priced: they run at the skill version the cache knows. The
-cache is read before a connection is taken and told of a newer version only after the
-connection is given back, so no connection waits on Redis. When the function finds the
-cache behind (outcome ``version``), it answers with the current skill and the write runs
-again at it.
+A charge and a hold are priced (``pricing.py``): they run at the skill version the cache
+knows, and again at PostgreSQL's when the function finds the cache behind.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +28,7 @@ from skill_credits.ledger.batch import Batches
 from skill_credits.ledger.idempotency import request_hash as request_hash  # for admin_ui
 from skill_credits.ledger.idempotency import same_request, unless_raced
 from skill_credits.ledger.limited import LimitedUsers
+from skill_credits.ledger.pricing import Price, attempts
 from skill_credits.ledger.schemas import (
     CaptureIn,
     ChargeIn,
@@ -48,9 +45,6 @@ from skill_credits.limits import repository as limits_repo
 from skill_credits.limits.schemas import Limit
 from skill_credits.skills.cache import SkillCache
 from skill_credits.skills.repository import skill_from_row
-from skill_credits.skills.schemas import Skill
-
-MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,50 +138,6 @@ def _transaction(row: Any, digest: bytes | None, subject: str) -> Written:
     return Written(*_answer(row, digest, subject, repo.transaction_from_row))
 
 
-class _Price:
-    """The skill version a priced write runs at: the cache's, then PostgreSQL's each time
-    the function finds the cache behind. ``publish`` tells the cache of the newer one (call
-    it once the connection is back)."""
-
-    __slots__ = ("skill", "newer")
-
-    def __init__(self, cached: Skill | None) -> None:
-        self.skill = cached
-        self.newer: Skill | None = None
-
-    @property
-    def version(self) -> int | None:
-        return self.skill.version if self.skill is not None else None
-
-    def at(self, params: dict[str, Any]) -> dict[str, Any]:
-        """``params``, set to run at this price's version."""
-        params["version"] = self.version
-        return params
-
-    def answered(self, row: Any) -> bool:
-        """Whether ``row`` answers the write. Not when there is none (the write has not run
-        alone yet, its batch failed, or it lost the race to a request with its key), nor
-        when the function found the price behind (outcome ``version``): the price moves to
-        the skill the row carries, and the write runs again at it."""
-        if row is None:
-            return False
-        if row.outcome != "version":
-            return True
-        self.skill = self.newer = skill_from_row(row, "s_")
-        return False
-
-    async def publish(self, cache: SkillCache) -> None:
-        if self.newer is not None:
-            await cache.put(self.newer)
-
-
-def _attempts() -> Iterator[int]:
-    """The runs of a priced write alone: ``MAX_ATTEMPTS`` at most. A loop that runs out of
-    them (it never ``break``s on an answer) ends in ``contention``."""
-    yield from range(MAX_ATTEMPTS)
-    raise errors.contention()
-
-
 async def charge(
     db: Database,
     cache: SkillCache,
@@ -214,12 +164,12 @@ async def charge(
         "member": data.member,
         "limited": limited is not None and data.user_id in limited,
     }
-    price = _Price(await cache.get(data.skill))
+    price = Price(await cache.get(data.skill))
     try:
         row = await batches.charges.write(price.at(params)) if batches else None
         if not price.answered(row):
             async with db.statements() as conn:
-                for _ in _attempts():
+                for _ in attempts():
                     row = await unless_raced(repo.charge(conn, price.at(params)))
                     if price.answered(row):
                         break
@@ -358,12 +308,12 @@ async def create_hold(
         "hash": digest,
         "member": data.member,
     }
-    price = _Price(await cache.get(data.skill))
+    price = Price(await cache.get(data.skill))
     try:
         row = await batches.holds.write(price.at(params)) if batches else None
         if not price.answered(row):
             async with db.statements() as conn:  # one function call, like a charge
-                for _ in _attempts():
+                for _ in attempts():
                     row = await unless_raced(repo.hold(conn, price.at(params)))
                     if price.answered(row):
                         break
