@@ -36,7 +36,7 @@ from skill_credits.events.endpoints import EventController
 from skill_credits.health import healthz, readyz
 from skill_credits.ledger.batch import Batches
 from skill_credits.ledger.endpoints import HoldController, LedgerController
-from skill_credits.ledger.service import LimitedUsers
+from skill_credits.ledger.limited import LimitedUsers
 from skill_credits.limits.endpoints import LimitController
 from skill_credits.observability import (
     RequestIdMiddleware,

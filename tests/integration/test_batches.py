@@ -12,15 +12,15 @@ import pytest
 
 from skill_credits.db import Database
 from skill_credits.ledger import repository as repo
-from skill_credits.ledger.batch import Batcher, Batches
+from skill_credits.ledger.batch import Batches, ChargeBatcher
 from tests.support.api import Api
 from tests.support.processes import AppServer, charges_sent_together
 from tests.support.run import unique
 
 
-def charges_of(db: Database) -> Batcher:
+def charges_of(db: Database) -> ChargeBatcher:
     """A worker's charge batches: 8 at most a call, one call out at a time."""
-    return Batcher(db, repo.charge, repo.charge_batch, write="charge", max_items=8, slots=1, wait=5)
+    return ChargeBatcher(db, max_items=8, slots=1, wait=5)
 
 
 def params(user: str, skill: str, *, key: str | None = None, description: str | None = None):

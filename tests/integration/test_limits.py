@@ -323,14 +323,15 @@ async def test_exactly_floor_of_limit_over_cost_succeed_on_two_workers(
 async def test_a_worker_learns_which_users_have_limits_from_its_charges(
     api: Api, db, client
 ) -> None:
-    """The hint (service.LimitedUsers) follows what the charges report: a user gains it on
+    """The hint (limited.LimitedUsers) follows what the charges report: a user gains it on
     the first charge after a limit is made, and loses it on the first after the last goes."""
     from skill_credits.ledger import service
+    from skill_credits.ledger.limited import LimitedUsers
     from skill_credits.ledger.schemas import ChargeIn
 
     skill = (await api.create_skill(cost=1))["name"]
     user = await api.new_user(100)
-    hint = service.LimitedUsers()
+    hint = LimitedUsers()
     cache = client.app.state.cache
 
     async def charge() -> int:

@@ -9,9 +9,10 @@ import pytest
 
 from skill_credits.bodies import field_and_message
 from skill_credits.errors import ApiError
+from skill_credits.ledger.idempotency import request_hash
+from skill_credits.ledger.limited import LimitedUsers
 from skill_credits.ledger.repository import decode_cursor, encode_cursor
 from skill_credits.ledger.schemas import ChargeIn, CreditIn, HoldIn
-from skill_credits.ledger.service import LimitedUsers, request_hash
 from skill_credits.settings import Settings
 from skill_credits.skills.schemas import SkillCreate, SkillPatch
 from skill_credits.skills.service import parse_if_match

@@ -1,5 +1,6 @@
-"""Natural batching of charges, holds and captures inside one worker (one ``Batcher``
-each, in ``Batches``).
+"""Natural batching of charges, holds and captures inside one worker (a ``Batcher`` of
+each kind, in ``Batches``: ``ChargeBatcher`` sends with ``repository.charge_batch``,
+``HoldBatcher`` with ``hold_batch``, ``CaptureBatcher`` with ``capture_batch``).
 
 A write that finds a free slot (at most ``slots`` calls in flight) is sent at once, with
 whatever else is waiting: alone when the worker is idle, so batching adds no wait. The
@@ -18,7 +19,6 @@ database could not be reached, every item gets that error (a 503), as a single w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,17 +27,16 @@ from skill_credits.ledger import repository as repo
 from skill_credits.observability import BATCH_SIZES
 
 Waiting = tuple[dict[str, Any], "asyncio.Future[Any]"]
-One = Callable[[Connection, dict[str, Any]], Awaitable[Any]]
-Many = Callable[[Connection, list[dict[str, Any]]], Awaitable[list[Any]]]
 
 
 class Batcher:
-    """The batches of one kind of write: ``one`` sends a write alone, ``many`` a batch."""
+    """The batches of one kind of write. Each kind is a subclass below: its ``send`` names
+    the repository function that writes a batch of it, and ``kind`` labels its sizes."""
+
+    kind = ""
 
     __slots__ = (
         "_db",
-        "_one",
-        "_many",
         "_sizes_metric",
         "max_items",
         "slots",
@@ -48,20 +47,9 @@ class Batcher:
         "sizes",
     )
 
-    def __init__(
-        self,
-        db: Database,
-        one: One,
-        many: Many,
-        *,
-        write: str,
-        max_items: int,
-        slots: int,
-        wait: float,
-    ) -> None:
+    def __init__(self, db: Database, *, max_items: int, slots: int, wait: float) -> None:
         self._db = db
-        self._one, self._many = one, many
-        self._sizes_metric = BATCH_SIZES.labels(write)
+        self._sizes_metric = BATCH_SIZES.labels(self.kind)
         self.max_items = max_items
         self.slots = slots
         # the longest a write waits for a slot before it answers 503, as it would
@@ -72,6 +60,10 @@ class Batcher:
         self._tasks: set[asyncio.Task[None]] = set()
         # how many calls sent how many writes (batch size -> calls); /metrics has them too
         self.sizes: dict[int, int] = {}
+
+    async def send(self, conn: Connection, items: list[dict[str, Any]]) -> list[Any]:
+        """The outcome rows of ``items``, written in one call and one commit, in order."""
+        raise NotImplementedError
 
     async def write(self, params: dict[str, Any]) -> Any:
         """One attempt of the write ``params``: its outcome row, or None when it must be
@@ -120,10 +112,7 @@ class Batcher:
         ordered = sorted(batch, key=lambda waiting: waiting[0]["user_id"])
         try:
             async with self._db.statements() as conn:
-                if len(ordered) == 1:
-                    rows = [await self._one(conn, ordered[0][0])]
-                else:
-                    rows = await self._many(conn, [params for params, _ in ordered])
+                rows = await self.send(conn, [params for params, _ in ordered])
         except Exception as exc:  # noqa: BLE001 - every waiting charge gets an answer
             for _, answer in ordered:
                 if answer.done():
@@ -138,23 +127,44 @@ class Batcher:
                 answer.set_result(row)
 
 
+class ChargeBatcher(Batcher):
+    __slots__ = ()
+    kind = "charge"
+
+    async def send(self, conn: Connection, items: list[dict[str, Any]]) -> list[Any]:
+        return await repo.charge_batch(conn, items)
+
+
+class HoldBatcher(Batcher):
+    __slots__ = ()
+    kind = "hold"
+
+    async def send(self, conn: Connection, items: list[dict[str, Any]]) -> list[Any]:
+        return await repo.hold_batch(conn, items)
+
+
+class CaptureBatcher(Batcher):
+    __slots__ = ()
+    kind = "capture"
+
+    async def send(self, conn: Connection, items: list[dict[str, Any]]) -> list[Any]:
+        return await repo.capture_batch(conn, items)
+
+
 @dataclass(frozen=True, slots=True)
 class Batches:
     """A worker's batchers, one per write that runs in batches."""
 
-    charges: Batcher
-    holds: Batcher
-    captures: Batcher
+    charges: ChargeBatcher
+    holds: HoldBatcher
+    captures: CaptureBatcher
 
     @classmethod
     def of(cls, db: Database, *, max_items: int, slots: int, wait: float) -> Batches:
-        def batcher(write: str, one: One, many: Many) -> Batcher:
-            return Batcher(db, one, many, write=write, max_items=max_items, slots=slots, wait=wait)
-
         return cls(
-            batcher("charge", repo.charge, repo.charge_batch),
-            batcher("hold", repo.hold, repo.hold_batch),
-            batcher("capture", repo.capture, repo.capture_batch),
+            ChargeBatcher(db, max_items=max_items, slots=slots, wait=wait),
+            HoldBatcher(db, max_items=max_items, slots=slots, wait=wait),
+            CaptureBatcher(db, max_items=max_items, slots=slots, wait=wait),
         )
 
 

@@ -10,6 +10,7 @@ from skill_credits import errors
 from skill_credits.auth import confirm, principal_of
 from skill_credits.db import Database
 from skill_credits.ledger import service
+from skill_credits.ledger.idempotency import request_hash
 from skill_credits.ledger.schemas import (
     GRANT_STATUSES,
     TRANSACTION_TYPES,
@@ -87,7 +88,7 @@ class LedgerController(Controller):
         if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
             await confirm(request)
             idempotency_key(key)
-        digest = service.request_hash("POST", "/v1/charges", data, key)
+        digest = request_hash("POST", "/v1/charges", data, key)
         try:
             written = await service.charge(
                 db,
@@ -126,7 +127,7 @@ class LedgerController(Controller):
         idempotency_key(key)
         if data.type == "ADJUSTMENT" and not principal_of(request).is_admin:
             raise errors.forbidden("ADJUSTMENT needs an admin key")
-        digest = service.request_hash("POST", f"/v1/users/{user_id}/credits", data, key)
+        digest = request_hash("POST", f"/v1/users/{user_id}/credits", data, key)
         return created(await service.add_credits(db, user_id, data, key, digest))
 
     @get("/users/{user_id:str}", summary="A user's balance", **documented("getUser", 400, 404))
@@ -219,7 +220,7 @@ class LedgerController(Controller):
         tx_uuid = str(path_uuid(tx_id))
         idempotency_key(key)
         body = data or RefundIn()
-        digest = service.request_hash("POST", f"/v1/transactions/{tx_uuid}/refund", body, key)
+        digest = request_hash("POST", f"/v1/transactions/{tx_uuid}/refund", body, key)
         return created(await service.refund(db, tx_uuid, body, key, digest))
 
 
@@ -241,7 +242,7 @@ class HoldController(Controller):
         key: IdempotencyKey = None,
     ) -> Response[Hold]:
         idempotency_key(key)
-        digest = service.request_hash("POST", "/v1/holds", data, key)
+        digest = request_hash("POST", "/v1/holds", data, key)
         written = await service.create_hold(db, cache, data, key, digest, request.app.state.batches)
         headers = {"Idempotent-Replayed": "true"} if written.replayed else {}
         return Response(written.hold, status_code=201, headers=headers)
@@ -267,7 +268,7 @@ class HoldController(Controller):
         hold_uuid = str(path_uuid(hold_id))
         idempotency_key(key)
         body = data or CaptureIn()
-        digest = service.request_hash("POST", f"/v1/holds/{hold_uuid}/capture", body, key)
+        digest = request_hash("POST", f"/v1/holds/{hold_uuid}/capture", body, key)
         batches = request.app.state.batches
         return created(await service.capture(db, hold_uuid, body, key, digest, batches))
 

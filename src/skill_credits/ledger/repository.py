@@ -151,26 +151,31 @@ async def charge(conn: Connection, params: dict[str, Any]) -> Row:
 
 
 async def _in_batch(
-    conn: Connection, statement: Any, arguments: tuple, items: list[dict[str, Any]]
+    conn: Connection, alone: Any, statement: Any, arguments: tuple, items: list[dict[str, Any]]
 ) -> list[Row]:
+    """The outcome rows of ``items`` in their order: one item is the function's own call
+    (``alone``), several go in its batch form (``statement``)."""
+    if len(items) == 1:
+        return [(await conn.execute(alone, items[0])).one()]
     lists = {f"{name}_list": [item[name] for item in items] for name, _ in arguments}
     return list((await conn.execute(statement, lists)).all())
 
 
 async def charge_batch(conn: Connection, items: list[dict[str, Any]]) -> list[Row]:
-    """Many charges (each as ``charge`` takes it) in one call and one commit; their
-    outcomes in their order."""
-    return await _in_batch(conn, CHARGE_BATCH, CHARGE_ARGS, items)
+    """Charges (each as ``charge`` takes it) in one call and one commit; their outcomes in
+    their order. One alone is ``sc_charge`` itself."""
+    return await _in_batch(conn, CHARGE, CHARGE_BATCH, CHARGE_ARGS, items)
 
 
 async def hold_batch(conn: Connection, items: list[dict[str, Any]]) -> list[Row]:
-    """Many holds (each as ``hold`` takes it) in one call and one commit."""
-    return await _in_batch(conn, HOLD_BATCH, HOLD_ARGS, items)
+    """Holds (each as ``hold`` takes it) in one call and one commit; one is ``sc_hold``."""
+    return await _in_batch(conn, HOLD, HOLD_BATCH, HOLD_ARGS, items)
 
 
 async def capture_batch(conn: Connection, items: list[dict[str, Any]]) -> list[Row]:
-    """Many captures (each as ``capture`` takes it) in one call and one commit."""
-    return await _in_batch(conn, CAPTURE_BATCH, CAPTURE_ARGS, items)
+    """Captures (each as ``capture`` takes it) in one call and one commit; one is
+    ``sc_capture``."""
+    return await _in_batch(conn, CAPTURE, CAPTURE_BATCH, CAPTURE_ARGS, items)
 
 
 async def credit(conn: Connection, params: dict[str, Any]) -> Row:

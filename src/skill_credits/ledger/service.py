@@ -6,16 +6,12 @@ written, or which check refused it with the facts the answer needs, in the contr
 order. This module only maps an outcome to the
 answer; it never reads again to find out why nothing was written.
 
-A charge and a hold are priced: they run at the skill version the cache knows. The
-cache is read before a connection is taken and told of a newer version only after the
-connection is given back, so no connection waits on Redis. When the function finds the
-cache behind (outcome ``version``), it answers with the current skill and the write runs
-again at it.
+A charge and a hold are priced (``pricing.py``): they run at the skill version the cache
+knows, and again at PostgreSQL's when the function finds the cache behind.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,10 +21,14 @@ import msgspec
 from sqlalchemy import exc as sa_exc
 
 from skill_credits import errors
-from skill_credits.db import Connection, Database, constraint_name, sqlstate
+from skill_credits.db import Database, sqlstate
 from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
-from skill_credits.ledger.batch import Batcher, Batches
+from skill_credits.ledger.batch import Batches
+from skill_credits.ledger.idempotency import request_hash as request_hash  # for admin_ui
+from skill_credits.ledger.idempotency import same_request, unless_raced
+from skill_credits.ledger.limited import LimitedUsers
+from skill_credits.ledger.pricing import Price, attempts
 from skill_credits.ledger.schemas import (
     CaptureIn,
     ChargeIn,
@@ -45,35 +45,6 @@ from skill_credits.limits import repository as limits_repo
 from skill_credits.limits.schemas import Limit
 from skill_credits.skills.cache import SkillCache
 from skill_credits.skills.repository import skill_from_row
-from skill_credits.skills.schemas import Skill
-
-MAX_ATTEMPTS = 5
-
-
-class LimitedUsers:
-    """The users this worker last saw charged with spend limits: their charges go the way
-    that checks limits first (``p_limited`` of ``sc_charge``). Only a hint: the database
-    checks ``users.limited`` itself, a wrong hint costs one statement that writes nothing,
-    and each written charge says whether its user has limits. At most ``capacity`` users;
-    past that the hint starts over (users with limits are then learnt again, one charge
-    each)."""
-
-    __slots__ = ("capacity", "_users")
-
-    def __init__(self, capacity: int = 65_536) -> None:
-        self.capacity = capacity
-        self._users: set[str] = set()
-
-    def __contains__(self, user_id: str) -> bool:
-        return user_id in self._users
-
-    def learn(self, user_id: str, limited: bool) -> None:
-        if not limited:
-            self._users.discard(user_id)
-        elif user_id not in self._users:
-            if len(self._users) >= self.capacity:
-                self._users.clear()
-            self._users.add(user_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,41 +70,6 @@ class KeyNotLive(ApiError):
             "a valid API key is required (Authorization: Bearer <key>)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-
-
-def request_hash(
-    method: str, path: str, body: msgspec.Struct | None, key: str | None
-) -> bytes | None:
-    """What makes two requests "the same" for an Idempotency-Key: route, path, decoded body.
-
-    None without a key: only a keyed request is ever compared with another, so a keyless
-    one neither computes nor stores it."""
-    if key is None:
-        return None
-    return hashlib.sha256(f"{method} {path}\n".encode() + _encoded(body)).digest()
-
-
-# ChargeIn's and HoldIn's last field, as the encoding ends when it is absent
-_NO_MEMBER = b',"member":null}'
-
-
-def _encoded(body: msgspec.Struct | None) -> bytes:
-    """The body as its hash sees it. A charge or hold without a member (their last field)
-    is encoded as it was before members existed, so a retry across that upgrade still
-    finds its original; the hot path only cuts the bytes (tests/unit/test_pure.py pins
-    the old encoding)."""
-    if body is None:
-        return b""
-    encoded = msgspec.json.encode(body)
-    if encoded.endswith(_NO_MEMBER):
-        return encoded[: -len(_NO_MEMBER)] + b"}"
-    return encoded
-
-
-def _same_request(stored: Any, digest: bytes | None) -> None:
-    """A replayed row answers this request only if it was made by the same one: else 422."""
-    if bytes(stored.request_hash) != digest:
-        raise errors.idempotency_key_reused()
 
 
 async def _call(statement: Any) -> Any:
@@ -193,69 +129,13 @@ def _answer(row: Any, digest: bytes | None, subject: str, from_row: Any) -> tupl
     if row.outcome == "written":
         return from_row(row), False
     if row.outcome == "replay":
-        _same_request(row, digest)
+        same_request(row, digest)
         return from_row(row), True
     raise refused(row, subject)
 
 
 def _transaction(row: Any, digest: bytes | None, subject: str) -> Written:
     return Written(*_answer(row, digest, subject, repo.transaction_from_row))
-
-
-class _Price:
-    """The skill version a priced write runs at: the cache's, then PostgreSQL's if the
-    function found the cache behind. ``publish`` tells the cache of the newer one (call
-    it once the connection is back)."""
-
-    __slots__ = ("skill", "newer")
-
-    def __init__(self, cached: Skill | None) -> None:
-        self.skill = cached
-        self.newer: Skill | None = None
-
-    @property
-    def version(self) -> int | None:
-        return self.skill.version if self.skill is not None else None
-
-    def moved(self, current: Skill) -> None:
-        self.skill = self.newer = current
-
-    async def publish(self, cache: SkillCache) -> None:
-        if self.newer is not None:
-            await cache.put(self.newer)
-
-
-async def _in_batch(batcher: Batcher | None, params: dict[str, Any], price: _Price | None) -> Any:
-    """The write's first attempt, in its worker's batch: its outcome row, or None when it
-    must run alone (no batches; its batch failed; the cache was behind, and ``price`` has
-    moved to the version the function answered)."""
-    if batcher is None:
-        return None
-    if price is not None:
-        params["version"] = price.version
-    row = await batcher.write(params)
-    if row is not None and price is not None and row.outcome == "version":
-        price.moved(skill_from_row(row, "s_"))
-        return None
-    return row
-
-
-async def _priced(conn: Connection, write: Any, params: dict[str, Any], price: _Price) -> Any:
-    """Run a priced write at ``price``'s version until it is not behind. A charge that
-    lost the race to a concurrent request with its Idempotency-Key wrote nothing (the
-    unique index stopped it): the next call answers the winner's row as the replay."""
-    for _ in range(MAX_ATTEMPTS):
-        params["version"] = price.version
-        try:
-            row = await write(conn, params)
-        except sa_exc.IntegrityError as exc:
-            if constraint_name(exc) != "transactions_idempotency":
-                raise
-            continue
-        if row.outcome != "version":
-            return row
-        price.moved(skill_from_row(row, "s_"))
-    raise errors.contention()
 
 
 async def charge(
@@ -284,12 +164,15 @@ async def charge(
         "member": data.member,
         "limited": limited is not None and data.user_id in limited,
     }
-    price = _Price(await cache.get(data.skill))
+    price = Price(await cache.get(data.skill))
     try:
-        row = await _in_batch(batches.charges if batches else None, params, price)
-        if row is None:
+        row = await batches.charges.write(price.at(params)) if batches else None
+        if not price.answered(row):
             async with db.statements() as conn:
-                row = await _priced(conn, repo.charge, params, price)
+                for _ in attempts():
+                    row = await unless_raced(repo.charge(conn, price.at(params)))
+                    if price.answered(row):
+                        break
     finally:
         await price.publish(cache)
     if row.outcome == "written":
@@ -323,7 +206,7 @@ async def add_credits(
             stored = await repo.keyed(conn, user_id, key) if key is not None else None
             if stored is None:
                 raise errors.validation_error("expires_at", "must be in the future")
-            _same_request(stored, digest)
+            same_request(stored, digest)
             return Written(repo.transaction_from_row(stored), replayed=True)
         row = await _call(repo.credit(conn, params))
     return _transaction(row, digest, user_id)
@@ -425,12 +308,15 @@ async def create_hold(
         "hash": digest,
         "member": data.member,
     }
-    price = _Price(await cache.get(data.skill))
+    price = Price(await cache.get(data.skill))
     try:
-        row = await _in_batch(batches.holds if batches else None, params, price)
-        if row is None:
+        row = await batches.holds.write(price.at(params)) if batches else None
+        if not price.answered(row):
             async with db.statements() as conn:  # one function call, like a charge
-                row = await _priced(conn, repo.hold, params, price)
+                for _ in attempts():
+                    row = await unless_raced(repo.hold(conn, price.at(params)))
+                    if price.answered(row):
+                        break
     finally:
         await price.publish(cache)
     subject = data.user_id if row.outcome == "user_not_found" else data.skill
@@ -468,7 +354,7 @@ async def capture(
             "key": key,
             "hash": digest,
         }
-    row = await _in_batch(batches.captures if batches else None, params, None)
+    row = await batches.captures.write(params) if batches else None
     if row is None:
         async with db.connect() as conn:
             row = await _call(repo.capture(conn, params))
