@@ -44,12 +44,15 @@ def fresh_database(base: str, name: str, *, charged: bool = True) -> str:
             f" FROM generate_series(0, {USERS - 1}) g",
             f"INSERT INTO users (user_id, credits) VALUES ('bench_hot', {BIG}),"
             " ('bench_deep', 0), ('bench_overdraw', 0)",
-            "INSERT INTO transactions (user_id, type, amount, balance_after)"
-            " SELECT user_id, 'GRANT', credits, credits FROM users WHERE credits > 0",
+            "INSERT INTO transactions (seq, user_id, type, amount, balance_after)"
+            " SELECT 1, user_id, 'GRANT', credits, credits FROM users WHERE credits > 0",
             # bench_deep has a history of its own from the start: 200 GRANTs of 1
-            "INSERT INTO transactions (user_id, type, amount, balance_after)"
-            " SELECT 'bench_deep', 'GRANT', 1, k FROM generate_series(1, 200) k ORDER BY k",
+            "INSERT INTO transactions (seq, user_id, type, amount, balance_after)"
+            " SELECT k, 'bench_deep', 'GRANT', 1, k FROM generate_series(1, 200) k ORDER BY k",
             "UPDATE users SET credits = 200 WHERE user_id = 'bench_deep'",
+            # each user's log numbered from 1 (users.log_seq: the newest row's seq)
+            "UPDATE users u SET log_seq = t.seq FROM (SELECT user_id, max(seq) AS seq"
+            " FROM transactions GROUP BY user_id) t WHERE t.user_id = u.user_id",
             # each balance is one grant that never expires, as the upgrade to grants made it
             "INSERT INTO grants (user_id, category, amount, remaining, status)"
             " SELECT user_id, 'paid', credits, credits,"
@@ -58,7 +61,7 @@ def fresh_database(base: str, name: str, *, charged: bool = True) -> str:
     )
     if charged:
         # a user's first charge after the upgrade goes the slow way once and makes the
-        # head (ledger_v2.sql); the runs measure the steady state
+        # head (ledger/sql/charge.sql); the runs measure the steady state
         asyncio.run(
             execute(
                 url,
@@ -76,19 +79,21 @@ async def grow_log(url: str, rows: int) -> None:
     per_user = spread // USERS
     await execute(
         url,
-        "INSERT INTO transactions (user_id, type, amount, balance_after)"
-        " SELECT u.user_id, 'GRANT', 1, u.credits + k"
+        "INSERT INTO transactions (seq, user_id, type, amount, balance_after)"
+        " SELECT u.log_seq + k, u.user_id, 'GRANT', 1, u.credits + k"
         f" FROM users u CROSS JOIN generate_series(1, {per_user}) k"
         " WHERE u.user_id LIKE 'bench\\_%' AND u.user_id ~ '^bench_[0-9]+$'"
         " ORDER BY k, u.user_id",
-        f"UPDATE users SET credits = credits + {per_user} WHERE user_id ~ '^bench_[0-9]+$'",
+        f"UPDATE users SET credits = credits + {per_user}, log_seq = log_seq + {per_user}"
+        " WHERE user_id ~ '^bench_[0-9]+$'",
         f"UPDATE grants SET amount = amount + {per_user}, remaining = remaining + {per_user}"
         " WHERE user_id ~ '^bench_[0-9]+$'",
-        "INSERT INTO transactions (user_id, type, amount, balance_after)"
-        " SELECT 'bench_deep', 'GRANT', 1, u.credits + k"
+        "INSERT INTO transactions (seq, user_id, type, amount, balance_after)"
+        " SELECT u.log_seq + k, 'bench_deep', 'GRANT', 1, u.credits + k"
         f" FROM users u CROSS JOIN generate_series(1, {deep}) k"
         " WHERE u.user_id = 'bench_deep' ORDER BY k",
-        f"UPDATE users SET credits = credits + {deep} WHERE user_id = 'bench_deep'",
+        f"UPDATE users SET credits = credits + {deep}, log_seq = log_seq + {deep}"
+        " WHERE user_id = 'bench_deep'",
         f"UPDATE grants SET amount = amount + {deep}, remaining = remaining + {deep}"
         " WHERE user_id = 'bench_deep'",
         "VACUUM ANALYZE transactions",
@@ -116,9 +121,9 @@ async def reset_overdraw(url: str, balance: int) -> None:
         url,
         "DELETE FROM grants WHERE user_id = 'bench_overdraw'",
         "DELETE FROM transactions WHERE user_id = 'bench_overdraw'",
-        f"UPDATE users SET credits = {balance} WHERE user_id = 'bench_overdraw'",
-        f"INSERT INTO transactions (user_id, type, amount, balance_after)"
-        f" VALUES ('bench_overdraw', 'GRANT', {balance}, {balance})",
+        f"UPDATE users SET credits = {balance}, log_seq = 1 WHERE user_id = 'bench_overdraw'",
+        f"INSERT INTO transactions (seq, user_id, type, amount, balance_after)"
+        f" VALUES (1, 'bench_overdraw', 'GRANT', {balance}, {balance})",
         "INSERT INTO grants (user_id, category, amount, remaining, status)"
         f" VALUES ('bench_overdraw', 'paid', {balance}, {balance},"
         f" '{'active' if balance > 0 else 'depleted'}')",

@@ -237,27 +237,28 @@ async def test_a_long_history_page_uses_the_users_index(db) -> None:
     user, others = f"deep_{uuid.uuid4().hex[:8]}", f"newer_{uuid.uuid4().hex[:8]}"
     async with db.engine.begin() as conn:
         await conn.execute(
-            text("INSERT INTO users (user_id, credits) VALUES (:u, 30000)"), {"u": user}
+            text("INSERT INTO users (user_id, credits, log_seq) VALUES (:u, 30000, 30000)"),
+            {"u": user},
         )
         await conn.execute(
             text(
-                "INSERT INTO transactions (user_id, type, amount, balance_after)"
-                " SELECT :u, 'GRANT', 1, k FROM generate_series(1, 30000) k ORDER BY k"
+                "INSERT INTO transactions (seq, user_id, type, amount, balance_after)"
+                " SELECT k, :u, 'GRANT', 1, k FROM generate_series(1, 30000) k ORDER BY k"
             ),
             {"u": user},
         )
         # newer rows of 200 other users, each a GRANT of 1 that its balance shows
         await conn.execute(
             text(
-                "INSERT INTO users (user_id, credits)"
-                " SELECT :o || g, 1 FROM generate_series(1, 200) g"
+                "INSERT INTO users (user_id, credits, log_seq)"
+                " SELECT :o || g, 1, 1 FROM generate_series(1, 200) g"
             ),
             {"o": others},
         )
         await conn.execute(
             text(
-                "INSERT INTO transactions (user_id, type, amount, balance_after)"
-                " SELECT :o || g, 'GRANT', 1, 1 FROM generate_series(1, 200) g"
+                "INSERT INTO transactions (seq, user_id, type, amount, balance_after)"
+                " SELECT 1, :o || g, 'GRANT', 1, 1 FROM generate_series(1, 200) g"
             ),
             {"o": others},
         )
