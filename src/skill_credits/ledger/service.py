@@ -25,7 +25,8 @@ import msgspec
 from sqlalchemy import exc as sa_exc
 
 from skill_credits import errors
-from skill_credits.db import Connection, Database, constraint_name, sqlstate
+from skill_credits.db import Connection, Database
+from skill_credits.db.failures import constraint_name, sqlstate
 from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger.batch import Batcher, Batches
