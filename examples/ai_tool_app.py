@@ -23,7 +23,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import JSONBody
 from msgspec import Struct
 
-from skill_credits.litestar import Charged, Held, SkillCredits, charge, hold
+from skill_credits.host.plugin import Charged, Held, SkillCredits, charge, hold
 
 
 class TextIn(Struct):

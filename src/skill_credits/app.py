@@ -21,7 +21,10 @@ from litestar.stores.redis import RedisStore
 from litestar.template.config import TemplateConfig
 
 from skill_credits.admin_ui import present
-from skill_credits.admin_ui.endpoints import AdminPagesController, LoginController, plain_inputs
+from skill_credits.admin_ui.pages.login import LoginController
+from skill_credits.admin_ui.pages.shared import plain_inputs
+from skill_credits.admin_ui.pages.skills import SkillPagesController
+from skill_credits.admin_ui.pages.users import UserPagesController
 from skill_credits.admin_ui.session import (
     LoginRequired,
     csrf_middleware,
@@ -160,7 +163,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     admin_ui = Router(
         path="/",
-        route_handlers=[LoginController, AdminPagesController],
+        route_handlers=[LoginController, SkillPagesController, UserPagesController],
         before_request=plain_inputs,
         middleware=[
             session_config().middleware,

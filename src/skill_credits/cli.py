@@ -45,14 +45,14 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy.exc import IntegrityError
 
     from skill_credits.auth import create_key
-    from skill_credits.db import constraint_name
+    from skill_credits.db.failures import unique_violation
 
     if not 1 <= len(args.name) <= KEY_NAME_LENGTH:
         raise Refused(f"a key name has 1-{KEY_NAME_LENGTH} characters")
     try:
         key = asyncio.run(_with_connection(settings, lambda c: create_key(c, args.name, args.role)))
     except IntegrityError as exc:
-        if constraint_name(exc) != "api_keys_live_name":
+        if not unique_violation(exc, "api_keys_live_name"):
             raise
         raise Refused(
             f"a live key named {args.name!r} exists: revoke it first"
@@ -223,7 +223,7 @@ def explain(exc: BaseException, settings: Settings) -> str | None:
     import asyncpg
     from sqlalchemy.exc import DBAPIError
 
-    from skill_credits.db import is_unavailable, sqlstate
+    from skill_credits.db.failures import is_unavailable, sqlstate
 
     if isinstance(exc, Refused):
         return str(exc)

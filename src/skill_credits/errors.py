@@ -22,7 +22,7 @@ from litestar.plugins.problem_details import (
 from redis.exceptions import RedisError
 from sqlalchemy import exc as sa_exc
 
-from skill_credits.db import is_unavailable
+from skill_credits.db.failures import is_unavailable
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,16 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from msgspec import Struct
+from sqlalchemy import text
 
-from skill_credits.db import Database, ping
+from skill_credits.db import Database
 from skill_credits.skills.cache import SkillCache
+
+
+async def ping(db: Database) -> None:
+    """One round trip to PostgreSQL (readiness); raises when it does not answer."""
+    async with db.autocommit.connect() as conn:
+        await conn.execute(text("SELECT 1"))
 
 
 class Readiness(Struct):

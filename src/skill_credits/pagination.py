@@ -1,8 +1,8 @@
-"""The cursors of keyset pagination: newest first over an identity ``seq`` column, or
-after a row named by its id (a user's grants, in spending order).
+"""Keyset pagination: the page's query (``keyset_page``, newest first over an identity
+``seq`` column) and the cursors, of a ``seq`` or of a row named by its id (a user's
+grants, in spending order).
 
-Cursors are opaque to clients. The page's query is ``db.keyset_page``: SQL lives in the
-repositories and db.py only.
+Cursors are opaque to clients.
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from skill_credits.validation import MAX_INT64
 
@@ -47,3 +52,38 @@ def decode_id_cursor(cursor: str) -> str | None:
     raw = _raw(cursor)
     match = _ID_CURSOR.fullmatch(raw) if raw is not None else None
     return match[1] if match else None
+
+
+async def keyset_page(
+    conn: AsyncConnection,
+    table: str,
+    columns: str,
+    equal: dict[str, Any],
+    before: int | None,
+    limit: int,
+) -> tuple[list[Row], str | None]:
+    """Keyset pagination, newest first: up to ``limit`` rows where every ``equal`` column
+    (skipped when None) matches its value, or any of a tuple of values.
+
+    ``table``, ``columns`` and the keys of ``equal`` come from code, never from a client.
+    A page costs the same deep in a log as at its start: ``seq < :before`` is an index
+    range condition, never an OFFSET.
+    """
+    filters = {column: value for column, value in equal.items() if value is not None}
+    where = [
+        f"{column} = ANY(:{column})" if isinstance(value, tuple) else f"{column} = :{column}"
+        for column, value in filters.items()
+    ] or ["true"]
+    if before is not None:
+        where.append("seq < :before")
+    rows = (
+        await conn.execute(
+            text(
+                f"SELECT {columns}, seq FROM {table} WHERE {' AND '.join(where)}"
+                " ORDER BY seq DESC LIMIT :limit"
+            ),
+            {**filters, "before": before, "limit": limit + 1},
+        )
+    ).all()
+    next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
+    return rows[:limit], next_cursor

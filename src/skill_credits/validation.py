@@ -6,9 +6,9 @@ The OpenAPI document still states each rule (``schema_only`` here; the path and 
 parameters in ``openapi.py``): the same regular expressions, anchored, for the
 document's eyes only.
 
-The schemas use these rules, and `skill_credits.client` imports the schemas in host
-apps that have only httpx and msgspec, so this module imports nothing of the server
-(not even Litestar).
+The schemas use these rules, and `skill_credits.host.client` imports the schemas in
+host apps that have only httpx and msgspec, so this module imports nothing of the
+server (not even Litestar).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The hot path's asyncpg connection answers like SQLAlchemy's (db.Statements).
+"""The hot path's asyncpg connection answers like SQLAlchemy's (``db.adapter.Statements``).
 
 Users are made with 0 credits and no log rows, so the ledger stays reconciled."""
 
@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from skill_credits.db import constraint_name, sqlstate
+from skill_credits.db.failures import constraint_name, sqlstate
 from tests.support.run import unique
 
 INSERT_USER = text(

@@ -1,5 +1,5 @@
 """Installed from its wheel, away from the checkout, the service works; and a host app's
-environment with only httpx and msgspec can use `skill_credits.client`.
+environment with only httpx and msgspec can use `skill_credits.host.client`.
 
 Builds the sdist and the wheel from it (`uv build`, as a release would), installs the
 wheel into fresh virtual environments (dependencies at the versions of uv.lock), and
@@ -28,7 +28,7 @@ CLIENT_SCRIPT = """
 import asyncio, importlib.util, sys
 present = [n for n in sys.argv[3:] if importlib.util.find_spec(n) is not None]
 assert not present, f"installed: {present}"
-from skill_credits.client import SkillCreditsClient
+from skill_credits.host.client import SkillCreditsClient
 
 async def main():
     client = SkillCreditsClient(sys.argv[1], sys.argv[2])

@@ -55,7 +55,9 @@ class Connections:
         self.calls += 1
         if self.raced:
             self.raced -= 1
-            lost = types.SimpleNamespace(constraint_name="transactions_idempotency")
+            lost = types.SimpleNamespace(
+                sqlstate="23505", constraint_name="transactions_idempotency"
+            )
             raise sa_exc.IntegrityError("SELECT sc_charge(...)", params, lost)
         behind = params["version"] not in (None, self.version)
         row = types.SimpleNamespace(

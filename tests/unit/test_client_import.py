@@ -1,4 +1,4 @@
-"""`skill_credits.client` imports in a host app that has only httpx and msgspec.
+"""`skill_credits.host.client` imports in a host app that has only httpx and msgspec.
 
 Fast check in a subprocess that refuses the server's packages; tests/integration/
 test_package.py does the same in a real virtual environment without them.
@@ -18,7 +18,7 @@ class NotInstalled:
             raise ModuleNotFoundError(f"No module named {name!r}")
 
 sys.meta_path.insert(0, NotInstalled())
-from skill_credits.client import BillingError, SkillCreditsClient
+from skill_credits.host.client import BillingError, SkillCreditsClient
 """
 
 

@@ -141,7 +141,7 @@ def test_a_server_shutting_down_or_starting_is_unavailable() -> None:
     from sqlalchemy import exc as sa_exc
     from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection, dialect
 
-    from skill_credits.db import is_unavailable
+    from skill_credits.db.failures import is_unavailable
 
     dbapi = dialect().import_dbapi()
     for error in (

@@ -1,6 +1,7 @@
 """Where things live, checked on the source: the environment is read in settings.py only,
-SQL is written in repositories (and db.py) only, no private name crosses modules, and
-every problem code comes from the errors catalogue."""
+SQL is written in repositories only (and the few queries of no table), no private name
+crosses modules, no module imports itself through others, and every problem code comes
+from the errors catalogue."""
 
 from __future__ import annotations
 
@@ -47,10 +48,11 @@ def test_the_environment_is_read_in_settings_only() -> None:
     assert reads == []
 
 
-def test_sql_is_written_in_repositories_and_db_only() -> None:
-    """migrate.py creates the database itself (no table of the package), before any
-    repository can connect."""
-    allowed = {"db.py", "migrate.py"}
+def test_sql_is_written_in_repositories_only() -> None:
+    """Besides the repositories: the queries of no table, health.py's readiness ping and
+    pagination.py's keyset page; and migrate.py, which creates the database itself (no
+    table of the package), before any repository can connect."""
+    allowed = {"health.py", "pagination.py", "migrate.py"}
     found = []
     for name, tree in modules():
         if name.endswith("repository.py") or name in allowed or name.startswith("migrations"):
@@ -72,6 +74,58 @@ def test_no_private_name_is_imported_across_modules() -> None:
         if alias.name.startswith("_")
     ]
     assert found == []
+
+
+def module_name(path: str) -> str:
+    """``db/pools.py`` → ``skill_credits.db.pools``; ``db/__init__.py`` → ``skill_credits.db``."""
+    parts = ["skill_credits", *Path(path).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(path: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """The package's modules that ``path`` imports, inside functions too; importing
+    ``a.b.c`` runs ``a`` and ``a.b`` first, but a module's own packages are running
+    already (the package writes no relative imports)."""
+    own = module_name(path) + "."
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            dotted = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            dotted = [node.module or ""] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in dotted:
+            parts = name.split(".")
+            found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return {name for name in found & known if not own.startswith(name + ".")}
+
+
+def a_circle(graph: dict[str, set[str]]) -> list[str]:
+    """A module that reaches itself through its imports, with the way it does; [] if none."""
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str]:
+        if module in path:
+            return [*path[path.index(module) :], module]
+        if module not in done:
+            for other in sorted(graph[module]):
+                if circle := visit(other, [*path, module]):
+                    return circle
+            done.add(module)
+        return []
+
+    return next(filter(None, (visit(module, []) for module in sorted(graph))), [])
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """An import inside a function counts: the circle is there on its first call."""
+    trees = modules()
+    known = {module_name(path) for path, _ in trees}
+    graph = {module_name(path): imported(path, tree, known) for path, tree in trees}
+    assert graph["skill_credits.errors"]  # the graph is read
+    assert a_circle(graph) == []
+    assert a_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
 def test_problems_are_built_from_the_catalogue_only() -> None:

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Row
 
-from skill_credits.db import Connection, keyset_page
+from skill_credits.db import Connection
 from skill_credits.events.schemas import Event
-from skill_credits.pagination import decode_cursor
+from skill_credits.pagination import decode_cursor, keyset_page
 
 EVENT_COLUMNS = "id::text AS id, type, user_id, data::text AS data, created_at"
 

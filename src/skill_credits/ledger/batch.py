@@ -22,7 +22,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from skill_credits.db import Connection, Database, is_unavailable
+from skill_credits.db import Connection, Database
+from skill_credits.db.failures import is_unavailable
 from skill_credits.ledger import repository as repo
 from skill_credits.observability import BATCH_SIZES
 

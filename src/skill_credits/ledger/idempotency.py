@@ -12,7 +12,7 @@ import msgspec
 from sqlalchemy import exc as sa_exc
 
 from skill_credits import errors
-from skill_credits.db import constraint_name
+from skill_credits.db.failures import unique_violation
 
 
 def request_hash(
@@ -57,6 +57,6 @@ async def unless_raced(statement: Awaitable[Any]) -> Any:
     try:
         return await statement
     except sa_exc.IntegrityError as exc:
-        if constraint_name(exc) != "transactions_idempotency":
+        if not unique_violation(exc, "transactions_idempotency"):
             raise
         return None

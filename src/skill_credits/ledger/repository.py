@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from sqlalchemy import text
 
-from skill_credits.db import Connection, keyset_page
+from skill_credits.db import Connection
 from skill_credits.ledger.schemas import (
     CreditsByCategory,
     Grant,
@@ -27,7 +27,7 @@ from skill_credits.ledger.schemas import (
     Transaction,
     User,
 )
-from skill_credits.pagination import decode_cursor, encode_cursor, encode_id_cursor
+from skill_credits.pagination import decode_cursor, encode_cursor, encode_id_cursor, keyset_page
 from skill_credits.skills.repository import skill_columns
 
 Row = Any  # a row of Connection.execute: attribute access by column name

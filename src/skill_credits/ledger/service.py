@@ -21,11 +21,11 @@ import msgspec
 from sqlalchemy import exc as sa_exc
 
 from skill_credits import errors
-from skill_credits.db import Database, sqlstate
+from skill_credits.db import Database
+from skill_credits.db.failures import sqlstate
 from skill_credits.errors import ApiError
 from skill_credits.ledger import repository as repo
 from skill_credits.ledger.batch import Batches
-from skill_credits.ledger.idempotency import request_hash as request_hash  # for admin_ui
 from skill_credits.ledger.idempotency import same_request, unless_raced
 from skill_credits.ledger.limited import LimitedUsers
 from skill_credits.ledger.pricing import Price, attempts

@@ -1,4 +1,6 @@
-"""Server-rendered admin pages. Every change goes through the same services as the API."""
+"""The users page: a user's balance, grants, limits and log (a page at a time), and
+what its forms and links do: grant credits, add, change or remove a limit, refund a
+charge (with its confirmation page)."""
 
 from __future__ import annotations
 
@@ -7,221 +9,28 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.di import NamedDependency
-from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, QueryParameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
 from skill_credits.admin_ui import forms, present
 from skill_credits.admin_ui.forms import sentence
-from skill_credits.admin_ui.session import admin_session, start_session
-from skill_credits.auth import principal_of, verify_token
+from skill_credits.admin_ui.pages.confirmation import confirm
+from skill_credits.admin_ui.pages.shared import Db, Form, flash, pop_flash, see_other, uuid_or_none
+from skill_credits.admin_ui.session import admin_session
 from skill_credits.db import Database
-from skill_credits.errors import ApiError, skill_not_found, transaction_not_found, validation_error
+from skill_credits.errors import ApiError, transaction_not_found
+from skill_credits.ledger import idempotency
 from skill_credits.ledger import service as ledger_service
 from skill_credits.ledger.schemas import RefundIn
 from skill_credits.limits import service as limits_service
 from skill_credits.pagination import decode_cursor, encode_cursor
-from skill_credits.skills import service as skills_service
-from skill_credits.skills.cache import SkillCache
-from skill_credits.skills.schemas import SkillPatch
-from skill_credits.validation import (
-    SKILL_NAME_RE,
-    USER_ID_RE,
-    USER_ID_RULE,
-    check_urlencoded,
-    plain_text,
-)
-
-Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
-Db = NamedDependency[Database]
-Cache = NamedDependency[SkillCache]
+from skill_credits.validation import USER_ID_RE, USER_ID_RULE
 
 
-async def plain_inputs(request: Request) -> None:
-    """``before_request`` of every admin page: one guard for what the forms pass on.
-
-    A NUL or bytes that are not UTF-8 in the path, the query or a form field are a 400
-    naming it, before any handler hands them to PostgreSQL (which refuses NUL in text).
-    """
-    for name, value in request.path_params.items():
-        if isinstance(value, str) and "\x00" in value:
-            raise validation_error(name, "must not contain NUL")
-    plain_text("path", (request.scope.get("raw_path") or b"").split(b"?", 1)[0])
-    check_urlencoded(request.scope.get("query_string") or b"")
-    if request.method == "POST":  # every admin form is url-encoded
-        check_urlencoded(await request.body())
-
-
-def see_other(url: str) -> Redirect:
-    """Post/redirect/get: the browser follows with a GET."""
-    return Redirect(url, status_code=303)
-
-
-def _flash(request: Request, kind: str, message: str) -> None:
-    request.session.setdefault("flash", []).append({"kind": kind, "message": message})
-
-
-def _pop_flash(request: Request) -> list[dict[str, str]]:
-    return request.session.pop("flash", []) if request.session else []
-
-
-class LoginController(Controller):
-    path = "/admin"
-    include_in_schema = False
-
-    @get("/login")
-    async def login_page(self, request: Request) -> Template:
-        return Template("login.html", context={"error": None})
-
-    @post("/login")
-    async def login(self, request: Request, data: Form, db: Db) -> Response:
-        token = (data.get("api_key") or "").strip()
-        principal = None
-        if token:
-            async with db.connect() as conn:
-                principal = await verify_token(conn, token)
-        if principal is None or not principal.is_admin:
-            return Template(
-                "login.html",
-                context={"error": "That is not a live admin key."},
-                status_code=401,
-            )
-        start_session(request, principal.key_id, principal.name)
-        return see_other("/admin/skills")
-
-    @post("/logout", guards=[admin_session])
-    async def logout(self, request: Request) -> Redirect:
-        request.clear_session()
-        return see_other("/admin/login")
-
-
-class AdminPagesController(Controller):
+class UserPagesController(Controller):
     path = "/admin"
     guards = [admin_session]
     include_in_schema = False
-
-    @get("/")
-    async def home(self) -> Redirect:
-        return see_other("/admin/skills")
-
-    # ---- skills -------------------------------------------------------------------
-
-    async def _skills_page(
-        self,
-        request: Request,
-        db: Database,
-        *,
-        form: dict | None = None,
-        errors: dict | None = None,
-        cost_errors: dict | None = None,
-        status: int = 200,
-    ) -> Template:
-        skills = await skills_service.list_all(db)
-        return Template(
-            "skills.html",
-            context={
-                "skills": skills,
-                "form": form or {},
-                "errors": errors or {},
-                "cost_errors": cost_errors or {},
-                "flash": _pop_flash(request),
-            },
-            status_code=status,
-        )
-
-    @get("/skills")
-    async def skills(self, request: Request, db: Db) -> Template:
-        return await self._skills_page(request, db)
-
-    @post("/skills")
-    async def create_skill(self, request: Request, data: Form, db: Db, cache: Cache) -> Response:
-        skill_in, errors = forms.skill(data)
-        if skill_in is None:
-            return await self._skills_page(request, db, form=data, errors=errors, status=400)
-        try:
-            skill = await skills_service.create(db, skill_in, principal_of(request).name)
-        except ApiError as exc:
-            errors = {"name": forms.sentence(exc.detail)}
-            return await self._skills_page(
-                request, db, form=data, errors=errors, status=exc.status_code
-            )
-        await skills_service.publish(db, cache, skill)
-        _flash(request, "ok", f"{skill.name} is live at {skill.cost} credits.")
-        return see_other("/admin/skills")
-
-    async def _edit(
-        self,
-        request: Request,
-        db: Database,
-        cache: SkillCache,
-        name: str,
-        version: str,
-        patch: SkillPatch,
-    ) -> Redirect:
-        try:
-            skill, changes = await skills_service.update(
-                db, name, patch, principal_of(request).name, f'"{version}"'
-            )
-        except ApiError as exc:
-            if exc.code == "version_conflict":
-                _flash(
-                    request,
-                    "error",
-                    f"{name} was changed meanwhile by someone else; nothing was saved."
-                    " Check the current values below and try again.",
-                )
-            else:
-                _flash(request, "error", forms.sentence(exc.detail))
-            return see_other("/admin/skills")
-        await skills_service.publish(db, cache, skill)
-        if changes:
-            saved = present.changes_text(changes)
-            _flash(request, "ok", f"{name} saved (version {skill.version}): {saved}.")
-        else:
-            _flash(request, "ok", f"{name}: nothing to save, it was like that already.")
-        return see_other("/admin/skills")
-
-    @post("/skills/{name:str}/cost")
-    async def edit_cost(
-        self, request: Request, name: FromPath[str], data: Form, db: Db, cache: Cache
-    ) -> Response:
-        patch, errors = forms.cost(data)
-        if patch is None:
-            return await self._skills_page(
-                request, db, cost_errors={name: errors["cost"]}, status=400
-            )
-        return await self._edit(request, db, cache, name, data.get("version", ""), patch)
-
-    @get("/skills/{name:str}/disable")
-    async def confirm_disable(self, request: Request, name: FromPath[str], db: Db) -> Template:
-        skill = await skills_service.get(db, _skill_name(name))
-        return _confirm(
-            title=f"Disable {skill.name}?",
-            consequence=(
-                f"Every charge of {skill.display_name} will be refused with 403 skill_disabled"
-                " from the next request on, until it is enabled again."
-            ),
-            facts={"Display name": skill.display_name, "Cost": str(skill.cost)},
-            action=f"/admin/skills/{skill.name}/active",
-            fields={"version": str(skill.version), "is_active": "false"},
-            button=f"Yes, disable {skill.name}",
-            cancel="/admin/skills",
-        )
-
-    @post("/skills/{name:str}/active")
-    async def set_active(
-        self, request: Request, name: FromPath[str], data: Form, db: Db, cache: Cache
-    ) -> Redirect:
-        patch = SkillPatch(is_active=data.get("is_active") == "true")
-        return await self._edit(request, db, cache, name, data.get("version", ""), patch)
-
-    @get("/skills/{name:str}/history")
-    async def history(self, request: Request, name: FromPath[str], db: Db) -> Template:
-        skill, edits = await skills_service.history(db, _skill_name(name))
-        return Template("history.html", context={"skill": skill, "edits": edits})
-
-    # ---- users --------------------------------------------------------------------
 
     async def _users_page(
         self,
@@ -244,7 +53,7 @@ class AdminPagesController(Controller):
             "items": [],
             "next_cursor": None,
             "error": None,
-            "flash": _pop_flash(request),
+            "flash": pop_flash(request),
             "idem": uuid.uuid4().hex,
             "form": form or {},
             "errors": errors or {},
@@ -315,7 +124,7 @@ class AdminPagesController(Controller):
                 limit_errors={_LIMIT_FIELD.get(exc.code, "window"): sentence(exc.detail)},
                 status=exc.status_code,
             )
-        _flash(request, "ok", f"{_limit_words(made)} added.")
+        flash(request, "ok", f"{_limit_words(made)} added.")
         return see_other(f"/admin/users?user_id={user_id}")
 
     @post("/users/{user_id:str}/limits/{limit_id:str}")
@@ -323,19 +132,19 @@ class AdminPagesController(Controller):
         self, request: Request, user_id: FromPath[str], limit_id: FromPath[str], data: Form, db: Db
     ) -> Response:
         back = _user_page(user_id)
-        limit_uuid = _uuid(limit_id)
+        limit_uuid = uuid_or_none(limit_id)
         body, errors = forms.limit_change(data)
         if limit_uuid is None or back is None:
-            _flash(request, "error", "That limit is not one of this user's.")
+            flash(request, "error", "That limit is not one of this user's.")
         elif body is None:
-            _flash(request, "error", f"Not changed: {errors['max_credits']}")
+            flash(request, "error", f"Not changed: {errors['max_credits']}")
         else:
             try:
                 changed = await limits_service.change(db, user_id, limit_uuid, body.max_credits)
             except ApiError as exc:
-                _flash(request, "error", f"Not changed: {sentence(exc.detail)}")
+                flash(request, "error", f"Not changed: {sentence(exc.detail)}")
             else:
-                _flash(request, "ok", f"{_limit_words(changed)} now.")
+                flash(request, "ok", f"{_limit_words(changed)} now.")
         return see_other(back or "/admin/users")
 
     @post("/users/{user_id:str}/limits/{limit_id:str}/remove")
@@ -343,16 +152,16 @@ class AdminPagesController(Controller):
         self, request: Request, user_id: FromPath[str], limit_id: FromPath[str], db: Db
     ) -> Response:
         back = _user_page(user_id)
-        limit_uuid = _uuid(limit_id)
+        limit_uuid = uuid_or_none(limit_id)
         if limit_uuid is None or back is None:
-            _flash(request, "error", "That limit is not one of this user's.")
+            flash(request, "error", "That limit is not one of this user's.")
         else:
             try:
                 await limits_service.delete(db, user_id, limit_uuid)
             except ApiError as exc:
-                _flash(request, "error", f"Not removed: {sentence(exc.detail)}")
+                flash(request, "error", f"Not removed: {sentence(exc.detail)}")
             else:
-                _flash(request, "ok", "Limit removed.")
+                flash(request, "ok", "Limit removed.")
         return see_other(back or "/admin/users")
 
     @post("/users/{user_id:str}/credits")
@@ -373,12 +182,12 @@ class AdminPagesController(Controller):
         if written is None:
             return see_other(back)
         tx = written.transaction
-        _flash(request, "ok", f"{tx.type} of {tx.amount:+d} saved; balance {tx.balance_after}.")
+        flash(request, "ok", f"{tx.type} of {tx.amount:+d} saved; balance {tx.balance_after}.")
         return see_other(back)
 
     @get("/transactions/{tx_id:str}/refund")
     async def confirm_refund(self, request: Request, tx_id: FromPath[str], db: Db) -> Response:
-        tx_uuid = _uuid(tx_id)
+        tx_uuid = uuid_or_none(tx_id)
         if tx_uuid is None:
             raise transaction_not_found(tx_id)
         tx, refused = await ledger_service.refundable(db, tx_uuid)
@@ -389,10 +198,10 @@ class AdminPagesController(Controller):
                 if refused.code == "already_refunded"
                 else f"it is a {tx.type}"
             )
-            _flash(request, "error", f"That transaction cannot be refunded: {why}.")
+            flash(request, "error", f"That transaction cannot be refunded: {why}.")
             return see_other(back)
         credits = -tx.amount
-        return _confirm(
+        return confirm(
             title=f"Refund {credits} credits to {tx.user_id}?",
             consequence=(
                 f"The charge of {tx.skill} is given back in full: the balance of {tx.user_id}"
@@ -416,9 +225,9 @@ class AdminPagesController(Controller):
         back = (
             f"/admin/users?user_id={user_id}" if USER_ID_RE.fullmatch(user_id) else "/admin/users"
         )
-        tx_uuid = _uuid(tx_id)
+        tx_uuid = uuid_or_none(tx_id)
         if tx_uuid is None:
-            _flash(request, "error", "That is not a transaction id.")
+            flash(request, "error", "That is not a transaction id.")
             return see_other(back)
         body = RefundIn(description=(data.get("description") or "").strip()[:500] or None)
         path = f"/v1/transactions/{tx_uuid}/refund"
@@ -426,7 +235,7 @@ class AdminPagesController(Controller):
         written = await _ledger_write(request, db, data, path, write, tx_uuid, body, "Not refunded")
         if written is None:
             return see_other(back)
-        _flash(request, "ok", f"Refunded {written.transaction.amount} credits.")
+        flash(request, "ok", f"Refunded {written.transaction.amount} credits.")
         return see_other(back)
 
 
@@ -444,11 +253,11 @@ async def _ledger_write(
     with the form's ``idem`` as its Idempotency-Key (a double submit writes once); None,
     with the error flashed, when the service refuses."""
     key = (data.get("idem") or "")[:64] or None
-    digest = ledger_service.request_hash("POST", path, body, key)
+    digest = idempotency.request_hash("POST", path, body, key)
     try:
         return await write(db, target, body, key, digest)
     except ApiError as exc:
-        _flash(request, "error", f"{refused}: {exc.detail}.")
+        flash(request, "error", f"{refused}: {exc.detail}.")
         return None
 
 
@@ -461,7 +270,7 @@ def _not_a_user(request: Request, user_id: str) -> Redirect | None:
     to the users page; None for a user id."""
     if USER_ID_RE.fullmatch(user_id):
         return None
-    _flash(request, "error", f"A user id is {USER_ID_RULE}.")
+    flash(request, "error", f"A user id is {USER_ID_RULE}.")
     return see_other("/admin/users")
 
 
@@ -475,20 +284,6 @@ def _limit_words(limit: Any) -> str:
     who = f" for {limit.member}" if limit.member else ""
     what = f" on {limit.skill}" if limit.skill else ""
     return f"{limit.window.capitalize()} limit of {limit.max_credits}{who}{what}"
-
-
-def _skill_name(name: str) -> str:
-    """A skill name from the path: a name no skill can have is a 404 here, without a query."""
-    if not SKILL_NAME_RE.fullmatch(name):
-        raise skill_not_found(name)
-    return name
-
-
-def _uuid(value: str) -> str | None:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
 
 
 def _charge_links(user_id: str, items: list[Any], charges: dict[str, Any]) -> dict[str, dict]:
@@ -507,29 +302,3 @@ def _charge_links(user_id: str, items: list[Any], charges: dict[str, Any]) -> di
             "href": f"{page}#tx-{charge_id}",
         }
     return links
-
-
-def _confirm(
-    *,
-    title: str,
-    consequence: str,
-    facts: dict[str, str],
-    action: str,
-    fields: dict[str, str],
-    button: str,
-    cancel: str,
-) -> Template:
-    """The one confirmation page (disable, refund): what will happen, the facts it acts
-    on, and a form that does it; Cancel goes back with nothing done."""
-    return Template(
-        "confirm.html",
-        context={
-            "title": title,
-            "consequence": consequence,
-            "facts": facts,
-            "action": action,
-            "fields": fields,
-            "button": button,
-            "cancel": cancel,
-        },
-    )

@@ -1,6 +1,6 @@
 """Charging inside a host Litestar app: charge a tool's request before its work runs.
 
-    from skill_credits.litestar import SkillCredits, charge, hold
+    from skill_credits.host.plugin import SkillCredits, charge, hold
 
     billing = SkillCredits(base_url=..., api_key=..., user_id=lambda request: request.user.id)
     app = Litestar(route_handlers=[...], plugins=[billing])
@@ -29,7 +29,7 @@ from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.plugins import InitPluginProtocol
 
-from skill_credits.client import BillingError, SkillCreditsClient
+from skill_credits.host.client import BillingError, SkillCreditsClient
 from skill_credits.ledger.schemas import Hold, Transaction
 
 __all__ = ["BillingError", "Charged", "Held", "SkillCredits", "charge", "hold"]

@@ -1,0 +1,109 @@
+"""The connections: the ``Database`` with its two pools (SQLAlchemy's, and the hot
+path's lean asyncpg pool), and the lending of an asyncpg connection as ``Statements``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from skill_credits.db.adapter import Connection, Statements
+from skill_credits.settings import Settings
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    return create_async_engine(
+        settings.sqlalchemy_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        # A pooled connection may have died with a PostgreSQL that crashed or restarted
+        # since it was last used; a ping at checkout replaces it instead of failing the
+        # request that drew it. These routes are not the hot path (charges use the asyncpg
+        # pool, which finds closed connections on acquire), so the round trip is cheap.
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": settings.db_connect_timeout,
+            "command_timeout": settings.db_command_timeout,
+            "server_settings": {"application_name": "skill-credits"},
+        },
+    )
+
+
+class Database:
+    """The one way services reach PostgreSQL; three kinds of connection, one interface.
+
+    - ``statements()``: the lean asyncpg pool, for single autocommit statements on the
+      hot path (the charge; see ``Statements``).
+    - ``connect()``: a SQLAlchemy connection in autocommit: each statement its own
+      transaction (one statement, one round trip).
+    - ``transaction()``: a SQLAlchemy connection in one explicit transaction, committed
+      when the block ends without an error (skill edits with their history rows).
+
+    Each is used as ``async with db.X() as conn`` and yields a ``Connection``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = create_engine(settings)
+        self.autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        """Open the hot-path pool (lazily: no connection is made before the first charge)."""
+        s = self.settings
+        self._pool = await asyncpg.create_pool(
+            s.asyncpg_dsn,
+            min_size=0,
+            max_size=s.db_fast_pool_size,
+            timeout=s.db_connect_timeout,
+            command_timeout=s.db_command_timeout,
+            server_settings={"application_name": "skill-credits"},
+            # Release costs no round trip: only single autocommit statements run here,
+            # so a connection never carries a transaction or session state back.
+            reset=_no_reset,
+        )
+
+    def connect(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        return self.autocommit.connect()
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        return self.engine.begin()
+
+    def statements(self) -> _Lend:
+        """A connection of the hot-path pool for ``async with``, or 503 after the pool timeout."""
+        if self._pool is None:
+            raise RuntimeError("Database.start() was not called")
+        return _Lend(self._pool, self.settings.db_pool_timeout)
+
+    async def dispose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        await self.engine.dispose()
+
+
+async def _no_reset(_: asyncpg.Connection) -> None:
+    return None
+
+
+class _Lend:
+    """``async with db.statements() as conn``: a plain class, not a generator-based
+    context manager, since every charge goes through it."""
+
+    __slots__ = ("_pool", "_timeout", "_conn")
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> Statements:
+        # asyncio.timeout, not acquire(timeout=): that one runs the wait in a task of its own
+        async with asyncio.timeout(self._timeout):
+            self._conn = await self._pool.acquire()
+        return Statements(self._conn)
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._pool.release(self._conn)
