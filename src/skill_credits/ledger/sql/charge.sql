@@ -1,15 +1,15 @@
 -- The charge: POST /v1/charges, the hot path.
 --
--- A charge that passes every check is one statement: the guarded UPDATE of the user's row
--- (the balance, and the head it draws from) and the log insert. A user with limits (the
--- caller's hint, p_limited) takes the user's lock and runs one statement that checks the
--- limits, takes from the head, counts in the limits and writes the log row; under the
--- lock that statement's snapshot has every limit as the last write left it, so its check
--- is exact. The hint is only a hint: the statements check users.limited themselves, a
--- wrong hint costs one statement that writes nothing, and the outcome's `limited` tells
--- the caller the truth. A charge neither statement writes (a refusal, a head that cannot
--- cover it, something due) goes the slow way: the lock, the facts, the refusals in the
--- contract's order, the limits, the grants.
+-- A charge that passes every check is two statements: the guarded UPDATE of the user's row
+-- (the balance, the head it draws from, the log's counter) and the log insert. A user
+-- with limits (the caller's hint, p_limited) takes the user's lock first, and the same
+-- UPDATE checks the limits, which the charge is then counted in; under the lock that
+-- statement's snapshot has every limit as the last write left it, so its check is exact.
+-- The hint is only a hint: the UPDATE checks users.limited itself, a wrong hint costs
+-- one statement that writes nothing, and the outcome's `limited` tells the caller the
+-- truth. A charge the UPDATE does not write (a refusal, a head that cannot cover it,
+-- something due) goes the slow way: the lock, the facts, the refusals in the contract's
+-- order, the limits, the grants.
 
 -- POST /v1/charges. The order of refusals: revoked key, replay, skill 404, version,
 -- disabled, user 404, 402, 429. p_version NULL: any version. p_limited: what the caller
@@ -31,8 +31,6 @@ DECLARE
     t transactions;
     facts record;
     v_known boolean;
-    v_limited boolean;
-    v_due timestamptz;
     v_need bigint;
     v_now timestamptz;
     v_credits bigint;
@@ -41,110 +39,67 @@ DECLARE
     v_seq bigint;
     v_sources jsonb;
 BEGIN
-    IF NOT p_limited THEN
-        -- A user without limits: one guarded UPDATE of the user's row at the skill's price
-        -- (the balance, the head it draws from, the log's counter), then the log row.
-        UPDATE users u SET credits = u.credits - c.cost * p_units,
-                           head_free = u.head_free - c.cost * p_units,
-                           head_taken = u.head_taken + c.cost * p_units,
-                           log_seq = u.log_seq + 1
-        FROM skills c
-        WHERE u.user_id = p_user
-          AND c.name = p_skill AND c.is_active
-          AND (p_version IS NULL OR c.version = p_version)
-          AND u.head_free >= c.cost * p_units
-          AND (u.next_due IS NULL OR u.next_due > now())
-          AND NOT u.limited
-          AND (p_key IS NULL OR NOT EXISTS (SELECT 1 FROM transactions x
-                                            WHERE x.user_id = p_user
-                                              AND x.idempotency_key = p_key))
-          AND (p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
-                                               WHERE a.id = p_api_key_id
-                                                 AND a.revoked_at IS NULL))
-        RETURNING u.credits, u.head_grant, u.log_seq,
-                  c.id, c.name, c.display_name, c.description, c.cost, c.is_active,
-                  c.version, c.created_at, c.updated_at
-        INTO v_credits, v_head, v_seq,
-             s.id, s.name, s.display_name, s.description, s.cost, s.is_active,
-             s.version, s.created_at, s.updated_at;
-        IF FOUND THEN
-            v_need := s.cost * p_units;
-            INSERT INTO transactions (seq, user_id, type, amount, balance_after, skill_id,
-                                      skill, units, unit_cost, description, idempotency_key,
-                                      request_hash, sources, member, created_at)
-            VALUES (v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, s.id, s.name, p_units,
-                    s.cost, p_description, p_key, p_hash,
-                    CASE WHEN v_need = 0 THEN '[]'::jsonb
-                         ELSE jsonb_build_array(jsonb_build_object('grant_id', v_head,
-                                                                   'amount', v_need)) END,
-                    p_member, clock_timestamp())
-            RETURNING 'written', id::text, user_id, type, amount, balance_after, skill, units,
-                      unit_cost, description, NULL, NULL, sources, created_at, request_hash,
-                      s, NULL, NULL, NULL, NULL, member, NULL, false
-            INTO r;
-            RETURN r;
+    -- The one guarded UPDATE of the user's row at the skill's price (the balance, the head
+    -- it draws from, the log's counter), then the log row. A user with limits (as the
+    -- caller last saw) takes the user's lock first, so that the statement's snapshot has
+    -- every limit as the last write left it; the statement then also checks every limit
+    -- that applies (none may go past its max_credits; a charge of 0 passes them all),
+    -- and the charge is counted in them. It writes nothing on a refusal, a head that
+    -- cannot cover the charge, something due or a wrong hint: the slow way says which.
+    IF p_limited THEN
+        PERFORM 1 FROM users WHERE user_id = p_user FOR UPDATE;
+        v_now := clock_timestamp();
+    END IF;
+    UPDATE users u SET credits = u.credits - c.cost * p_units,
+                       head_free = u.head_free - c.cost * p_units,
+                       head_taken = u.head_taken + c.cost * p_units,
+                       log_seq = u.log_seq + 1
+    FROM skills c
+    WHERE u.user_id = p_user
+      AND c.name = p_skill AND c.is_active
+      AND (p_version IS NULL OR c.version = p_version)
+      AND u.head_free >= c.cost * p_units
+      AND (u.next_due IS NULL OR u.next_due > now())
+      AND u.limited = p_limited
+      AND (NOT p_limited OR NOT EXISTS (SELECT 1 FROM limits l
+                                        WHERE l.user_id = p_user
+                                          AND sc_applies(l.member, l.skill_id, p_member,
+                                                         c.id)
+                                          AND sc_spent(l.window_start, l.period, l.spent,
+                                                       v_now)
+                                              + c.cost * p_units > l.max_credits
+                                          AND c.cost * p_units > 0))
+      AND (p_key IS NULL OR NOT EXISTS (SELECT 1 FROM transactions x
+                                        WHERE x.user_id = p_user
+                                          AND x.idempotency_key = p_key))
+      AND (p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
+                                           WHERE a.id = p_api_key_id
+                                             AND a.revoked_at IS NULL))
+    RETURNING u.credits, u.head_grant, u.log_seq,
+              c.id, c.name, c.display_name, c.description, c.cost, c.is_active,
+              c.version, c.created_at, c.updated_at
+    INTO v_credits, v_head, v_seq,
+         s.id, s.name, s.display_name, s.description, s.cost, s.is_active,
+         s.version, s.created_at, s.updated_at;  -- every column of skills, in order
+    IF FOUND THEN
+        v_need := s.cost * p_units;
+        IF p_limited AND v_need > 0 THEN
+            PERFORM sc_count(p_user, p_member, s.id, v_need, v_now, v_now);
         END IF;
-    ELSE
-        -- A user with limits (as the caller last saw): the user's lock, and if nothing is
-        -- due, one guarded UPDATE that checks every limit that applies (none may go past
-        -- its max_credits; a charge of 0 passes them all) and takes the charge from the
-        -- head, then the count in those limits at v_now and the log row - or nothing (a
-        -- refusal, or a head that cannot cover it: the slow way below says which).
-        SELECT u.limited, u.next_due INTO v_limited, v_due
-        FROM users u WHERE u.user_id = p_user
-        FOR UPDATE;
-        IF v_limited AND (v_due IS NULL OR v_due > now()) THEN
-            v_now := clock_timestamp();
-            UPDATE users u SET credits = u.credits - c.cost * p_units,
-                               head_free = u.head_free - c.cost * p_units,
-                               head_taken = u.head_taken + c.cost * p_units,
-                               log_seq = u.log_seq + 1
-            FROM skills c
-            WHERE u.user_id = p_user
-              AND c.name = p_skill AND c.is_active
-              AND (p_version IS NULL OR c.version = p_version)
-              AND u.head_free >= c.cost * p_units
-              AND NOT EXISTS (SELECT 1 FROM limits l
-                              WHERE l.user_id = p_user
-                                AND sc_applies(l.member, l.skill_id, p_member, c.id)
-                                AND sc_spent(l.window_start, l.period, l.spent, v_now)
-                                    + c.cost * p_units > l.max_credits
-                                AND c.cost * p_units > 0)
-              AND (p_key IS NULL OR NOT EXISTS (SELECT 1 FROM transactions x
-                                                WHERE x.user_id = p_user
-                                                  AND x.idempotency_key = p_key))
-              AND (p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
-                                                   WHERE a.id = p_api_key_id
-                                                     AND a.revoked_at IS NULL))
-            RETURNING u.credits, u.head_grant, u.log_seq,
-                      c.id, c.name, c.display_name, c.description, c.cost, c.is_active,
-                      c.version, c.created_at, c.updated_at
-            INTO v_credits, v_head, v_seq,
-                 s.id, s.name, s.display_name, s.description, s.cost, s.is_active,
-                 s.version, s.created_at, s.updated_at;
-            IF FOUND THEN
-                v_need := s.cost * p_units;
-                IF v_need > 0 THEN
-                    PERFORM sc_count(p_user, p_member, s.id, v_need, v_now, v_now);
-                END IF;
-                INSERT INTO transactions (seq, user_id, type, amount, balance_after,
-                                          skill_id, skill, units, unit_cost, description,
-                                          idempotency_key, request_hash, sources, member,
-                                          created_at)
-                VALUES (v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, s.id, s.name,
-                        p_units, s.cost, p_description, p_key, p_hash,
-                        CASE WHEN v_need = 0 THEN '[]'::jsonb
-                             ELSE jsonb_build_array(jsonb_build_object('grant_id', v_head,
-                                                                       'amount', v_need))
-                        END,
-                        p_member, v_now)
-                RETURNING 'written', id::text, user_id, type, amount, balance_after, skill,
-                          units, unit_cost, description, NULL, NULL, sources, created_at,
-                          request_hash, s, NULL, NULL, NULL, NULL, member, NULL, true
-                INTO r;
-                RETURN r;
-            END IF;
-        END IF;
+        INSERT INTO transactions (seq, user_id, type, amount, balance_after, skill_id, skill,
+                                  units, unit_cost, description, idempotency_key,
+                                  request_hash, sources, member, created_at)
+        VALUES (v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, s.id, s.name, p_units,
+                s.cost, p_description, p_key, p_hash,
+                CASE WHEN v_need = 0 THEN '[]'::jsonb
+                     ELSE jsonb_build_array(jsonb_build_object('grant_id', v_head,
+                                                               'amount', v_need)) END,
+                p_member, coalesce(v_now, clock_timestamp()))
+        RETURNING 'written', id::text, user_id, type, amount, balance_after, skill, units,
+                  unit_cost, description, NULL, NULL, sources, created_at, request_hash,
+                  s, NULL, NULL, NULL, NULL, member, NULL, p_limited
+        INTO r;
+        RETURN r;
     END IF;
 
     -- The slow way: the user's lock, what was due written off, the head folded (a repeat
@@ -170,21 +125,9 @@ BEGIN
     IF t.id IS NOT NULL THEN
         RETURN sc_tx_out('replay', t);
     END IF;
-    IF s.id IS NULL THEN
-        r.outcome := 'skill_not_found';
-        RETURN r;
-    END IF;
-    IF p_version IS NOT NULL AND s.version <> p_version THEN
-        r.outcome := 'version';
+    r.outcome := sc_refusal(s, p_version, v_known);
+    IF r.outcome IS NOT NULL THEN
         RETURN sc_skill_out(r, s);
-    END IF;
-    IF NOT s.is_active THEN
-        r.outcome := 'skill_disabled';
-        RETURN sc_skill_out(r, s);
-    END IF;
-    IF NOT v_known THEN
-        r.outcome := 'user_not_found';
-        RETURN r;
     END IF;
     v_need := s.cost * p_units;
     IF facts.free < v_need THEN

@@ -24,11 +24,9 @@ BEGIN
         r.outcome := 'user_not_found';
         RETURN r;
     END IF;
-    IF p_key IS NOT NULL THEN
-        t := sc_keyed(p_user, p_key);
-        IF t.id IS NOT NULL THEN
-            RETURN sc_tx_out('replay', t);
-        END IF;
+    r := sc_replay(p_user, p_key);
+    IF r.outcome IS NOT NULL THEN
+        RETURN r;
     END IF;
     IF p_amount > 0 THEN
         v_grant := skill_credits_uuid_v7();
@@ -95,11 +93,9 @@ BEGIN
         r.outcome := 'not_found';
         RETURN r;
     END IF;
-    IF p_key IS NOT NULL THEN
-        t := sc_keyed(p_user, p_key);
-        IF t.id IS NOT NULL THEN
-            RETURN sc_tx_out('replay', t);
-        END IF;
+    r := sc_replay(p_user, p_key);
+    IF r.outcome IS NOT NULL THEN
+        RETURN r;
     END IF;
     IF o.type <> 'CONSUMPTION' THEN
         r := sc_tx_out('not_refundable', o);

@@ -30,21 +30,9 @@ BEGIN
         END IF;
     END IF;
     SELECT * INTO s FROM skills WHERE name = p_skill;
-    IF NOT FOUND THEN
-        r.outcome := 'skill_not_found';
-        RETURN r;
-    END IF;
-    IF p_version IS NOT NULL AND s.version <> p_version THEN
-        r.outcome := 'version';
+    r.outcome := sc_refusal(s, p_version, v_found);
+    IF r.outcome IS NOT NULL THEN
         RETURN sc_skill_out(r, s);
-    END IF;
-    IF NOT s.is_active THEN
-        r.outcome := 'skill_disabled';
-        RETURN sc_skill_out(r, s);
-    END IF;
-    IF NOT v_found THEN
-        r.outcome := 'user_not_found';
-        RETURN r;
     END IF;
     v_need := s.cost * p_units;
     IF sc_free(p_user, v_until) < v_need THEN
@@ -82,13 +70,16 @@ BEGIN
     RETURN sc_skill_out(sc_hold_out('written', h), s);
 END $$;
 
--- A hold of the user's, locked, for capture and release; NULL when there is none.
+-- For capture and release: the user locked (sc_lock) and the user's hold p_hold, locked;
+-- NULL when there is no such user or hold.
 CREATE OR REPLACE FUNCTION sc_hold_of(p_user text, p_hold uuid) RETURNS holds
 LANGUAGE plpgsql AS $$
 DECLARE
     h holds;
 BEGIN
-    SELECT * INTO h FROM holds WHERE user_id = p_user AND id = p_hold FOR UPDATE;
+    IF sc_lock(p_user) THEN
+        SELECT * INTO h FROM holds WHERE user_id = p_user AND id = p_hold FOR UPDATE;
+    END IF;
     RETURN h;
 END $$;
 
@@ -108,20 +99,14 @@ DECLARE
     v_sources jsonb;
     v_now timestamptz;
 BEGIN
-    IF NOT sc_lock(p_user) THEN
-        r.outcome := 'hold_not_found';
-        RETURN r;
-    END IF;
     h := sc_hold_of(p_user, p_hold);
     IF h.id IS NULL THEN
         r.outcome := 'hold_not_found';
         RETURN r;
     END IF;
-    IF p_key IS NOT NULL THEN
-        t := sc_keyed(p_user, p_key);
-        IF t.id IS NOT NULL THEN
-            RETURN sc_tx_out('replay', t);
-        END IF;
+    r := sc_replay(p_user, p_key);
+    IF r.outcome IS NOT NULL THEN
+        RETURN r;
     END IF;
     IF h.status <> 'held' OR h.expires_at <= now() THEN
         r.outcome := 'hold_not_active';
@@ -176,10 +161,6 @@ DECLARE
     h holds;
     v_now timestamptz;
 BEGIN
-    IF NOT sc_lock(p_user) THEN
-        r.outcome := 'hold_not_found';
-        RETURN r;
-    END IF;
     h := sc_hold_of(p_user, p_hold);
     IF h.id IS NULL THEN
         r.outcome := 'hold_not_found';

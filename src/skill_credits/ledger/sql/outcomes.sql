@@ -65,3 +65,16 @@ BEGIN
     r.sk := s;
     RETURN r;
 END $$;
+
+-- The refusal about the skill and the user that a write of the skill s at p_version (NULL:
+-- any) meets, in the contract's order, or NULL: s has no id when no skill has the name,
+-- p_known is false when the user does not exist.
+CREATE OR REPLACE FUNCTION sc_refusal(s skills, p_version integer, p_known boolean)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN CASE WHEN s.id IS NULL THEN 'skill_not_found'
+                WHEN p_version IS NOT NULL AND s.version <> p_version THEN 'version'
+                WHEN NOT s.is_active THEN 'skill_disabled'
+                WHEN NOT p_known THEN 'user_not_found' END;
+END $$;

@@ -195,3 +195,20 @@ BEGIN
     SELECT * INTO t FROM transactions WHERE user_id = p_user AND idempotency_key = p_key;
     RETURN t;
 END $$;
+
+-- The replay of a write under an Idempotency-Key: the user's row written under p_key as a
+-- 'replay' outcome, or an outcome without one (no key, or nothing written under it).
+CREATE OR REPLACE FUNCTION sc_replay(p_user text, p_key text) RETURNS sc_tx_outcome
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t transactions;
+    r sc_tx_outcome;
+BEGIN
+    IF p_key IS NOT NULL THEN
+        t := sc_keyed(p_user, p_key);
+        IF t.id IS NOT NULL THEN
+            RETURN sc_tx_out('replay', t);
+        END IF;
+    END IF;
+    RETURN r;
+END $$;
