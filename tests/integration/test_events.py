@@ -160,8 +160,11 @@ async def deliveries(db, endpoint_url: str) -> list:
         return (
             await conn.execute(
                 text(
-                    "SELECT d.event_id::text AS event_id, d.status, d.attempts"
-                    " FROM event_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id"
+                    "SELECT d.event_id::text AS event_id, d.status, d.attempts FROM ("
+                    "  SELECT event_id, endpoint_id, status, attempts FROM event_deliveries"
+                    "  UNION ALL"
+                    "  SELECT event_id, endpoint_id, status, attempts FROM skill_event_deliveries"
+                    ") d JOIN webhook_endpoints w ON w.id = d.endpoint_id"
                     " WHERE w.url = :url"
                 ),
                 {"url": endpoint_url},

@@ -333,7 +333,7 @@ async def test_no_grant_is_overdrawn_by_charges_holds_and_debits_racing(pool) ->
     await assert_consistent(pool, user)
 
 
-# --- the charge's one statement (ledger_v2.sql) ---------------------------------------
+# --- the charge's first statement (ledger/sql/charge.sql) ------------------------------
 
 # The functions a charge calls when it does not go the one-statement way.
 SLOW_WAY = ("sc_lock", "sc_lock_keep", "sc_take", "sc_keyed", "sc_short", "sc_tx_out")

@@ -35,8 +35,10 @@ KEPT = {
     "transactions": "SELECT * FROM transactions ORDER BY id",
     "holds": "SELECT * FROM holds ORDER BY id",
     "limits": "SELECT * FROM limits ORDER BY id",
-    "events": "SELECT * FROM events ORDER BY seq",
-    "event_deliveries": "SELECT * FROM event_deliveries ORDER BY event_id, endpoint_id",
+    # every event (a user's and the catalogue's) and delivery, as they were
+    "events": "SELECT seq, id, type, user_id, data, created_at FROM {events} ORDER BY seq",
+    "event_deliveries": "SELECT event_id, endpoint_id, status, attempts, next_attempt_at,"
+    " last_error, delivered_at FROM {deliveries} ORDER BY event_id, endpoint_id",
     "skills": "SELECT * FROM skills ORDER BY id",
     "api_keys": "SELECT * FROM api_keys ORDER BY id",
     "webhook_endpoints": "SELECT * FROM webhook_endpoints ORDER BY id",
@@ -50,6 +52,10 @@ async def fill(conn: asyncpg.Connection) -> dict[str, str]:
         "INSERT INTO skills (name, display_name, cost) VALUES ('UP_A', 'A', 3), ('UP_B', 'B', 7)"
     )
     await conn.execute("INSERT INTO webhook_endpoints (url, secret) VALUES ('http://h/x', 's')")
+    await conn.execute(  # an edit of a skill: a skill.changed event, owed to the endpoint
+        "INSERT INTO skill_history (skill_id, version, actor, changes)"
+        " SELECT id, 1, 'admin', '{\"cost\": [null, 3]}' FROM skills WHERE name = 'UP_A'"
+    )
     await conn.execute(
         "INSERT INTO api_keys (id, name, role, key_hash) VALUES ('k1', 'up', 'service', 'x')"
     )
@@ -97,13 +103,27 @@ async def fill(conn: asyncpg.Connection) -> dict[str, str]:
     await asyncio.sleep(1.2)  # the short-lived grants and holds are past their expiry
     await conn.fetchval("SELECT sc_touch('holder')")  # written off: the expired hold
     await conn.fetchval("SELECT sc_touch('rich')")  # written off: the lapsed grant
-    assert await conn.fetchval("SELECT count(*) FROM events") >= 2
-    assert await conn.fetchval("SELECT count(*) FROM event_deliveries") >= 2
+    assert await conn.fetchval("SELECT count(*) FROM events WHERE user_id IS NULL") == 1
+    assert await conn.fetchval("SELECT count(*) FROM events") >= 3
+    assert await conn.fetchval("SELECT count(*) FROM event_deliveries") >= 3
     return facts
 
 
-async def snapshot(conn: asyncpg.Connection) -> dict[str, list]:
-    return {name: [tuple(r) for r in await conn.fetch(query)] for name, query in KEPT.items()}
+# where the events and their deliveries are: at 0011 one table each, at head two
+AT_0011 = {"events": "events", "deliveries": "event_deliveries"}
+AT_HEAD = {
+    "events": "all_events",
+    "deliveries": "(SELECT event_id, endpoint_id, status, attempts, next_attempt_at,"
+    " last_error, delivered_at FROM event_deliveries UNION ALL SELECT * FROM"
+    " skill_event_deliveries) d",
+}
+
+
+async def snapshot(conn: asyncpg.Connection, tables: dict[str, str]) -> dict[str, list]:
+    return {
+        name: [tuple(r) for r in await conn.fetch(query.format(**tables))]
+        for name, query in KEPT.items()
+    }
 
 
 def test_an_upgrade_to_head_keeps_every_row_and_reconciles(fresh_database) -> None:
@@ -116,7 +136,7 @@ def test_an_upgrade_to_head_keeps_every_row_and_reconciles(fresh_database) -> No
         conn = await asyncpg.connect(url)
         try:
             store["facts"] = await fill(conn)
-            store["before"] = await snapshot(conn)
+            store["before"] = await snapshot(conn, AT_0011)
             assert await conn.fetchval("SELECT count(*) FROM transactions") > 15
         finally:
             await conn.close()
@@ -124,7 +144,7 @@ def test_an_upgrade_to_head_keeps_every_row_and_reconciles(fresh_database) -> No
     async def after() -> None:
         conn = await asyncpg.connect(url)
         try:
-            assert await snapshot(conn) == store["before"]
+            assert await snapshot(conn, AT_HEAD) == store["before"]
             counters = await conn.fetch(
                 "SELECT u.user_id, u.log_seq, (SELECT max(t.seq) FROM transactions t"
                 " WHERE t.user_id = u.user_id) AS newest FROM users u"
@@ -159,6 +179,28 @@ def test_an_upgrade_to_head_keeps_every_row_and_reconciles(fresh_database) -> No
                 assert [r["seq"] for r in rows] == list(range(newest + 1, newest + 1 + len(rows)))
             capture = await conn.fetchrow(CAPTURE, "holder", facts["live_hold"], 1)
             assert capture["outcome"] == "written", capture
+            # new events go on in the one order, each kind to its own table, owed as before
+            newest = await conn.fetchval("SELECT max(seq) FROM all_events")
+            await conn.execute(
+                "INSERT INTO skill_history (skill_id, version, actor, changes)"
+                " SELECT id, 2, 'admin', '{}' FROM skills WHERE name = 'UP_A'"
+            )
+            await conn.execute(
+                "UPDATE users SET low_balance_threshold = 3 WHERE user_id = 'low'"
+            )
+            await conn.fetchrow(CREDIT, "low", "PURCHASE", 5, None, None, None, None, None)
+            added = await conn.fetch(
+                "SELECT type, user_id FROM all_events WHERE seq > $1 ORDER BY seq", newest
+            )
+            assert [tuple(r) for r in added] == [
+                ("skill.changed", None),
+                ("balance.recovered", "low"),
+            ], added
+            owed = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM skill_event_deliveries)"
+                " + (SELECT count(*) FROM event_deliveries)"
+            )
+            assert owed == len(store["before"]["event_deliveries"]) + 2
         finally:
             await conn.close()
         assert run_in_thread(asyncio.run, problems(url)) == []

@@ -1,4 +1,9 @@
-"""Every query of the events outbox and its webhook deliveries."""
+"""Every query of the events outbox and its webhook deliveries.
+
+A user's events and their deliveries live with the user's rows (``events``,
+``event_deliveries``, keyed by ``user_id``); the catalogue's (``skill.changed``) apart
+(``skill_events``, ``skill_event_deliveries``). ``all_events`` lists both in one order.
+A delivery row says which it is by its ``user_id`` (None: the catalogue's)."""
 
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ async def page(
 ) -> tuple[list[Event], str | None]:
     """``event_type``: one type, any of several, or None for every type."""
     rows, next_cursor = await keyset_page(
-        conn, "events", EVENT_COLUMNS, {"type": event_type, "user_id": user_id}, before, limit
+        conn, "all_events", EVENT_COLUMNS, {"type": event_type, "user_id": user_id}, before, limit
     )
     return [event_from_row(r) for r in rows], next_cursor
 
@@ -73,54 +78,86 @@ async def list_endpoints(conn: Connection) -> list[Row]:
                 " count(*) FILTER (WHERE d.status = 'pending') AS pending,"
                 " count(*) FILTER (WHERE d.status = 'delivered') AS delivered,"
                 " count(*) FILTER (WHERE d.status = 'dead') AS dead"
-                " FROM webhook_endpoints w LEFT JOIN event_deliveries d ON d.endpoint_id = w.id"
+                " FROM webhook_endpoints w LEFT JOIN ("
+                "  SELECT endpoint_id, status FROM event_deliveries"
+                "  UNION ALL SELECT endpoint_id, status FROM skill_event_deliveries"
+                " ) d ON d.endpoint_id = w.id"
                 " GROUP BY w.id ORDER BY w.created_at"
             )
         )
     ).all()
 
 
+# Due deliveries, oldest event first, locked until the caller's transaction ends (a crash
+# unlocks them): a user's events' and the catalogue's, each of their own table.
+CLAIM = (
+    "SELECT d.event_id::text AS event_id, d.endpoint_id::text AS endpoint_id,"
+    "       d.attempts, w.url, w.secret, e.type, e.user_id, e.data::text AS data,"
+    "       e.created_at, e.seq"
+    " FROM event_deliveries d"
+    " JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.active"
+    " JOIN events e ON e.user_id = d.user_id AND e.id = d.event_id"
+    " WHERE d.status = 'pending' AND d.next_attempt_at <= now()"
+    " ORDER BY e.seq LIMIT :batch"
+    " FOR UPDATE OF d SKIP LOCKED"
+)
+CLAIM_SKILL = (
+    "SELECT d.event_id::text AS event_id, d.endpoint_id::text AS endpoint_id,"
+    "       d.attempts, w.url, w.secret, e.type, NULL AS user_id, e.data::text AS data,"
+    "       e.created_at, e.seq"
+    " FROM skill_event_deliveries d"
+    " JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.active"
+    " JOIN skill_events e ON e.id = d.event_id"
+    " WHERE d.status = 'pending' AND d.next_attempt_at <= now()"
+    " ORDER BY e.seq LIMIT :batch"
+    " FOR UPDATE OF d SKIP LOCKED"
+)
+
+
 async def claim_due(conn: Connection, batch: int) -> list[Row]:
-    """Due deliveries, locked until the caller's transaction ends (a crash unlocks them)."""
-    return (
-        await conn.execute(
-            text(
-                "SELECT d.event_id::text AS event_id, d.endpoint_id::text AS endpoint_id,"
-                "       d.attempts, w.url, w.secret, e.type, e.user_id, e.data::text AS data,"
-                "       e.created_at"
-                " FROM event_deliveries d"
-                " JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.active"
-                " JOIN events e ON e.id = d.event_id"
-                " WHERE d.status = 'pending' AND d.next_attempt_at <= now()"
-                " ORDER BY e.seq LIMIT :batch"
-                " FOR UPDATE OF d SKIP LOCKED"
-            ),
-            {"batch": batch},
-        )
-    ).all()
+    """Due deliveries (up to ``batch`` of each kind), oldest event first, locked until the
+    caller's transaction ends."""
+    rows = [
+        *(await conn.execute(text(CLAIM), {"batch": batch})).all(),
+        *(await conn.execute(text(CLAIM_SKILL), {"batch": batch})).all(),
+    ]
+    return sorted(rows, key=lambda row: row.seq)
 
 
-async def mark_delivered(conn: Connection, event_id: str, endpoint_id: str) -> None:
+def _deliveries(user_id: str | None) -> tuple[str, str]:
+    """The table of a delivery's kind, and the condition that finds it by its key."""
+    key = "event_id = CAST(:e AS uuid) AND endpoint_id = CAST(:w AS uuid)"
+    if user_id is None:
+        return "skill_event_deliveries", key
+    return "event_deliveries", f"user_id = :u AND {key}"
+
+
+async def mark_delivered(conn: Connection, delivery: Row) -> None:
+    table, key = _deliveries(delivery.user_id)
     await conn.execute(
         text(
-            "UPDATE event_deliveries SET status = 'delivered', attempts = attempts + 1,"
-            " delivered_at = now(), last_error = NULL"
-            " WHERE event_id = CAST(:e AS uuid) AND endpoint_id = CAST(:w AS uuid)"
+            f"UPDATE {table} SET status = 'delivered', attempts = attempts + 1,"
+            f" delivered_at = now(), last_error = NULL WHERE {key}"
         ),
-        {"e": event_id, "w": endpoint_id},
+        {"u": delivery.user_id, "e": delivery.event_id, "w": delivery.endpoint_id},
     )
 
 
-async def mark_failed(
-    conn: Connection, event_id: str, endpoint_id: str, error: str, retry_in: float | None
-) -> None:
+async def mark_failed(conn: Connection, delivery: Row, error: str, retry_in: float | None) -> None:
     """``retry_in`` None: no attempts left, the delivery is dead-lettered."""
+    table, key = _deliveries(delivery.user_id)
     await conn.execute(
         text(
-            "UPDATE event_deliveries SET attempts = attempts + 1, last_error = :error,"
+            f"UPDATE {table} SET attempts = attempts + 1, last_error = :error,"
             " status = CASE WHEN CAST(:retry AS float8) IS NULL THEN 'dead' ELSE 'pending' END,"
             " next_attempt_at = now() + make_interval(secs => coalesce(CAST(:retry AS float8), 0))"
-            " WHERE event_id = CAST(:e AS uuid) AND endpoint_id = CAST(:w AS uuid)"
+            f" WHERE {key}"
         ),
-        {"e": event_id, "w": endpoint_id, "error": error[:500], "retry": retry_in},
+        {
+            "u": delivery.user_id,
+            "e": delivery.event_id,
+            "w": delivery.endpoint_id,
+            "error": error[:500],
+            "retry": retry_in,
+        },
     )

@@ -102,10 +102,10 @@ async def deliver_due(db: Database, http: httpx.AsyncClient, config: WorkerConfi
             except httpx.HTTPError as exc:
                 error = f"{exc.__class__.__name__}: {exc}"
             if error is None:
-                await repo.mark_delivered(conn, d.event_id, d.endpoint_id)
+                await repo.mark_delivered(conn, d)
             else:
                 retry_in = backoff(config, d.attempts + 1)
-                await repo.mark_failed(conn, d.event_id, d.endpoint_id, error, retry_in)
+                await repo.mark_failed(conn, d, error, retry_in)
                 log.warning("delivery of %s to %s failed: %s", d.event_id, d.url, error)
         return len(due)
 

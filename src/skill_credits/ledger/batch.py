@@ -6,7 +6,7 @@ A write that finds a free slot (at most ``slots`` calls in flight) is sent at on
 whatever else is waiting: alone when the worker is idle, so batching adds no wait. The
 writes that arrive while every slot is busy wait for a call to come back and go
 together in the next one: one round trip and one commit for all of them
-(``repository.charge_batch``, ``sc_charge_batch`` in ``ledger_v6.sql``; holds and
+(``repository.charge_batch``, ``sc_charge_batch`` in ``ledger/sql/batches.sql``; holds and
 captures likewise).
 
 A call answers after PostgreSQL committed it, so a write is acknowledged only once its row

@@ -76,8 +76,8 @@ def _args(arguments: tuple[tuple[str, str], ...], suffix: str = "", array: str =
 
 
 def _batched(function: str, arguments: tuple[tuple[str, str], ...], columns: str) -> Any:
-    """``function``'s batch form (``ledger_v6.sql``): each argument an array, one element
-    a write; the outcome rows in the writes' order."""
+    """``function``'s batch form (``ledger/sql/batches.sql``): each argument an array, one
+    element a write; the outcome rows in the writes' order."""
     return text(
         f"SELECT {columns}, {SKILL} FROM {function}_batch({_args(arguments, '_list', '[]')})"
         " WITH ORDINALITY o ORDER BY o.ordinality"

@@ -31,8 +31,8 @@ EXECUTE FUNCTION skill_credits_balance_events();
 -- Every edit of a skill (its history row) is a skill.changed event.
 CREATE OR REPLACE FUNCTION skill_credits_skill_events() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO events (type, data)
-    SELECT 'skill.changed',
+    INSERT INTO skill_events (data)
+    SELECT
            jsonb_build_object('name', s.name, 'version', NEW.version, 'actor', NEW.actor,
                               'changes', NEW.changes, 'cost', s.cost, 'is_active', s.is_active)
     FROM skills s WHERE s.id = NEW.skill_id;
@@ -42,13 +42,25 @@ END $$;
 CREATE OR REPLACE TRIGGER skill_history_events AFTER INSERT ON skill_history FOR EACH ROW
 EXECUTE FUNCTION skill_credits_skill_events();
 
--- Every event is owed to every live endpoint, from the same transaction on.
+-- Every event is owed to every live endpoint, from the same transaction on: a user's
+-- with the user's rows, the catalogue's apart.
 CREATE OR REPLACE FUNCTION skill_credits_fan_out() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO event_deliveries (event_id, endpoint_id)
-    SELECT NEW.id, w.id FROM webhook_endpoints w WHERE w.active;
+    INSERT INTO event_deliveries (event_id, user_id, endpoint_id)
+    SELECT NEW.id, NEW.user_id, w.id FROM webhook_endpoints w WHERE w.active;
     RETURN NULL;
 END $$;
 
 CREATE OR REPLACE TRIGGER events_fan_out AFTER INSERT ON events FOR EACH ROW
 EXECUTE FUNCTION skill_credits_fan_out();
+
+CREATE OR REPLACE FUNCTION skill_credits_skill_fan_out() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO skill_event_deliveries (event_id, endpoint_id)
+    SELECT NEW.id, w.id FROM webhook_endpoints w WHERE w.active;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER skill_events_fan_out AFTER INSERT ON skill_events FOR EACH ROW
+EXECUTE FUNCTION skill_credits_skill_fan_out();

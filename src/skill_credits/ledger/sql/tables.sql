@@ -239,22 +239,45 @@ CREATE TABLE webhook_endpoints (
 );
 CREATE UNIQUE INDEX webhook_endpoints_live_url ON webhook_endpoints (url) WHERE active;
 
--- What happened, in order (the triggers of events.sql write the rows).
+-- What happened, in order (the triggers of events.sql write the rows): one sequence
+-- numbers the events of the users and of the catalogue together.
+CREATE SEQUENCE event_seq;
+
+-- A user's events (balance.*), kept with the user's rows.
 CREATE TABLE events (
-    seq         bigint GENERATED ALWAYS AS IDENTITY,
+    seq         bigint NOT NULL DEFAULT nextval('event_seq'),
     id          uuid NOT NULL DEFAULT skill_credits_uuid_v7(),
     type        text NOT NULL,
-    user_id     text,
+    user_id     text NOT NULL,
     data        jsonb NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
-    CONSTRAINT events_pkey PRIMARY KEY (id),
-    CONSTRAINT events_seq_key UNIQUE (seq),
+    CONSTRAINT events_pkey PRIMARY KEY (id, user_id),
     CONSTRAINT events_type_check CHECK (type IN ('balance.low', 'balance.depleted',
-                                                 'balance.recovered', 'skill.changed'))
+                                                 'balance.recovered'))
 );
 CREATE INDEX events_user_seq ON events (user_id, seq DESC);
+CREATE INDEX events_seq ON events (seq DESC);
 
--- Every event owed to every endpoint that was live when it happened.
+-- The catalogue's events (skill.changed): they name no user, so they live apart.
+CREATE TABLE skill_events (
+    seq         bigint NOT NULL DEFAULT nextval('event_seq'),
+    id          uuid NOT NULL DEFAULT skill_credits_uuid_v7(),
+    type        text NOT NULL DEFAULT 'skill.changed',
+    data        jsonb NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    CONSTRAINT skill_events_pkey PRIMARY KEY (id),
+    CONSTRAINT skill_events_type_check CHECK (type = 'skill.changed')
+);
+CREATE INDEX skill_events_seq ON skill_events (seq DESC);
+
+-- Every event, the users' and the catalogue's, as GET /v1/events lists them.
+CREATE VIEW all_events AS
+SELECT seq, id, type, user_id, data, created_at FROM events
+UNION ALL
+SELECT seq, id, type, NULL::text AS user_id, data, created_at FROM skill_events;
+
+-- Every event owed to every endpoint that was live when it happened: a user's events'
+-- deliveries with the user's rows, the catalogue's apart.
 CREATE TABLE event_deliveries (
     event_id         uuid NOT NULL,
     endpoint_id      uuid NOT NULL,
@@ -263,14 +286,35 @@ CREATE TABLE event_deliveries (
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
     last_error       text,
     delivered_at     timestamptz,
-    CONSTRAINT event_deliveries_pkey PRIMARY KEY (event_id, endpoint_id),
-    CONSTRAINT event_deliveries_event_id_fkey FOREIGN KEY (event_id) REFERENCES events (id),
+    user_id          text NOT NULL,
+    CONSTRAINT event_deliveries_pkey PRIMARY KEY (event_id, endpoint_id, user_id),
+    CONSTRAINT event_deliveries_event_id_fkey FOREIGN KEY (event_id, user_id)
+        REFERENCES events (id, user_id),
     CONSTRAINT event_deliveries_endpoint_id_fkey FOREIGN KEY (endpoint_id)
         REFERENCES webhook_endpoints (id),
     CONSTRAINT event_deliveries_status_check CHECK (status IN ('pending', 'delivered',
                                                                'dead'))
 );
 CREATE INDEX event_deliveries_due ON event_deliveries (next_attempt_at)
+    WHERE status = 'pending';
+
+CREATE TABLE skill_event_deliveries (
+    event_id         uuid NOT NULL,
+    endpoint_id      uuid NOT NULL,
+    status           text NOT NULL DEFAULT 'pending',
+    attempts         integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    last_error       text,
+    delivered_at     timestamptz,
+    CONSTRAINT skill_event_deliveries_pkey PRIMARY KEY (event_id, endpoint_id),
+    CONSTRAINT skill_event_deliveries_event_id_fkey FOREIGN KEY (event_id)
+        REFERENCES skill_events (id),
+    CONSTRAINT skill_event_deliveries_endpoint_id_fkey FOREIGN KEY (endpoint_id)
+        REFERENCES webhook_endpoints (id),
+    CONSTRAINT skill_event_deliveries_status_check CHECK (status IN ('pending', 'delivered',
+                                                                     'dead'))
+);
+CREATE INDEX skill_event_deliveries_due ON skill_event_deliveries (next_attempt_at)
     WHERE status = 'pending';
 
 -- What a ledger function answers: 'written', or which check refused it with the facts
