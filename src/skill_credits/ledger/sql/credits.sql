@@ -3,63 +3,59 @@
 -- POST /v1/users/{id}/credits. Positive: creates the user if new and makes a grant (the
 -- transaction names it in grant_id). Negative (ADJUSTMENT): draws in spending order; 404
 -- for an unknown user, 402 when the free credits are short. A replay comes first.
-CREATE OR REPLACE FUNCTION sc_credit(p_user text, p_type text, p_amount bigint, p_description text,
-                          p_key text, p_hash bytea, p_expires_at timestamptz,
-                          p_priority integer, p_category text)
+CREATE OR REPLACE FUNCTION sc_credit(p_user text, p_type text, p_amount bigint,
+                                     p_description text, p_key text, p_hash bytea,
+                                     p_expires_at timestamptz, p_priority integer,
+                                     p_category text)
 RETURNS sc_tx_outcome
 LANGUAGE plpgsql AS $$
 DECLARE
     r sc_tx_outcome;
     t transactions;
+    v_known boolean;
     v_grant uuid;
     v_credits bigint;
     v_seq bigint;
     v_sources jsonb;
 BEGIN
-    IF p_amount > 0 AND NOT sc_lock(p_user) THEN
+    v_known := sc_lock(p_user);
+    IF NOT v_known AND p_amount > 0 THEN
         INSERT INTO users (user_id) VALUES (p_user) ON CONFLICT (user_id) DO NOTHING;
-        PERFORM sc_lock(p_user);
+        v_known := sc_lock(p_user);
     END IF;
-    IF p_amount < 0 AND NOT sc_lock(p_user) THEN
-        r.outcome := 'user_not_found';
-        RETURN r;
-    END IF;
-    r := sc_replay(p_user, p_key);
+    r := sc_answer(p_user, p_key, CASE WHEN NOT v_known THEN 'user_not_found' END);
     IF r.outcome IS NOT NULL THEN
         RETURN r;
     END IF;
     IF p_amount > 0 THEN
+        -- the grant the credit makes, named by its log row
         v_grant := skill_credits_uuid_v7();
-        UPDATE users SET credits = credits + p_amount,
-                         next_due = least(next_due, p_expires_at),
-                         log_seq = log_seq + 1
-        WHERE user_id = p_user
-        RETURNING credits, log_seq INTO v_credits, v_seq;
-        INSERT INTO transactions (seq, user_id, type, amount, balance_after, description,
-                                  idempotency_key, request_hash, grant_id)
-        VALUES (v_seq, p_user, p_type, p_amount, v_credits, p_description, p_key, p_hash,
-                v_grant)
-        RETURNING * INTO t;
-        INSERT INTO grants (id, user_id, transaction_id, category, priority, amount, remaining,
-                            expires_at)
-        VALUES (v_grant, p_user, t.id,
-                coalesce(p_category, CASE WHEN p_type = 'GRANT' THEN 'promotional' ELSE 'paid' END),
-                coalesce(p_priority, 50), p_amount, p_amount, p_expires_at);
-        RETURN sc_tx_out('written', t);
+        v_sources := '[]'::jsonb;
+    ELSE
+        IF NOT EXISTS (SELECT 1 FROM users WHERE user_id = p_user
+                       AND credits - reserved >= -p_amount) THEN
+            RETURN sc_short(p_user, -p_amount, NULL);
+        END IF;
+        v_sources := sc_take(p_user, -p_amount, NULL, false);
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM users WHERE user_id = p_user
-                   AND credits - reserved >= -p_amount) THEN
-        RETURN sc_short(p_user, -p_amount, NULL);
-    END IF;
-    v_sources := sc_take(p_user, -p_amount, NULL, false);
-    UPDATE users SET credits = credits + p_amount, log_seq = log_seq + 1
+    UPDATE users SET credits = credits + p_amount,
+                     next_due = least(next_due, CASE WHEN p_amount > 0 THEN p_expires_at END),
+                     log_seq = log_seq + 1
     WHERE user_id = p_user
     RETURNING credits, log_seq INTO v_credits, v_seq;
     INSERT INTO transactions (seq, user_id, type, amount, balance_after, description,
-                              idempotency_key, request_hash, sources)
+                              idempotency_key, request_hash, grant_id, sources)
     VALUES (v_seq, p_user, p_type, p_amount, v_credits, p_description, p_key, p_hash,
-            v_sources)
+            v_grant, v_sources)
     RETURNING * INTO t;
+    IF v_grant IS NOT NULL THEN
+        INSERT INTO grants (id, user_id, transaction_id, category, priority, amount,
+                            remaining, expires_at)
+        VALUES (v_grant, p_user, t.id,
+                coalesce(p_category,
+                         CASE WHEN p_type = 'GRANT' THEN 'promotional' ELSE 'paid' END),
+                coalesce(p_priority, 50), p_amount, p_amount, p_expires_at);
+    END IF;
     RETURN sc_tx_out('written', t);
 END $$;
 
@@ -84,16 +80,10 @@ DECLARE
     v_due timestamptz;
     v_counted_at timestamptz;
 BEGIN
-    IF NOT sc_lock(p_user) THEN
-        r.outcome := 'not_found';
-        RETURN r;
+    IF sc_lock(p_user) THEN
+        SELECT * INTO o FROM transactions WHERE user_id = p_user AND id = p_tx;
     END IF;
-    SELECT * INTO o FROM transactions WHERE user_id = p_user AND id = p_tx;
-    IF NOT FOUND THEN
-        r.outcome := 'not_found';
-        RETURN r;
-    END IF;
-    r := sc_replay(p_user, p_key);
+    r := sc_answer(p_user, p_key, CASE WHEN o.id IS NULL THEN 'not_found' END);
     IF r.outcome IS NOT NULL THEN
         RETURN r;
     END IF;

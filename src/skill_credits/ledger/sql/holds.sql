@@ -100,11 +100,7 @@ DECLARE
     v_now timestamptz;
 BEGIN
     h := sc_hold_of(p_user, p_hold);
-    IF h.id IS NULL THEN
-        r.outcome := 'hold_not_found';
-        RETURN r;
-    END IF;
-    r := sc_replay(p_user, p_key);
+    r := sc_answer(p_user, p_key, CASE WHEN h.id IS NULL THEN 'hold_not_found' END);
     IF r.outcome IS NOT NULL THEN
         RETURN r;
     END IF;

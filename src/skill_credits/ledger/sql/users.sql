@@ -196,15 +196,18 @@ BEGIN
     RETURN t;
 END $$;
 
--- The replay of a write under an Idempotency-Key: the user's row written under p_key as a
--- 'replay' outcome, or an outcome without one (no key, or nothing written under it).
-CREATE OR REPLACE FUNCTION sc_replay(p_user text, p_key text) RETURNS sc_tx_outcome
+-- What a write of the log answers before it writes anything, in the contract's order:
+-- p_refusal (the request names what does not exist), else the replay of the user's row
+-- written under the Idempotency-Key p_key, else an outcome without one: write.
+CREATE OR REPLACE FUNCTION sc_answer(p_user text, p_key text, p_refusal text)
+RETURNS sc_tx_outcome
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     t transactions;
     r sc_tx_outcome;
 BEGIN
-    IF p_key IS NOT NULL THEN
+    r.outcome := p_refusal;
+    IF r.outcome IS NULL AND p_key IS NOT NULL THEN
         t := sc_keyed(p_user, p_key);
         IF t.id IS NOT NULL THEN
             RETURN sc_tx_out('replay', t);
