@@ -78,3 +78,30 @@ def test_each_function_is_defined_once_in_the_present() -> None:
 
 
 _DEFINED = re.compile(r"^CREATE OR REPLACE FUNCTION (\w+)\(([^)]*)\)", re.MULTILINE)
+
+
+def test_the_charges_first_statement_returns_every_column_of_skills(two_databases) -> None:
+    """The charge's UPDATE hands the skill back column by column (a PL/pgSQL INTO takes no
+    row among other targets): a column added to skills must be added there too, or the
+    skill a written charge carries (and the cache keeps) would miss it."""
+    _, present = two_databases
+
+    async def columns() -> list[str]:
+        conn = await asyncpg.connect(present)
+        try:
+            rows = await conn.fetch(
+                "SELECT attname FROM pg_attribute WHERE attrelid = 'skills'::regclass"
+                " AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+            )
+            return [r["attname"] for r in rows]
+        finally:
+            await conn.close()
+
+    (charge,) = [c for c in commands("charge.sql") if "FUNCTION sc_charge(" in c]
+    (returned,) = re.findall(
+        r"RETURNING u\.credits, u\.head_grant, u\.log_seq,(.*?)\n\s*INTO", charge, re.DOTALL
+    )
+    (into,) = re.findall(r"INTO v_credits, v_head, v_seq,(.*?);", charge, re.DOTALL)
+    expected = run_in_thread(asyncio.run, columns())
+    assert re.findall(r"\bc\.(\w+)", returned) == expected
+    assert re.findall(r"\bs\.(\w+)", into) == expected

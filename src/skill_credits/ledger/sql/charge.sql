@@ -157,7 +157,8 @@ BEGIN
                      head_free = v_head_free, log_seq = log_seq + 1
     WHERE user_id = p_user
     RETURNING credits, log_seq INTO v_credits, v_seq;
-    v_now := coalesce(v_now, clock_timestamp());
+    -- a user with limits counts at the instant the limits were checked at
+    v_now := CASE WHEN facts.limited THEN v_now ELSE clock_timestamp() END;
     INSERT INTO transactions (seq, user_id, type, amount, balance_after, skill_id, skill,
                               units, unit_cost, description, idempotency_key, request_hash,
                               sources, member, created_at)

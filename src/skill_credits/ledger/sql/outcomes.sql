@@ -68,7 +68,8 @@ END $$;
 
 -- The refusal about the skill and the user that a write of the skill s at p_version (NULL:
 -- any) meets, in the contract's order, or NULL: s has no id when no skill has the name,
--- p_known is false when the user does not exist.
+-- p_known is false when the user does not exist. (Callers answer it with the skill, which
+-- the service reads on 'version' and 'skill_disabled' only.)
 CREATE OR REPLACE FUNCTION sc_refusal(s skills, p_version integer, p_known boolean)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $$
