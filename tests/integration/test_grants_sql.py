@@ -385,6 +385,46 @@ async def test_a_charge_the_head_covers_is_one_statement(pool) -> None:
     await assert_consistent(pool, user)
 
 
+@pytest.mark.parametrize("keyed", [False, True])
+async def test_the_charges_statements_keep_one_generic_plan(pool, keyed: bool) -> None:
+    """PL/pgSQL plans a statement for its parameters five times, then keeps one generic
+    plan if that is no dearer than the custom ones; a statement whose custom plans fold
+    away what the parameters switch off (a limits check behind the hint, a key check
+    behind a NULL key) is planned again on every charge, which cost more than the charge
+    itself. After a warm-up, each of the charge's statements must run a generic plan:
+    ``$n`` in its conditions, never the user's id as a constant."""
+    skill = await new_skill(pool, 1)
+    users = [new_user() for _ in range(8)]
+    for user in users:
+        await credit(pool, user, 100)
+    plans: list[str] = []
+
+    def listen(_, message) -> None:
+        plans.append(str(message))
+
+    async with pool.acquire() as conn:
+        conn.add_log_listener(listen)
+        try:
+            await conn.execute("LOAD 'auto_explain'")
+            await conn.execute("SET auto_explain.log_min_duration = 0")
+            await conn.execute("SET auto_explain.log_nested_statements = on")
+            for n, user in enumerate(users * 2):
+                if n == len(users) * 2 - 1:  # the last charge's plans, after the warm-up
+                    plans.clear()
+                    await conn.execute("SET client_min_messages = log")
+                key = f"k-{uuid.uuid4().hex}" if keyed and n % 2 else None
+                row = await conn.fetchrow(
+                    CHARGE, user, skill, None, 1, None, key, b"h" if key else None, None
+                )
+                assert row["outcome"] == "written"
+        finally:
+            await conn.execute("RESET ALL")
+            conn.remove_log_listener(listen)
+    update = [p for p in plans if "UPDATE users u SET credits" in p]
+    assert len(update) == 1, plans
+    assert "user_id = $1" in update[0] and users[-1] not in update[0], update[0]
+
+
 async def test_the_limited_hint_picks_the_way_never_the_answer(pool) -> None:
     """p_limited says which statement a charge tries first: with it, a user with limits
     is charged by one statement after the lock (limits checked and counted, no slow way);

@@ -185,9 +185,7 @@ def test_an_upgrade_to_head_keeps_every_row_and_reconciles(fresh_database) -> No
                 "INSERT INTO skill_history (skill_id, version, actor, changes)"
                 " SELECT id, 2, 'admin', '{}' FROM skills WHERE name = 'UP_A'"
             )
-            await conn.execute(
-                "UPDATE users SET low_balance_threshold = 3 WHERE user_id = 'low'"
-            )
+            await conn.execute("UPDATE users SET low_balance_threshold = 3 WHERE user_id = 'low'")
             await conn.fetchrow(CREDIT, "low", "PURCHASE", 5, None, None, None, None, None)
             added = await conn.fetch(
                 "SELECT type, user_id FROM all_events WHERE seq > $1 ORDER BY seq", newest

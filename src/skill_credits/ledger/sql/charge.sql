@@ -24,7 +24,12 @@ CREATE OR REPLACE FUNCTION sc_charge(p_user text, p_skill text, p_version intege
                                      p_member text DEFAULT NULL,
                                      p_limited boolean DEFAULT false)
 RETURNS sc_tx_outcome
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- One plan for each statement, whatever the parameters: a custom plan folds away the
+-- checks that a NULL key, a NULL API key or the hint switch off, so PL/pgSQL would judge
+-- it cheaper and plan the statement again on every charge (it cost more than the charge).
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
     r sc_tx_outcome;
     s skills;
@@ -61,7 +66,8 @@ BEGIN
       AND u.head_free >= c.cost * p_units
       AND (u.next_due IS NULL OR u.next_due > now())
       AND u.limited = p_limited
-      AND (NOT p_limited OR NOT EXISTS (SELECT 1 FROM limits l
+      -- (the user's column, not the hint, guards the check: the row decides, at run time)
+      AND (NOT u.limited OR NOT EXISTS (SELECT 1 FROM limits l
                                         WHERE l.user_id = p_user
                                           AND sc_applies(l.member, l.skill_id, p_member,
                                                          c.id)

@@ -65,8 +65,7 @@ UPGRADE = [
     " SELECT d.event_id, d.endpoint_id, d.status, d.attempts, d.next_attempt_at,"
     " d.last_error, d.delivered_at"
     " FROM event_deliveries d JOIN events e ON e.id = d.event_id WHERE e.user_id IS NULL",
-    "DELETE FROM event_deliveries d USING events e WHERE e.id = d.event_id"
-    " AND e.user_id IS NULL",
+    "DELETE FROM event_deliveries d USING events e WHERE e.id = d.event_id AND e.user_id IS NULL",
     "DELETE FROM events WHERE user_id IS NULL",
     # the users' events and deliveries keyed by the user
     "ALTER TABLE event_deliveries ADD COLUMN user_id text",
@@ -99,6 +98,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    raise NotImplementedError(
-        "0013 does not go down, as 0012 does not (docs/database.md)"
-    )
+    raise NotImplementedError("0013 does not go down, as 0012 does not (docs/database.md)")
