@@ -23,12 +23,28 @@ from skill_credits.migrate import migrate
 from skill_credits.settings import Settings
 from tests.support import servers
 from tests.support.api import Api, Keys
-from tests.support.databases import connection, delete_prefix, drop_databases
+from tests.support.databases import (
+    connection,
+    create_citus_database,
+    delete_prefix,
+    drop_databases,
+)
 from tests.support.run import run_in_thread
 
 
 def pytest_configure(config) -> None:
     servers.mode()  # an unknown TEST_SERVERS stops the run before it starts
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """On a Citus cluster (TEST_SERVERS=citus), what is about one server's plans or
+    processes does not apply: each worker plans its own shards."""
+    if not servers.citus():
+        return
+    skip = pytest.mark.skip(reason="one_server: not about a Citus cluster")
+    for item in items:
+        if "one_server" in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_report_header(config) -> str:
@@ -78,6 +94,8 @@ def run_id() -> str:
 def database_url(pg_base: str, run_id: str) -> Iterator[str]:
     name = f"sc_test_{run_id}"
     url = f"{pg_base}/{name}"
+    if servers.citus():
+        run_in_thread(asyncio.run, create_citus_database(pg_base, name))
     run_in_thread(migrate, Settings(database_url=url))  # creates the database, upgrades to head
     yield url
 

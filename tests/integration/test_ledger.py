@@ -450,6 +450,7 @@ async def test_a_charge_whose_worker_remembers_a_replaced_version_pays_the_new_c
     assert await api.balance(user) == 1000 - 50
 
 
+@pytest.mark.one_server
 async def test_idempotency_key_lookups_use_the_partial_index(db) -> None:
     """The key's unique index holds keyed rows only (migration 0004); the ledger
     functions' replay lookup (sc_keyed) must still be able to use it when PostgreSQL plans

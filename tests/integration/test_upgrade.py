@@ -182,8 +182,8 @@ def test_an_upgrade_to_head_keeps_every_row_and_reconciles(fresh_database) -> No
             # new events go on in the one order, each kind to its own table, owed as before
             newest = await conn.fetchval("SELECT max(seq) FROM all_events")
             await conn.execute(
-                "INSERT INTO skill_history (skill_id, version, actor, changes)"
-                " SELECT id, 2, 'admin', '{}' FROM skills WHERE name = 'UP_A'"
+                "SELECT sc_skill_changed(id, 2, now(), 'admin', '{}') FROM skills"
+                " WHERE name = 'UP_A'"
             )
             await conn.execute("UPDATE users SET low_balance_threshold = 3 WHERE user_id = 'low'")
             await conn.fetchrow(CREDIT, "low", "PURCHASE", 5, None, None, None, None, None)

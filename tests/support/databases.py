@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import asyncpg
 import redis as redis_sync
@@ -46,10 +47,49 @@ def at_revision(url: str, revision: str) -> None:
 
 
 async def drop_databases(base: str, *names: str) -> None:
-    """``base`` is a server URL without database name."""
-    await execute(
-        f"{base}/postgres", *(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in names)
-    )
+    """``base`` is a server URL without database name; on a Citus coordinator, the
+    databases go on every node."""
+    for server in await nodes(base):
+        await execute(
+            f"{server}/postgres",
+            *(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in names),
+        )
+
+
+async def nodes(base: str) -> list[str]:
+    """The server URLs of a Citus cluster whose coordinator is ``base`` (the workers its
+    ``postgres`` database registers, after it), or ``[base]`` for a plain server."""
+    async with connection(f"{base}/postgres") as conn:
+        if not await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'citus'"):
+            return [base]
+        workers = await conn.fetch(
+            "SELECT nodename, nodeport FROM pg_dist_node"
+            " WHERE groupid <> 0 AND noderole = 'primary' ORDER BY nodeid"
+        )
+    parts = urlsplit(base)
+    userinfo = parts.netloc.rpartition("@")[0]
+    login = f"{userinfo}@" if userinfo else ""
+    return [base, *(f"{parts.scheme}://{login}{w['nodename']}:{w['nodeport']}" for w in workers)]
+
+
+async def create_citus_database(base: str, name: str) -> None:
+    """The database ``name`` on every node of the cluster whose coordinator is ``base``,
+    with the citus extension, and its nodes registered with its coordinator: what the
+    operator of a cluster does once (docs/citus.md), before `skill-credits migrate`."""
+    servers = await nodes(base)
+    for server in servers:
+        await execute(f"{server}/postgres", f'CREATE DATABASE "{name}"')
+        await execute(f"{server}/{name}", "CREATE EXTENSION citus")
+    coordinator = urlsplit(base)
+    async with connection(f"{base}/{name}") as conn:
+        await conn.execute(
+            "SELECT citus_set_coordinator_host($1, $2)",
+            coordinator.hostname,
+            coordinator.port or 5432,
+        )
+        for server in servers[1:]:
+            worker = urlsplit(server)
+            await conn.execute("SELECT citus_add_node($1, $2)", worker.hostname, worker.port)
 
 
 def delete_prefix(redis_url: str, prefix: str) -> None:

@@ -10,6 +10,11 @@ TEST_SERVERS picks them:
   default; CI passes the ones scripts/build-images.sh builds without a registry). A Docker engine
   that does not answer is an error here, never a quiet fallback to the local servers.
 
+- ``citus``: PostgreSQL is a Citus cluster's coordinator, TEST_CITUS_URL (by default the one
+  scripts/citus-cluster.sh starts on 127.0.0.1:9700); the run's database is made on every node
+  with the extension and the nodes registered (databases.create_citus_database), so
+  `skill-credits migrate` distributes it. Redis as in ``local``.
+
 Tests that stop or restart servers start processes of their own (processes.py) either way.
 """
 
@@ -30,7 +35,8 @@ from tests.support.run import run_in_thread
 
 LOCAL_PG = "postgresql://127.0.0.1:5432"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
-MODES = ("local", "containers")
+MODES = ("local", "containers", "citus")
+LOCAL_CITUS = "postgresql://postgres@127.0.0.1:9700"
 
 
 def mode() -> str:
@@ -121,7 +127,7 @@ def _need_docker(why: str) -> None:
 def _local(kind: str, url: str, answers: Callable[[str], bool]) -> bool:
     """Whether the run uses the machine's own server at ``url``; if not, a container stands
     in for it, and the run stops here when no Docker engine answers."""
-    if mode() == "local":
+    if mode() in ("local", "citus"):
         if answers(url):
             return True
         _need_docker(f"no {kind} at {url}")
@@ -130,8 +136,19 @@ def _local(kind: str, url: str, answers: Callable[[str], bool]) -> bool:
     return False
 
 
+def citus() -> bool:
+    """Whether the run's PostgreSQL is a Citus cluster."""
+    return mode() == "citus"
+
+
 @contextmanager
 def postgres() -> Iterator[Server]:
+    if citus():
+        base = os.environ.get("TEST_CITUS_URL", LOCAL_CITUS).rstrip("/")
+        if not _pg_answers(base):
+            pytest.exit(f"TEST_SERVERS=citus: no Citus coordinator at {base}", returncode=2)
+        yield Server("Citus coordinator", base)
+        return
     base = os.environ.get("TEST_DATABASE_URL", LOCAL_PG).rstrip("/")
     if _local("PostgreSQL", base, _pg_answers):
         yield Server("PostgreSQL", base)

@@ -79,8 +79,8 @@ def _batched(function: str, arguments: tuple[tuple[str, str], ...], columns: str
     """``function``'s batch form (``ledger/sql/batches.sql``): each argument an array, one
     element a write; the outcome rows in the writes' order."""
     return text(
-        f"SELECT {columns}, {SKILL} FROM {function}_batch({_args(arguments, '_list', '[]')})"
-        " WITH ORDINALITY o ORDER BY o.ordinality"
+        f"SELECT {columns}, {SKILL} FROM {function}_batch(CAST(:route AS text),"
+        f" {_args(arguments, '_list', '[]')}) WITH ORDINALITY o ORDER BY o.ordinality"
     )
 
 
@@ -154,10 +154,12 @@ async def _in_batch(
     conn: Connection, alone: Any, statement: Any, arguments: tuple, items: list[dict[str, Any]]
 ) -> list[Row]:
     """The outcome rows of ``items`` in their order: one item is the function's own call
-    (``alone``), several go in its batch form (``statement``)."""
+    (``alone``), several go in its batch form (``statement``), routed by the first one's
+    user (on Citus the call runs on that user's node: the caller sends users of one node)."""
     if len(items) == 1:
         return [(await conn.execute(alone, items[0])).one()]
     lists = {f"{name}_list": [item[name] for item in items] for name, _ in arguments}
+    lists["route"] = items[0]["user_id"]
     return list((await conn.execute(statement, lists)).all())
 
 

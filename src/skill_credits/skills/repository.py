@@ -113,11 +113,11 @@ async def update(conn: Connection, skill_id: str, values: dict[str, Any]) -> Ski
 async def insert_history(
     conn: Connection, skill: Skill, actor: str, changes: dict[str, list[Any]]
 ) -> None:
+    """The edit's history row, its skill.changed event and the event's deliveries."""
     await conn.execute(
         text(
-            "INSERT INTO skill_history (skill_id, version, changed_at, actor, changes)"
-            " VALUES (CAST(:skill_id AS uuid), :version, :changed_at, :actor,"
-            "         CAST(:changes AS jsonb))"
+            "SELECT sc_skill_changed(CAST(:skill_id AS uuid), :version, :changed_at, :actor,"
+            " CAST(:changes AS jsonb))"
         ),
         {
             "skill_id": skill.id,

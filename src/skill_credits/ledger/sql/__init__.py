@@ -33,6 +33,9 @@ FILES = (
     "events.sql",
 )
 
+# Where the database has the citus extension, run after the functions (never on one server).
+CITUS = "citus.sql"
+
 # A command ends at a ';' that closes a line outside a dollar-quoted body.
 _DOLLAR = re.compile(r"\$\$")
 

@@ -92,10 +92,10 @@ BEGIN
         IF p_limited AND v_need > 0 THEN
             PERFORM sc_count(p_user, p_member, s.id, v_need, v_now, v_now);
         END IF;
-        INSERT INTO transactions (seq, user_id, type, amount, balance_after, skill_id, skill,
+        INSERT INTO transactions (id, seq, user_id, type, amount, balance_after, skill_id, skill,
                                   units, unit_cost, description, idempotency_key,
                                   request_hash, sources, member, created_at)
-        VALUES (v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, s.id, s.name, p_units,
+        VALUES (sc_id(p_user), v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, s.id, s.name, p_units,
                 s.cost, p_description, p_key, p_hash,
                 CASE WHEN v_need = 0 THEN '[]'::jsonb
                      ELSE jsonb_build_array(jsonb_build_object('grant_id', v_head,
@@ -165,10 +165,10 @@ BEGIN
     RETURNING credits, log_seq INTO v_credits, v_seq;
     -- a user with limits counts at the instant the limits were checked at
     v_now := CASE WHEN facts.limited THEN v_now ELSE clock_timestamp() END;
-    INSERT INTO transactions (seq, user_id, type, amount, balance_after, skill_id, skill,
+    INSERT INTO transactions (id, seq, user_id, type, amount, balance_after, skill_id, skill,
                               units, unit_cost, description, idempotency_key, request_hash,
                               sources, member, created_at)
-    VALUES (v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, s.id, s.name, p_units, s.cost,
+    VALUES (sc_id(p_user), v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, s.id, s.name, p_units, s.cost,
             p_description, p_key, p_hash, v_sources, p_member, v_now)
     RETURNING * INTO t;
     IF facts.limited THEN

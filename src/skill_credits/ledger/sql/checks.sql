@@ -19,6 +19,16 @@ CREATE OR REPLACE FUNCTION skill_credits_uuid_v7() RETURNS uuid LANGUAGE sql VOL
         'hex')::uuid
 $$;
 
+-- The id of a user's transaction or hold: a UUID v7 whose last four bytes are the user's
+-- hash (hashtext, what Citus places the user's rows by). A route that names only the id
+-- finds the node that holds the row from the id itself (db/shards.py, docs/citus.md); on
+-- one server nothing reads them. 42 random bits stay, per millisecond and user (the keys
+-- are (id, user_id)).
+CREATE OR REPLACE FUNCTION sc_id(p_owner text) RETURNS uuid LANGUAGE sql VOLATILE AS $$
+    SELECT encode(overlay(uuid_send(skill_credits_uuid_v7()) PLACING int4send(hashtext(p_owner))
+                          FROM 13 FOR 4), 'hex')::uuid
+$$;
+
 -- One per rule, each true (or unknown) as the CHECK it replaces was.
 CREATE OR REPLACE FUNCTION sc_transaction_valid(
     p_type text, p_amount bigint, p_balance_after bigint, p_skill_id uuid, p_units integer,
@@ -85,10 +95,13 @@ BEGIN
 END $$;
 
 -- Every way the grants disagree with the log, the holds and the balances (for reconcile),
--- on the grants as reads see them (grants_now).
+-- on the grants as reads see them (grants_now). PL/pgSQL (the rules: a query on a user's
+-- tables in an SQL-language function cannot be planned on Citus).
 CREATE OR REPLACE FUNCTION sc_grant_problems()
 RETURNS TABLE (user_id text, grant_id text, problem text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
     WITH moved AS (
         SELECT t.user_id, (e ->> 'grant_id')::uuid AS grant_id,
                sum(sign(t.amount) * (e ->> 'amount')::bigint)::bigint AS net
@@ -133,5 +146,5 @@ LANGUAGE sql STABLE AS $$
     FROM transactions t
     WHERE t.sources <> '[]'::jsonb
       AND abs(t.amount) <> (SELECT coalesce(sum((e ->> 'amount')::bigint), 0)
-                            FROM jsonb_array_elements(t.sources) e)
-$$;
+                            FROM jsonb_array_elements(t.sources) e);
+END $$;

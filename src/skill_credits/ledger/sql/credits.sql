@@ -43,9 +43,9 @@ BEGIN
                      log_seq = log_seq + 1
     WHERE user_id = p_user
     RETURNING credits, log_seq INTO v_credits, v_seq;
-    INSERT INTO transactions (seq, user_id, type, amount, balance_after, description,
+    INSERT INTO transactions (id, seq, user_id, type, amount, balance_after, description,
                               idempotency_key, request_hash, grant_id, sources)
-    VALUES (v_seq, p_user, p_type, p_amount, v_credits, p_description, p_key, p_hash,
+    VALUES (sc_id(p_user), v_seq, p_user, p_type, p_amount, v_credits, p_description, p_key, p_hash,
             v_grant, v_sources)
     RETURNING * INTO t;
     IF v_grant IS NOT NULL THEN
@@ -132,9 +132,9 @@ BEGIN
                      log_seq = log_seq + 1
     WHERE user_id = p_user
     RETURNING credits, log_seq INTO v_credits, v_seq;
-    INSERT INTO transactions (seq, user_id, type, amount, balance_after, refund_of,
+    INSERT INTO transactions (id, seq, user_id, type, amount, balance_after, refund_of,
                               description, idempotency_key, request_hash, sources)
-    VALUES (v_seq, p_user, 'REFUND', -o.amount, v_credits, o.id, p_description, p_key, p_hash,
+    VALUES (sc_id(p_user), v_seq, p_user, 'REFUND', -o.amount, v_credits, o.id, p_description, p_key, p_hash,
             coalesce(v_sources, '[]'::jsonb))
     RETURNING * INTO t;
     SELECT h.created_at INTO v_counted_at
@@ -145,8 +145,8 @@ BEGIN
         UPDATE users SET credits = credits - v_lapsed_total, log_seq = log_seq + 1
         WHERE user_id = p_user
         RETURNING credits, log_seq INTO v_credits, v_seq;
-        INSERT INTO transactions (seq, user_id, type, amount, balance_after, sources)
-        VALUES (v_seq, p_user, 'EXPIRY', -v_lapsed_total, v_credits, v_lapsed);
+        INSERT INTO transactions (id, seq, user_id, type, amount, balance_after, sources)
+        VALUES (sc_id(p_user), v_seq, p_user, 'EXPIRY', -v_lapsed_total, v_credits, v_lapsed);
     END IF;
     RETURN sc_tx_out('written', t);
 END $$;

@@ -28,22 +28,30 @@ WHEN ((NEW.credits = 0 AND OLD.credits > 0)
               <> (OLD.credits < NEW.low_balance_threshold)))
 EXECUTE FUNCTION skill_credits_balance_events();
 
--- Every edit of a skill (its history row) is a skill.changed event.
-CREATE OR REPLACE FUNCTION skill_credits_skill_events() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Every edit of a skill: its history row, a skill.changed event, and the event owed to
+-- every live endpoint, in the edit's transaction. A function the edit calls, not triggers:
+-- on a Citus cluster these tables are copied to every node, and a trigger would fire on
+-- each node's copy.
+CREATE OR REPLACE FUNCTION sc_skill_changed(p_skill uuid, p_version integer,
+                                            p_changed_at timestamptz, p_actor text,
+                                            p_changes jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_event uuid;
 BEGIN
+    INSERT INTO skill_history (skill_id, version, changed_at, actor, changes)
+    VALUES (p_skill, p_version, p_changed_at, p_actor, p_changes);
     INSERT INTO skill_events (data)
-    SELECT
-           jsonb_build_object('name', s.name, 'version', NEW.version, 'actor', NEW.actor,
-                              'changes', NEW.changes, 'cost', s.cost, 'is_active', s.is_active)
-    FROM skills s WHERE s.id = NEW.skill_id;
-    RETURN NULL;
+    SELECT jsonb_build_object('name', s.name, 'version', p_version, 'actor', p_actor,
+                              'changes', p_changes, 'cost', s.cost, 'is_active', s.is_active)
+    FROM skills s WHERE s.id = p_skill
+    RETURNING id INTO v_event;
+    INSERT INTO skill_event_deliveries (event_id, endpoint_id)
+    SELECT v_event, w.id FROM webhook_endpoints w WHERE w.active;
 END $$;
 
-CREATE OR REPLACE TRIGGER skill_history_events AFTER INSERT ON skill_history FOR EACH ROW
-EXECUTE FUNCTION skill_credits_skill_events();
-
--- Every event is owed to every live endpoint, from the same transaction on: a user's
--- with the user's rows, the catalogue's apart.
+-- Every event of a user's is owed to every live endpoint, from the same transaction on,
+-- with the user's rows.
 CREATE OR REPLACE FUNCTION skill_credits_fan_out() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO event_deliveries (event_id, user_id, endpoint_id)
@@ -53,14 +61,3 @@ END $$;
 
 CREATE OR REPLACE TRIGGER events_fan_out AFTER INSERT ON events FOR EACH ROW
 EXECUTE FUNCTION skill_credits_fan_out();
-
-CREATE OR REPLACE FUNCTION skill_credits_skill_fan_out() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO skill_event_deliveries (event_id, endpoint_id)
-    SELECT NEW.id, w.id FROM webhook_endpoints w WHERE w.active;
-    RETURN NULL;
-END $$;
-
-CREATE OR REPLACE TRIGGER skill_events_fan_out AFTER INSERT ON skill_events FOR EACH ROW
-EXECUTE FUNCTION skill_credits_skill_fan_out();

@@ -55,10 +55,10 @@ BEGIN
         END IF;
     END IF;
     v_sources := sc_take(p_user, v_need, v_until, true);
-    INSERT INTO holds (user_id, skill_id, skill, skill_version, units, unit_cost, amount,
+    INSERT INTO holds (id, user_id, skill_id, skill, skill_version, units, unit_cost, amount,
                        description, expires_at, idempotency_key, request_hash, sources,
                        member, created_at)
-    VALUES (p_user, s.id, s.name, s.version, p_units, s.cost, v_need, p_description, v_until,
+    VALUES (sc_id(p_user), p_user, s.id, s.name, s.version, p_units, s.cost, v_need, p_description, v_until,
             p_key, p_hash, v_sources, p_member, v_now)
     RETURNING * INTO h;
     IF v_limited THEN
@@ -135,10 +135,10 @@ BEGIN
     WHERE user_id = p_user
     RETURNING credits, log_seq INTO v_credits, v_seq;
     v_now := clock_timestamp();
-    INSERT INTO transactions (seq, user_id, type, amount, balance_after, skill_id, skill,
+    INSERT INTO transactions (id, seq, user_id, type, amount, balance_after, skill_id, skill,
                               units, unit_cost, description, idempotency_key, request_hash,
                               sources, member, created_at)
-    VALUES (v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, h.skill_id, h.skill, p_units,
+    VALUES (sc_id(p_user), v_seq, p_user, 'CONSUMPTION', -v_need, v_credits, h.skill_id, h.skill, p_units,
             h.unit_cost, coalesce(p_description, h.description), p_key, p_hash, v_sources,
             h.member, v_now)
     RETURNING * INTO t;

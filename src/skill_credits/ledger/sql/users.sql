@@ -134,8 +134,8 @@ BEGIN
         UPDATE users SET credits = credits - g.remaining, log_seq = log_seq + 1
         WHERE user_id = p_user
         RETURNING credits, log_seq INTO v_credits, v_seq;
-        INSERT INTO transactions (seq, user_id, type, amount, balance_after, sources)
-        VALUES (v_seq, p_user, 'EXPIRY', -g.remaining, v_credits,
+        INSERT INTO transactions (id, seq, user_id, type, amount, balance_after, sources)
+        VALUES (sc_id(p_user), v_seq, p_user, 'EXPIRY', -g.remaining, v_credits,
                 jsonb_build_array(jsonb_build_object('grant_id', g.id, 'amount', g.remaining)));
     END LOOP;
 
