@@ -45,6 +45,19 @@ run: migrate ## Install what running needs, migrate, serve on http://127.0.0.1:8
 test: install ## Run the whole test suite against real PostgreSQL and Redis (TEST_SERVERS=containers: in containers)
 	$(UV) run pytest
 
+# Citus, where no registry carries it: built from its source (a .tar.gz or a tree) unless installed.
+CITUS_SRC ?=
+# What does not apply on a cluster: servers of this machine's own killed and restarted.
+CITUS_SKIP := --deselect tests/integration/test_faults.py --deselect tests/integration/test_servers.py
+
+.PHONY: citus
+citus: ## Build Citus from CITUS_SRC (unless installed), start a coordinator and two workers on 9700-9702
+	scripts/citus-cluster.sh start $(CITUS_SRC)
+
+.PHONY: test-citus
+test-citus: install citus ## The integration suite on that Citus cluster (TEST_SERVERS=citus; docs/citus.md)
+	TEST_SERVERS=citus $(UV) run pytest tests/integration $(CITUS_SKIP)
+
 .PHONY: images
 images: ## Build PostgreSQL, Redis and Python images from Debian packages (root; reuses built ones)
 	scripts/build-images.sh

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from skill_credits.db.adapter import Connection, Statements
+from skill_credits.db.shards import ShardMap
 from skill_credits.settings import Settings
 
 
@@ -32,6 +35,12 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
+log = logging.getLogger(__name__)
+
+# How long a worker trusts the shard map it read (a rebalance moves shards meanwhile).
+SHARD_MAP_SECONDS = 30.0
+
+
 class Database:
     """The one way services reach PostgreSQL; three kinds of connection, one interface.
 
@@ -50,6 +59,9 @@ class Database:
         self.engine = create_engine(settings)
         self.autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._pool: asyncpg.Pool | None = None
+        self._shards: ShardMap | None = None
+        self._shards_read_at: float | None = None
+        self._shards_reading: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the hot-path pool (lazily: no connection is made before the first charge)."""
@@ -65,6 +77,35 @@ class Database:
             # so a connection never carries a transaction or session state back.
             reset=_no_reset,
         )
+
+    async def shard_map(self) -> ShardMap | None:
+        """Where each user's rows live on a Citus cluster (None on one server), read again
+        when ``SHARD_MAP_SECONDS`` have passed: after a rebalance, a stale map costs speed,
+        never correctness (db/shards.py)."""
+        if self._shards_stale():
+            async with self.connect() as conn:
+                self._shards = await ShardMap.load(conn)
+            self._shards_read_at = time.monotonic()
+        return self._shards
+
+    def known_shard_map(self) -> ShardMap | None:
+        """The map as last read, without waiting (the batchers' view); a stale one is read
+        again in the background meanwhile, and its first reading is awaited by nothing."""
+        if self._shards_stale() and self._shards_reading is None:
+            self._shards_reading = asyncio.create_task(self._read_shard_map())
+        return self._shards
+
+    async def _read_shard_map(self) -> None:
+        try:
+            await self.shard_map()
+        except Exception:  # noqa: BLE001 - unreachable now: the next look tries again
+            log.warning("the shard map could not be read", exc_info=True)
+        finally:
+            self._shards_reading = None
+
+    def _shards_stale(self) -> bool:
+        read = self._shards_read_at
+        return read is None or time.monotonic() - read > SHARD_MAP_SECONDS
 
     def connect(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         return self.autocommit.connect()

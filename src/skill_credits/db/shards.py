@@ -14,6 +14,7 @@ On one PostgreSQL server there is no map (``ShardMap.load`` answers None).
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -67,6 +68,7 @@ def _final(a: int, b: int, c: int) -> int:
     return c
 
 
+@functools.lru_cache(maxsize=65536)
 def user_hash(user_id: str) -> int:
     """PostgreSQL's ``hashtext(user_id)`` (``hash_bytes`` of src/common/hashfn.c, Bob
     Jenkins' lookup3, on the UTF-8 bytes): the value Citus places the user's rows by, as

@@ -24,6 +24,7 @@ from typing import Any
 
 from skill_credits.db import Connection, Database
 from skill_credits.db.failures import is_unavailable
+from skill_credits.db.shards import ShardMap
 from skill_credits.ledger import repository as repo
 from skill_credits.observability import BATCH_SIZES
 
@@ -99,11 +100,29 @@ class Batcher:
         """Send what waits, then what arrived meanwhile, until nothing waits."""
         try:
             while self._pending:
-                batch = self._pending[: self.max_items]
-                del self._pending[: self.max_items]
-                await self._send(batch)
+                await self._send(self._take(self._db.known_shard_map()))
         finally:
             self._running -= 1
+
+    def _take(self, shards: ShardMap | None) -> list[Waiting]:
+        """The next batch, out of the queue: the oldest ``max_items`` writes; on a Citus
+        cluster (``shards``), of the users on the node of the oldest write's user, so the
+        call runs on that one node (``p_route``) without a two-phase commit. A user's
+        writes stay in arrival order: they all go to one node."""
+        if shards is None:
+            batch = self._pending[: self.max_items]
+            del self._pending[: self.max_items]
+            return batch
+        node = shards.node_of(self._pending[0][0]["user_id"])
+        batch: list[Waiting] = []
+        rest: list[Waiting] = []
+        for waiting in self._pending:
+            if len(batch) < self.max_items and shards.node_of(waiting[0]["user_id"]) == node:
+                batch.append(waiting)
+            else:
+                rest.append(waiting)
+        self._pending[:] = rest
+        return batch
 
     async def _send(self, batch: list[Waiting]) -> None:
         self.sizes[len(batch)] = self.sizes.get(len(batch), 0) + 1

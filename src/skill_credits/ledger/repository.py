@@ -13,12 +13,14 @@ so an expired grant is written off before anything counts it.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import msgspec
 from sqlalchemy import text
 
 from skill_credits.db import Connection
+from skill_credits.db.shards import ShardMap
 from skill_credits.ledger.schemas import (
     CreditsByCategory,
     Grant,
@@ -27,7 +29,7 @@ from skill_credits.ledger.schemas import (
     Transaction,
     User,
 )
-from skill_credits.pagination import decode_cursor, encode_cursor, encode_id_cursor, keyset_page
+from skill_credits.pagination import encode_id_cursor, keyset_page
 from skill_credits.skills.repository import skill_columns
 
 Row = Any  # a row of Connection.execute: attribute access by column name
@@ -293,16 +295,60 @@ async def set_low_balance_threshold(conn: Connection, user_id: str, threshold: i
     return (await conn.execute(SET_LOW_BALANCE_THRESHOLD, params)).first() is not None
 
 
-async def get_transaction(conn: Connection, tx_id: str) -> Row | None:
+# A row named by its id alone: its user first, then the row by id and user.
+OWNER = {
+    table: text(f"SELECT user_id FROM {table} WHERE id = CAST(:id AS uuid)")
+    for table in ("transactions", "holds")
+}
+ROUTED_OWNER = text(
+    "SELECT sc_owner(CAST(:route AS text), CAST(:tbl AS regclass), CAST(:id AS uuid))"
+)
+
+
+async def owner(conn: Connection, table: str, row_id: str, shards: ShardMap) -> str | None:
+    """The user of the row ``row_id`` of ``table`` (``transactions`` or ``holds``) on a Citus
+    cluster: asked of the one node that holds the shard the id names (its last four bytes
+    are the user's hash, ``sc_id``; ``sc_owner`` in ``ledger/sql/citus.sql``). An id made
+    before ids carried the hash, or a map gone stale, is looked for on every node."""
+    hashed = int.from_bytes(uuid.UUID(row_id).bytes[12:], "big", signed=True)
+    params = {"route": shards.route_of(hashed), "tbl": table, "id": row_id}
+    found = (await conn.execute(ROUTED_OWNER, params)).scalar()
+    if found is None:
+        found = (await conn.execute(OWNER[table], {"id": row_id})).scalar()
+    return found
+
+
+async def _by_id(
+    conn: Connection, table: str, row_id: str, shards: ShardMap | None
+) -> tuple[str, dict[str, Any]] | None:
+    """The user of the row ``row_id`` as SQL (``:owner``, or the row's own ``user_id`` on
+    one server) and the parameters; None when there is no such row. On Citus every table
+    a query reads is then filtered by that user, so it runs on the user's node alone."""
+    if shards is None:
+        return "user_id", {"id": row_id}
+    user_id = await owner(conn, table, row_id, shards)
+    if user_id is None:
+        return None
+    return ":owner", {"id": row_id, "owner": user_id}
+
+
+async def get_transaction(
+    conn: Connection, tx_id: str, shards: ShardMap | None = None
+) -> Row | None:
+    found = await _by_id(conn, "transactions", tx_id, shards)
+    if found is None:
+        return None
+    user, params = found
     return (
         await conn.execute(
             text(
                 f"SELECT {TX_COLUMNS},"
                 " EXISTS (SELECT 1 FROM transactions r"
-                "         WHERE r.user_id = t.user_id AND r.refund_of = t.id) AS refunded"
-                " FROM transactions t WHERE id = CAST(:id AS uuid)"
+                f"         WHERE r.user_id = {user.replace('user_id', 't.user_id')}"
+                "            AND r.refund_of = t.id) AS refunded"
+                f" FROM transactions t WHERE t.id = CAST(:id AS uuid) AND t.user_id = {user}"
             ),
-            {"id": tx_id},
+            params,
         )
     ).first()
 
@@ -451,13 +497,17 @@ def hold_from_row(row: Any) -> Hold:
     )
 
 
-async def get_hold(conn: Connection, hold_id: str) -> Row | None:
+async def get_hold(conn: Connection, hold_id: str, shards: ShardMap | None = None) -> Row | None:
+    found = await _by_id(conn, "holds", hold_id, shards)
+    if found is None:
+        return None
+    user, params = found
     return (
         await conn.execute(
-            text(f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = CAST(:id AS uuid)"),
-            {"id": hold_id},
+            text(
+                f"SELECT {HOLD_COLUMNS} FROM holds"
+                f" WHERE id = CAST(:id AS uuid) AND user_id = {user}"
+            ),
+            params,
         )
     ).first()
-
-
-__all__ = ["decode_cursor", "encode_cursor"]  # the cursor of history pages, for callers

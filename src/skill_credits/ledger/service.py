@@ -215,8 +215,9 @@ async def add_credits(
 async def refund(
     db: Database, tx_id: str, data: RefundIn, key: str | None, digest: bytes | None
 ) -> Written:
+    shards = await db.shard_map()
     async with db.connect() as conn:
-        original = await repo.get_transaction(conn, tx_id)
+        original = await repo.get_transaction(conn, tx_id, shards)
         if original is None:
             raise errors.transaction_not_found(tx_id)
         params = {
@@ -268,8 +269,9 @@ async def grants(
 
 
 async def get_transaction(db: Database, tx_id: str) -> Transaction:
+    shards = await db.shard_map()
     async with db.connect() as conn:
-        row = await repo.get_transaction(conn, tx_id)
+        row = await repo.get_transaction(conn, tx_id, shards)
     if row is None:
         raise errors.transaction_not_found(tx_id)
     return repo.transaction_from_row(row)
@@ -324,8 +326,9 @@ async def create_hold(
 
 
 async def get_hold(db: Database, hold_id: str) -> Hold:
+    shards = await db.shard_map()
     async with db.connect() as conn:
-        row = await repo.get_hold(conn, hold_id)
+        row = await repo.get_hold(conn, hold_id, shards)
     if row is None:
         raise errors.hold_not_found(hold_id)
     return repo.hold_from_row(row)
@@ -339,8 +342,9 @@ async def capture(
     digest: bytes | None,
     batches: Batches | None = None,
 ) -> Written:
+    shards = await db.shard_map()
     async with db.connect() as conn:
-        current = await repo.get_hold(conn, hold_id)
+        current = await repo.get_hold(conn, hold_id, shards)
         if current is None:
             raise errors.hold_not_found(hold_id)
         units = data.units if data.units is not None else current.units
@@ -362,8 +366,9 @@ async def capture(
 
 
 async def release(db: Database, hold_id: str) -> Hold:
+    shards = await db.shard_map()
     async with db.connect() as conn:
-        current = await repo.get_hold(conn, hold_id)
+        current = await repo.get_hold(conn, hold_id, shards)
         if current is None:
             raise errors.hold_not_found(hold_id)
         row = await repo.release(conn, current.user_id, hold_id)
@@ -381,8 +386,9 @@ def _check_refundable(row: Any, tx_id: str) -> None:
 async def refundable(db: Database, tx_id: str) -> tuple[Transaction, ApiError | None]:
     """The transaction, and the error ``refund`` would answer for it now (None: it would
     refund it)."""
+    shards = await db.shard_map()
     async with db.connect() as conn:
-        row = await repo.get_transaction(conn, tx_id)
+        row = await repo.get_transaction(conn, tx_id, shards)
     if row is None:
         raise errors.transaction_not_found(tx_id)
     try:

@@ -9,11 +9,11 @@ function written for tables that a later step makes.
 
 Where the database has the ``citus`` extension, the same transaction ends with
 ``ledger/sql/citus.sql``: the tables distributed or copied to every node and the functions
-delegated, as that file says (it does nothing that is done already). Its DDL (and every step's, set for the session: a step may commit) reaches the
-workers over one connection per node (``multi_shard_modify_mode``: foreign keys to
-reference tables require it in a transaction), and the triggers of distributed tables fire
-on the node that holds the row (``enable_unsafe_triggers``: every trigger here writes only
-rows of the same user, or of the catalogue).
+delegated, as that file says (it does nothing that is done already). For the session (a
+step may commit): DDL reaches the workers over one connection per node
+(``multi_shard_modify_mode``: foreign keys to reference tables require it in a
+transaction), and the triggers of distributed tables fire on the node that holds the row
+(``enable_unsafe_triggers``: every trigger here writes only rows of the same user).
 """
 
 import asyncio

@@ -53,6 +53,21 @@ BEGIN
     END LOOP;
 END $$;
 
+-- The user of the row p_id of p_table (transactions, holds), asked of the one node that
+-- holds the shard of p_route: a user id whose hash falls in the same shard as the hash the
+-- id carries (sc_id; db/shards.py picks it). Delegated by p_route, it reads that shard
+-- alone, where it lies; None when the row is not there.
+CREATE OR REPLACE FUNCTION sc_owner(p_route text, p_table regclass, p_id uuid) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_user text;
+BEGIN
+    EXECUTE format('SELECT user_id FROM %s WHERE id = $1',
+                   shard_name(p_table, get_shard_id_for_distribution_column(p_table, p_route)))
+    INTO v_user USING p_id;
+    RETURN v_user;
+END $$;
+
 DO $$
 DECLARE
     f record;

@@ -1,0 +1,375 @@
+"""On a Citus cluster (TEST_SERVERS=citus): every write about one user runs on the node
+that holds the user, in one hop, with no two-phase commit; batches go by node; the ids of
+transactions and holds lead to their node; the schema is distributed and stays so.
+
+"What the nodes run" is read from each node's own log: the run's database logs every
+statement it receives (``log_statement = all``, for that database only), and each node's log
+is read over SQL (``pg_current_logfile``, the logging collector that
+scripts/citus-cluster.sh turns on). A two-phase commit shows as ``PREPARE TRANSACTION`` on
+the nodes; a query on another node's shards shows in that node's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from skill_credits.app import create_app
+from skill_credits.db import Database
+from skill_credits.db.shards import ShardMap, user_hash
+from skill_credits.ledger.batch import ChargeBatcher
+from skill_credits.migrate import migrate
+from skill_credits.settings import Settings
+from tests.support import servers
+from tests.support.api import Api, Keys
+from tests.support.databases import (
+    assert_reconciled,
+    connection,
+    create_citus_database,
+    create_keys,
+    drop_databases,
+    nodes,
+)
+from tests.support.run import run_in_thread
+
+pytestmark = pytest.mark.skipif(not servers.citus(), reason="needs TEST_SERVERS=citus")
+
+# What a node logs of a statement it received, and the marks of a two-phase commit.
+_STATEMENT = re.compile(r"db=(?P<db>\S+) LOG:  (?:statement|execute [^:]*): (?P<sql>.*)")
+_TWO_PHASE = ("PREPARE TRANSACTION", "COMMIT PREPARED")
+# The ledger's own statements (not the maintenance daemon's): its functions, its shards.
+_LEDGER = re.compile(r"\bsc_\w+\(|\b(users|transactions|grants|holds|limits|events)_\d{6,}\b")
+
+
+@dataclass
+class Node:
+    url: str  # server URL
+    name: str  # host:port, as pg_dist_node names it
+    logfile: str
+    offset: int = 0
+
+
+class Logs:
+    """Each node's log, read from where the last ``mark`` left it."""
+
+    def __init__(self, database: str, nodes: list[Node]) -> None:
+        self.database = database
+        self.nodes = nodes
+
+    async def _size(self, conn: asyncpg.Connection, node: Node) -> int:
+        return await conn.fetchval("SELECT size FROM pg_stat_file($1)", node.logfile)
+
+    async def mark(self) -> None:
+        for node in self.nodes:
+            async with connection(f"{node.url}/{self.database}") as conn:
+                node.offset = await self._size(conn, node)
+
+    async def since_mark(self) -> dict[str, list[str]]:
+        """The statements each node received since ``mark``, by node (host:port)."""
+        await asyncio.sleep(0.3)  # the logging collector writes what it was sent
+        found: dict[str, list[str]] = {}
+        for node in self.nodes:
+            async with connection(f"{node.url}/{self.database}") as conn:
+                size = await self._size(conn, node)
+                chunk = await conn.fetchval(
+                    "SELECT pg_read_file($1, $2, $3)", node.logfile, node.offset, size - node.offset
+                )
+            found[node.name] = [
+                m["sql"]
+                for line in chunk.splitlines()
+                if (m := _STATEMENT.search(line)) and m["db"] == self.database
+            ]
+        return found
+
+
+@pytest.fixture(scope="module")
+def cluster_db(pg_base: str, run_id: str) -> Iterator[tuple[str, str]]:
+    """A database of its own on the cluster (the run's other tests do not write to it),
+    migrated, logging every statement each node receives."""
+    name = f"sc_test_{run_id}_hops"
+    url = f"{pg_base}/{name}"
+
+    async def make() -> None:
+        await create_citus_database(pg_base, name)
+        for server in await nodes(pg_base):
+            async with connection(f"{server}/postgres") as conn:
+                await conn.execute("SET citus.enable_ddl_propagation = off")
+                await conn.execute(f"ALTER DATABASE \"{name}\" SET log_statement = 'all'")
+
+    run_in_thread(asyncio.run, make())
+    run_in_thread(migrate, Settings(database_url=url))
+    yield name, url
+    run_in_thread(asyncio.run, drop_databases(pg_base, name))
+
+
+@pytest.fixture(scope="module")
+async def logs(cluster_db: tuple[str, str], pg_base: str) -> Logs:
+    name, _ = cluster_db
+    found = []
+    for server in await nodes(pg_base):
+        async with connection(f"{server}/{name}") as conn:
+            logfile = await conn.fetchval("SELECT pg_current_logfile()")
+            if logfile is None:
+                pytest.fail(f"{server} has no logging collector (scripts/citus-cluster.sh)")
+            directory = await conn.fetchval("SELECT current_setting('data_directory')")
+        host_port = server.rsplit("@", 1)[-1].split("//")[-1]
+        found.append(Node(server, host_port, f"{directory}/{logfile}"))
+    return Logs(name, found)
+
+
+@pytest.fixture(scope="module")
+async def cluster_api(
+    cluster_db: tuple[str, str], redis_url: str, redis_prefix: str
+) -> AsyncIterator[Api]:
+    _, url = cluster_db
+    admin, service = await create_keys(url, "admin", "service")
+    settings = Settings(database_url=url, redis_url=redis_url, redis_prefix=f"{redis_prefix}hops:")
+    async with AsyncTestClient(app=create_app(settings), timeout=30) as client:
+        yield Api(client, Keys(admin, service, admin, "admin-0"))
+
+
+async def node_of(url: str, user_id: str) -> str:
+    async with connection(url) as conn:
+        row = await conn.fetchrow(
+            "SELECT nodename || ':' || nodeport AS node FROM citus_shards"
+            " WHERE shardid = get_shard_id_for_distribution_column('users', $1::text)",
+            user_id,
+        )
+    return row["node"]
+
+
+def one_hop(seen: dict[str, list[str]], home: str, what: str) -> None:
+    """Nothing committed in two phases anywhere; the ledger's statements reached the user's
+    node (``home``) and no other worker."""
+    for node, statements in seen.items():
+        two_phase = [s for s in statements if s.startswith(_TWO_PHASE)]
+        assert two_phase == [], f"{what}: a two-phase commit on {node}: {two_phase}"
+    workers = list(seen)[1:]
+    assert any(_LEDGER.search(s) for s in seen[home]), f"{what}: nothing on {home}: {seen}"
+    for node in workers:
+        if node != home:
+            stray = [s for s in seen[node] if _LEDGER.search(s)]
+            assert stray == [], f"{what}: {node} (not the user's node) ran {stray}"
+
+
+async def test_the_schema_is_distributed_and_stays_so(cluster_db) -> None:
+    _, url = cluster_db
+    async with connection(url) as conn:
+        kinds = dict(
+            await conn.fetch("SELECT logicalrelid::text, partmethod::text FROM pg_dist_partition")
+        )
+        colocated = await conn.fetchval(
+            "SELECT count(DISTINCT colocationid) FROM pg_dist_partition WHERE partmethod = 'h'"
+        )
+        delegated = await conn.fetchval(
+            "SELECT count(*) FROM pg_dist_object"
+            " WHERE classid = 'pg_proc'::regclass AND distribution_argument_index = 0"
+        )
+        local = await conn.fetch(
+            "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r'"
+            " AND c.relnamespace = 'public'::regnamespace"
+            " AND NOT EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = c.oid)"
+        )
+    for table in (
+        "users",
+        "transactions",
+        "grants",
+        "holds",
+        "limits",
+        "events",
+        "event_deliveries",
+    ):
+        assert kinds.get(table) == "h", (table, kinds)
+    for table in (
+        "skills",
+        "skill_history",
+        "api_keys",
+        "webhook_endpoints",
+        "skill_events",
+        "skill_event_deliveries",
+    ):
+        assert kinds.get(table) == "n", (table, kinds)
+    assert colocated == 1
+    assert {r["relname"] for r in local} == {"alembic_version", "database_identity"}
+    assert delegated >= 20
+    run_in_thread(migrate, Settings(database_url=url))  # again: nothing to do, nothing lost
+    async with connection(url) as conn:
+        again = dict(
+            await conn.fetch("SELECT logicalrelid::text, partmethod::text FROM pg_dist_partition")
+        )
+    assert again == kinds
+
+
+async def test_the_user_hash_is_the_servers(cluster_db) -> None:
+    _, url = cluster_db
+    names = ["", "a", "user-1", "é€𝄞", "x" * 12, "y" * 13, *(uuid.uuid4().hex for _ in range(200))]
+    async with connection(url) as conn:
+        rows = await conn.fetch("SELECT w, hashtext(w) AS h FROM unnest($1::text[]) w", names)
+    assert [(r["w"], r["h"]) for r in rows] == [(w, user_hash(w)) for w in names]
+
+
+async def test_every_write_about_one_user_is_one_hop(cluster_db, cluster_api, logs) -> None:
+    api = cluster_api
+    _, url = cluster_db
+    skill = await api.create_skill(cost=5)
+    user = f"hop-{uuid.uuid4().hex[:8]}"
+    home = await node_of(url, user)
+
+    async def hop(what: str, request: Callable, subject: str = user) -> object:
+        node = home if subject == user else await node_of(url, subject)
+        await logs.mark()
+        answer = await request()
+        one_hop(await logs.since_mark(), node, what)
+        return answer
+
+    c = api.c
+    svc, adm = api.keys.auth("service"), api.keys.auth("admin")
+    await hop(
+        "credit, new user",
+        lambda: c.post(
+            f"/v1/users/{user}/credits", json={"amount": 100, "type": "PURCHASE"}, headers=adm
+        ),
+    )
+    charged = await hop(
+        "charge",
+        lambda: c.post("/v1/charges", json={"user_id": user, "skill": skill["name"]}, headers=svc),
+    )
+    assert charged.status_code == 201, charged.text
+    keyed = {**svc, "Idempotency-Key": "k1"}
+    body = {"user_id": user, "skill": skill["name"]}
+    first = await hop("keyed charge", lambda: c.post("/v1/charges", json=body, headers=keyed))
+    again = await hop("replay", lambda: c.post("/v1/charges", json=body, headers=keyed))
+    assert first.json() == again.json() and again.headers.get("idempotent-replayed") == "true"
+    big = {"user_id": user, "skill": skill["name"], "units": 1000}
+    refused = await hop("402", lambda: c.post("/v1/charges", json=big, headers=svc))
+    assert refused.status_code == 402
+    nobody = {"user_id": f"{user}-nobody", "skill": skill["name"]}
+    missing = await hop(
+        "unknown user",
+        lambda: c.post("/v1/charges", json=nobody, headers=svc),
+        subject=nobody["user_id"],
+    )
+    assert missing.status_code == 404
+    hold = await hop("hold", lambda: c.post("/v1/holds", json={**body, "units": 2}, headers=svc))
+    assert hold.status_code == 201, hold.text
+    hold_id = hold.json()["id"]
+    got = await hop("hold by id", lambda: c.get(f"/v1/holds/{hold_id}", headers=svc))
+    assert got.json()["user_id"] == user
+    captured = await hop(
+        "capture", lambda: c.post(f"/v1/holds/{hold_id}/capture", json={}, headers=svc)
+    )
+    assert captured.status_code == 201, captured.text
+    other = await c.post("/v1/holds", json=body, headers=svc)
+    released = await hop(
+        "release", lambda: c.post(f"/v1/holds/{other.json()['id']}/release", headers=svc)
+    )
+    assert released.status_code == 200, released.text
+    tx = (
+        charged.json()["transaction"]["id"]
+        if "transaction" in charged.json()
+        else charged.json()["id"]
+    )
+    read = await hop("transaction by id", lambda: c.get(f"/v1/transactions/{tx}", headers=svc))
+    assert read.json()["user_id"] == user
+    refunded = await hop(
+        "refund", lambda: c.post(f"/v1/transactions/{tx}/refund", json={}, headers=svc)
+    )
+    assert refunded.status_code == 201, refunded.text
+    twice = await hop(
+        "refund again", lambda: c.post(f"/v1/transactions/{tx}/refund", json={}, headers=svc)
+    )
+    assert twice.status_code == 409
+    limit = await hop(
+        "limit create",
+        lambda: c.post(
+            f"/v1/users/{user}/limits", json={"window": "day", "max_credits": 6}, headers=adm
+        ),
+    )
+    assert limit.status_code == 201, limit.text
+    over = await hop("429", lambda: c.post("/v1/charges", json={**body, "units": 2}, headers=svc))
+    assert over.status_code == 429, over.text
+    limit_id = limit.json()["id"]
+    changed = await hop(
+        "limit change",
+        lambda: c.patch(
+            f"/v1/users/{user}/limits/{limit_id}", json={"max_credits": 50}, headers=adm
+        ),
+    )
+    assert changed.status_code == 200, changed.text
+    removed = await hop(
+        "limit remove", lambda: c.delete(f"/v1/users/{user}/limits/{limit_id}", headers=adm)
+    )
+    assert removed.status_code == 204
+    async with connection(url) as conn:  # a grant and a hold past their expiry
+        await conn.execute(
+            "SELECT * FROM sc_credit($1, 'GRANT', 7, NULL, NULL, NULL,"
+            " clock_timestamp() + interval '50 milliseconds', NULL, 'promotional')",
+            user,
+        )
+    await asyncio.sleep(0.1)
+    expired = await hop("expiry", lambda: c.post("/v1/charges", json=body, headers=svc))
+    assert expired.status_code == 201, expired.text
+    async with connection(url) as conn:
+        types = [
+            r["type"]
+            for r in await conn.fetch(
+                "SELECT type FROM transactions WHERE user_id = $1 ORDER BY seq", user
+            )
+        ]
+    assert "EXPIRY" in types, types
+
+
+async def test_batches_go_by_node_in_one_hop(cluster_db, logs) -> None:
+    """Writes of users on both workers, arriving together: each call carries users of one
+    node and commits there alone."""
+    _, url = cluster_db
+    db = Database(Settings(database_url=url))
+    await db.start()
+    try:
+        shards = await db.shard_map()
+        assert isinstance(shards, ShardMap)
+        users = [f"batch-{n}" for n in range(24)]
+        assert len({shards.node_of(u) for u in users}) == 2
+        async with connection(url) as conn:
+            await conn.execute(
+                "INSERT INTO skills (name, display_name, cost) VALUES ('BATCH_HOP', 'b', 1)"
+            )
+            for u in users:
+                await conn.fetchrow(
+                    "SELECT * FROM sc_credit($1, 'PURCHASE', 10, NULL, NULL, NULL, NULL, NULL,"
+                    " NULL)",
+                    u,
+                )
+        batcher = ChargeBatcher(db, max_items=64, slots=1, wait=10)
+        params = [
+            {
+                "user_id": u,
+                "skill": "BATCH_HOP",
+                "version": None,
+                "units": 1,
+                "description": None,
+                "key": None,
+                "hash": None,
+                "api_key_id": None,
+                "member": None,
+                "limited": False,
+            }
+            for u in users
+        ]
+        await logs.mark()
+        rows = await asyncio.gather(*(batcher.write(p) for p in params))
+        seen = await logs.since_mark()
+        assert all(r is not None and r.outcome == "written" for r in rows), rows
+        assert max(batcher.sizes) > 1, batcher.sizes  # batched, not one by one
+        for node, statements in seen.items():
+            assert not [s for s in statements if s.startswith(_TWO_PHASE)], (node, statements)
+        await assert_reconciled(db)
+    finally:
+        await db.dispose()
