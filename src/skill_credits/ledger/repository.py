@@ -29,7 +29,7 @@ from skill_credits.ledger.schemas import (
     Transaction,
     User,
 )
-from skill_credits.pagination import encode_id_cursor, keyset_page
+from skill_credits.pagination import decode_cursor, encode_cursor, encode_id_cursor, keyset_page
 from skill_credits.skills.repository import skill_columns
 
 Row = Any  # a row of Connection.execute: attribute access by column name
@@ -422,21 +422,30 @@ async def reconcile(conn: Connection) -> list[str]:
             f"hold {r.id} ({r.status}): its capture does not match (transaction {r.tx},"
             f" {r.units} x {r.unit_cost} against {r.reserved} reserved at {r.price})"
         )
-    rows = await conn.execute(
+    # each limit's count against its log, one call per limit: sc_spent_so_far reads the
+    # user's rows, which on Citus only a call of its own (on the user's node) may do
+    limits = await conn.execute(
         text(
-            "SELECT id, user_id, spent, logged FROM ("
-            "  SELECT l.id::text AS id, l.user_id,"
-            "         sc_spent(l.window_start, l.period, l.spent, now()) AS spent,"
-            "         sc_spent_so_far(l.user_id, l.member, l.skill_id, l.period, now()) AS logged"
-            "  FROM limits l) x"
-            " WHERE spent <> logged"
+            "SELECT l.id::text AS id, l.user_id, l.member, l.skill_id, l.period,"
+            "       sc_spent(l.window_start, l.period, l.spent, now()) AS spent"
+            " FROM limits l ORDER BY l.user_id, l.id"
         )
     )
-    for r in rows:
-        problems.append(
-            f"limit {r.id} of {r.user_id}: spent {r.spent} but the log and the holds"
-            f" say {r.logged} in its window"
-        )
+    for r in limits.all():
+        logged = (
+            await conn.execute(
+                text(
+                    "SELECT sc_spent_so_far(CAST(:u AS text), CAST(:m AS text),"
+                    " CAST(:s AS uuid), CAST(:p AS text), now())"
+                ),
+                {"u": r.user_id, "m": r.member, "s": r.skill_id, "p": r.period},
+            )
+        ).scalar()
+        if r.spent != logged:
+            problems.append(
+                f"limit {r.id} of {r.user_id}: spent {r.spent} but the log and the holds"
+                f" say {logged} in its window"
+            )
     rows = await conn.execute(text("SELECT user_id, grant_id, problem FROM sc_grant_problems()"))
     for r in rows:
         where = f"grant {r.grant_id} of {r.user_id}" if r.grant_id else f"user {r.user_id}"
@@ -511,3 +520,6 @@ async def get_hold(conn: Connection, hold_id: str, shards: ShardMap | None = Non
             params,
         )
     ).first()
+
+
+__all__ = ["decode_cursor", "encode_cursor"]  # the cursor of history pages, for callers
