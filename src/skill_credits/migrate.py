@@ -47,5 +47,5 @@ async def create_database_if_missing(database_url: str) -> bool:
 
 
 def migrate(settings: Settings) -> None:
-    asyncio.run(create_database_if_missing(settings.database_url))
+    asyncio.run(create_database_if_missing(settings.dsns()[0]))
     command.upgrade(alembic_config(settings), "head")

@@ -80,16 +80,26 @@ class Settings:
 
     @property
     def asyncpg_dsn(self) -> str:
-        """DATABASE_URL in the form asyncpg wants (the hot-path pool)."""
+        """DATABASE_URL in the form asyncpg wants, at its first host."""
         return "postgresql://" + self.sqlalchemy_url.partition("://")[2]
 
     @property
     def sqlalchemy_url(self) -> str:
-        """DATABASE_URL in the form SQLAlchemy's asyncpg dialect wants."""
+        """DATABASE_URL in the form SQLAlchemy's asyncpg dialect wants, at its first host
+        (where migrations run: a Citus cluster's coordinator)."""
+        return "postgresql+asyncpg://" + self.dsns()[0].partition("://")[2]
+
+    def dsns(self) -> list[str]:
+        """DATABASE_URL once for each host it names, in its order. Several hosts are written
+        as libpq takes them, ``postgresql://user@host1:5432,host2:5432/db``: the nodes of a
+        Citus cluster, over which the service spreads its connections (db/pools.py)."""
         scheme, sep, rest = self.database_url.partition("://")
         if not sep:
             raise ValueError(f"DATABASE_URL is not a URL: {self.database_url!r}")
-        return f"postgresql+asyncpg://{rest}"
+        netloc, slash, tail = rest.partition("/")
+        userinfo, at, hosts = netloc.rpartition("@")
+        login = f"{userinfo}{at}"
+        return [f"postgresql://{login}{host}{slash}{tail}" for host in hosts.split(",")]
 
 
 # environment variable -> Settings field

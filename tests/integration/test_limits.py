@@ -260,14 +260,12 @@ async def test_a_window_that_passed_counts_nothing(api: Api, db) -> None:
     async with db.connect() as conn:  # an hour back, as values (Citus refuses a
         # STABLE expression of a column in an UPDATE: timestamptz - interval is one)
         await conn.exec_driver_sql(
-            "UPDATE limits SET window_start = %s"
-            % f"'{made['resets_at']}'::timestamptz - interval '2 hours'"
-            + f" WHERE user_id = '{user}' AND id = '{made['id']}'"
+            f"UPDATE limits SET window_start = '{made['resets_at']}'::timestamptz"
+            f" - interval '2 hours' WHERE user_id = '{user}' AND id = '{made['id']}'"
         )
         await conn.exec_driver_sql(
-            "UPDATE transactions SET created_at = %s"
-            % f"'{first['created_at']}'::timestamptz - interval '1 hour'"
-            + f" WHERE user_id = '{user}' AND id = '{first['id']}'"
+            f"UPDATE transactions SET created_at = '{first['created_at']}'::timestamptz"
+            f" - interval '1 hour' WHERE user_id = '{user}' AND id = '{first['id']}'"
         )
     assert await spent(api, user) == {"hour:None:None": 0}
     assert (await api.charge(user, skill["name"])).status_code == 201

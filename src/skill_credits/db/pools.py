@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
+from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -16,9 +18,49 @@ from skill_credits.db.shards import ShardMap
 from skill_credits.settings import Settings
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+class Hosts:
+    """The hosts DATABASE_URL names, taken in turn: each new connection goes to the next
+    one (the others behind it in the same DSN, so a host that does not answer is passed
+    over). One host: always that one. A Citus cluster runs a distributed query, or
+    delegates a call, from any of its nodes, so no node carries every connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._dsns = settings.dsns()
+        self._turn = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._dsns)
+
+    def dsn(self) -> str:
+        """The DSN of the next connection: every host, starting at the next one's turn."""
+        start = next(self._turn) % len(self._dsns)
+        ordered = self._dsns[start:] + self._dsns[:start]
+        first, _, tail = ordered[0].partition("://")[2].partition("/")
+        login = first.rpartition("@")[0]
+        hosts = [dsn.partition("://")[2].partition("/")[0].rpartition("@")[2] for dsn in ordered]
+        return f"postgresql://{login}{'@' if login else ''}{','.join(hosts)}/{tail}"
+
+    async def connect(self, *_args: Any, **kwargs: Any) -> asyncpg.Connection:
+        """asyncpg.connect at the next host (a pool's ``connect``; its DSN argument is
+        this object's own)."""
+        return await asyncpg.connect(self.dsn(), **kwargs)
+
+
+def _connect_args(settings: Settings) -> dict[str, Any]:
+    return {
+        "timeout": settings.db_connect_timeout,
+        "command_timeout": settings.db_command_timeout,
+        "server_settings": {"application_name": "skill-credits"},
+    }
+
+
+def create_engine(settings: Settings, hosts: Hosts | None = None) -> AsyncEngine:
+    spread = {}
+    if hosts is not None and len(hosts) > 1:
+        spread["async_creator"] = lambda: hosts.connect(**_connect_args(settings))
     return create_async_engine(
         settings.sqlalchemy_url,
+        **spread,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
@@ -27,11 +69,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # request that drew it. These routes are not the hot path (charges use the asyncpg
         # pool, which finds closed connections on acquire), so the round trip is cheap.
         pool_pre_ping=True,
-        connect_args={
-            "timeout": settings.db_connect_timeout,
-            "command_timeout": settings.db_command_timeout,
-            "server_settings": {"application_name": "skill-credits"},
-        },
+        connect_args=_connect_args(settings),
     )
 
 
@@ -56,7 +94,8 @@ class Database:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = create_engine(settings)
+        self.hosts = Hosts(settings)
+        self.engine = create_engine(settings, self.hosts)
         self.autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._pool: asyncpg.Pool | None = None
         self._shards: ShardMap | None = None
@@ -66,8 +105,10 @@ class Database:
     async def start(self) -> None:
         """Open the hot-path pool (lazily: no connection is made before the first charge)."""
         s = self.settings
+        spread = {"connect": self.hosts.connect} if len(self.hosts) > 1 else {}
         self._pool = await asyncpg.create_pool(
             s.asyncpg_dsn,
+            **spread,
             min_size=0,
             max_size=s.db_fast_pool_size,
             timeout=s.db_connect_timeout,

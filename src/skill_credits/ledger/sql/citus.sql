@@ -9,7 +9,7 @@
 --   rows live on one node, in shards of the same hash range.
 -- * The catalogue (skills, their history, API keys, webhook endpoints, the catalogue's
 --   events) is copied to every node (reference tables): every node prices a charge.
--- * alembic_version and database_identity stay on the coordinator.
+-- * alembic_version stays on the coordinator; database_identity is copied to every node.
 -- * Every function whose first argument is the user (p_user) or a batch's route (p_route)
 --   is delegated: a call that is the top level of its statement runs whole on the node
 --   that holds that user, in one hop. Every other function is copied to every node.
@@ -51,6 +51,15 @@ BEGIN
     FOR k IN SELECT * FROM jsonb_to_recordset(keys) AS x(tbl text, name text, def text) LOOP
         EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I %s', k.tbl, k.name, k.def);
     END LOOP;
+END $$;
+
+-- The identity the skill cache is keyed by, on every node: the service may connect to any.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_dist_partition
+                   WHERE logicalrelid = 'database_identity'::regclass) THEN
+        PERFORM create_reference_table('database_identity');
+    END IF;
 END $$;
 
 -- The user of the row p_id of p_table (transactions, holds), asked of the one node that
