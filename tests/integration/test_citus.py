@@ -12,6 +12,7 @@ the nodes; a query on another node's shards shows in that node's log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import re
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import asyncpg
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
@@ -42,6 +44,7 @@ from tests.support.databases import (
     drop_databases,
     nodes,
 )
+from tests.support.processes import AppServer
 from tests.support.run import run_in_thread
 
 pytestmark = pytest.mark.skipif(not servers.citus(), reason="needs TEST_SERVERS=citus")
@@ -389,13 +392,13 @@ def _pg_ctl(data_dir: str, *args: str) -> None:
 
 @pytest.mark.faults
 async def test_a_worker_restarted_under_load_loses_and_doubles_nothing(
-    cluster_db, cluster_api, pg_base
+    cluster_db, cluster_api, pg_base, redis_url, redis_prefix
 ) -> None:
-    """Charges of users on both workers, keyed, while one worker crashes and starts again:
-    its users' charges answer 503 while it is down (never a 500), and charge again by
-    themselves once it is back; the other worker's users go on; every charge answered 201
-    is there once, every 503 retried with its key is written once; reconcile is clean."""
-    api = cluster_api
+    """`skill-credits serve` on the cluster, keyed charges of users on both workers, while
+    one worker crashes and starts again: its users' charges answer 503 while it is down
+    (never a 500, never slow), and charge again by themselves once it is back; every
+    charge answered 201 is there once, every 503 retried with its key is written once;
+    reconcile is clean."""
     name, url = cluster_db
     victim = (await nodes(pg_base))[-1]
     async with connection(f"{victim}/{name}") as conn:
@@ -403,69 +406,69 @@ async def test_a_worker_restarted_under_load_loses_and_doubles_nothing(
     if not os.path.isdir(data_dir):  # noqa: ASYNC240 - once, before the load
         pytest.skip("the worker's data directory is not on this machine")
     victim_node = victim.rsplit("@", 1)[-1].split("//")[-1]
-    skill = (await api.create_skill(cost=1))["name"]
-    mine, others = [], []
-    for n in range(200):
+    mine: list[str] = []
+    others: list[str] = []
+    for n in range(400):
         user = f"fault-{uuid.uuid4().hex[:6]}-{n}"
         group = mine if await node_of(url, user) == victim_node else others
         if len(group) < 4:
             group.append(user)
         if len(mine) == len(others) == 4:
             break
-    for user in mine + others:
-        await api.credit(user, 100_000)
-    svc = api.keys.auth("service")
-    answers: list[tuple[str, str, int, float]] = []
-    stop = asyncio.Event()
-
-    async def load(user: str) -> None:
-        n = 0
-        while not stop.is_set():
-            key = f"{user}-{n}"
-            n += 1
-            started = time.monotonic()
-            r = await api.c.post(
-                "/v1/charges",
-                json={"user_id": user, "skill": skill},
-                headers={**svc, "Idempotency-Key": key},
-            )
-            answers.append((user, key, r.status_code, time.monotonic() - started))
-            if r.status_code != 201:
-                await asyncio.sleep(0.05)
-
-    tasks = [asyncio.create_task(load(u)) for u in mine + others]
+    keys = cluster_api.keys
+    env = {"DATABASE_URL": url, "REDIS_URL": redis_url, "REDIS_PREFIX": f"{redis_prefix}fault:"}
+    server = AppServer(env, workers=1)
+    server.start()
     try:
-        await asyncio.sleep(1.0)
-        down_from = len(answers)
-        await asyncio.to_thread(_pg_ctl, data_dir, "-m", "immediate", "stop")
-        await asyncio.sleep(2.0)
-        down_to = len(answers)
-        await asyncio.to_thread(
-            _pg_ctl, data_dir, "-l", os.path.join(data_dir, "restart.log"), "start"
-        )
-        await asyncio.sleep(4.0)  # back by itself
-        back_from = len(answers)
-        await asyncio.sleep(1.0)
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            api = Api(http, keys)
+            skill = (await api.create_skill(cost=1))["name"]
+            for user in mine + others:
+                await api.credit(user, 100_000)
+            answers: list[tuple[str, str, int, float]] = []
+            stop = asyncio.Event()
 
-    statuses = {status for _, _, status, _ in answers}
-    assert statuses <= {201, 503}, statuses
-    while_down = [a for a in answers[down_from:down_to] if a[0] in mine]
-    assert while_down and any(a[2] == 503 for a in while_down), while_down
-    assert all(a[3] < 2.5 for a in answers if a[2] == 503), "a 503 took too long"
-    after = [a for a in answers[back_from:] if a[0] in mine]
-    assert after and all(a[2] == 201 for a in after), after
-    assert any(a[2] == 201 for a in answers[down_from:down_to] if a[0] in others)
-    for user, key, status, _ in answers:  # every unanswered charge, retried with its key
-        if status == 503:
-            again = await api.c.post(
-                "/v1/charges",
-                json={"user_id": user, "skill": skill},
-                headers={**svc, "Idempotency-Key": key},
-            )
-            assert again.status_code == 201, again.text
+            async def load(user: str) -> None:
+                n = 0
+                while not stop.is_set():
+                    key = f"{user}-{n}"
+                    n += 1
+                    started = time.monotonic()
+                    r = await api.charge(user, skill, key=key)
+                    answers.append((user, key, r.status_code, time.monotonic() - started))
+                    if r.status_code != 201:
+                        await asyncio.sleep(0.05)
+
+            tasks = [asyncio.create_task(load(u)) for u in mine + others]
+            try:
+                await asyncio.sleep(1.0)
+                down_from = len(answers)
+                await asyncio.to_thread(_pg_ctl, data_dir, "-m", "immediate", "stop")
+                await asyncio.sleep(2.0)
+                down_to = len(answers)
+                log = os.path.join(data_dir, "log", "restart.log")
+                await asyncio.to_thread(_pg_ctl, data_dir, "-l", log, "start")
+                await asyncio.sleep(5.0)  # back by itself
+                back_from = len(answers)
+                await asyncio.sleep(1.0)
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)
+
+            statuses = {status for _, _, status, _ in answers}
+            assert statuses <= {201, 503}, statuses
+            while_down = [a for a in answers[down_from:down_to] if a[0] in mine]
+            assert any(a[2] == 503 for a in while_down), while_down
+            assert all(a[3] < 2.5 for a in answers if a[2] == 503), "a 503 took too long"
+            after = [a for a in answers[back_from:] if a[0] in mine]
+            assert after and all(a[2] == 201 for a in after), after
+            assert any(a[2] == 201 for a in answers[down_from:down_to] if a[0] in others)
+            for user, key, status, _ in answers:  # every unanswered charge, retried
+                if status == 503:
+                    again = await api.charge(user, skill, key=key)
+                    assert again.status_code == 201, again.text
+    finally:
+        server.stop()
     async with connection(url) as conn:
         rows = await conn.fetch(
             "SELECT user_id, idempotency_key, count(*) AS n FROM transactions"
@@ -484,7 +487,7 @@ async def test_a_worker_restarted_under_load_loses_and_doubles_nothing(
 
 
 async def test_connections_spread_over_the_nodes_and_an_edit_reaches_each(
-    cluster_db, pg_base, redis_url, redis_prefix
+    cluster_db, cluster_api, pg_base, redis_url, redis_prefix
 ) -> None:
     """DATABASE_URL naming every node: the service's connections go to all of them, each
     node runs charges (delegated to the user's node), and a price edit made through one
@@ -500,24 +503,25 @@ async def test_connections_spread_over_the_nodes_and_an_edit_reaches_each(
     db = Database(settings)
     await db.start()
     try:
-        ports = set()
-        for _ in range(len(servers_)):
-            async with db.connect() as conn:
+        async with contextlib.AsyncExitStack() as held:  # connections open at once
+            ports = set()
+            for _ in range(len(servers_)):
+                conn = await held.enter_async_context(db.connect())
                 ports.add((await conn.execute(text("SELECT inet_server_port()"))).scalar())
         assert len(ports) == len(servers_), ports
         lent = [db.statements() for _ in range(len(servers_))]
         conns = [await lend.__aenter__() for lend in lent]
         try:
-            fast = {await c.fetchval("SELECT inet_server_port()") for c in conns}
+            port = text("SELECT inet_server_port()")
+            fast = {(await c.execute(port)).scalar() for c in conns}
         finally:
             for lend in lent:
                 await lend.__aexit__(None, None, None)
         assert len(fast) == len(servers_), fast
     finally:
         await db.dispose()
-    admin, service = await create_keys(url, "admin", "service")
     async with AsyncTestClient(app=create_app(settings), timeout=30) as client:
-        api = Api(client, Keys(admin, service, admin, "admin-0"))
+        api = Api(client, cluster_api.keys)
         skill = await api.create_skill(cost=5)
         users = [f"spread-{uuid.uuid4().hex[:8]}" for _ in range(8)]
         for user in users:
