@@ -80,14 +80,18 @@ def model_server(server_env):
 def _lapse(url: str, grant_id: str) -> None:
     """The clock passes the grant's expires_at (and the user's next_due knows it)."""
 
-    async def go():
+    async def go():  # statement by statement, each naming the user (as on a Citus cluster)
         async with connection(url) as conn:
+            user = await conn.fetchval("SELECT user_id FROM grants WHERE id = $1::uuid", grant_id)
+            now = await conn.fetchval("SELECT clock_timestamp()")
             await conn.execute(
-                "WITH g AS (UPDATE grants SET expires_at = clock_timestamp()"
-                "           WHERE id = $1::uuid RETURNING user_id, expires_at)"
-                " UPDATE users u SET next_due = least(u.next_due, g.expires_at)"
-                " FROM g WHERE u.user_id = g.user_id",
+                "UPDATE grants SET expires_at = $3 WHERE user_id = $1 AND id = $2::uuid",
+                user,
                 grant_id,
+                now,
+            )
+            await conn.execute(
+                "UPDATE users SET next_due = least(next_due, $2) WHERE user_id = $1", user, now
             )
 
     asyncio.run(go())
