@@ -7,7 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 
-from tests.support.databases import connection, drop_databases, execute
+from tests.support.databases import (
+    connection,
+    create_citus_database,
+    drop_databases,
+    execute,
+    nodes,
+)
 
 from skill_credits.db import Database
 from skill_credits.ledger.repository import encode_cursor
@@ -30,6 +36,8 @@ def fresh_database(base: str, name: str, *, charged: bool = True) -> str:
     each user charged once through the charge function (not for the original design,
     which writes the balance itself and knows nothing of the head grant)."""
     asyncio.run(drop_databases(base, name))
+    if len(asyncio.run(nodes(base))) > 1:  # a Citus coordinator: the database on every node
+        asyncio.run(create_citus_database(base, name))
     url = f"{base}/{name}"
     migrate(Settings(database_url=url))
     asyncio.run(

@@ -534,3 +534,74 @@ async def test_connections_spread_over_the_nodes_and_an_edit_reaches_each(
             for user in users:
                 r = await api.charge(user, skill["name"])
                 assert r.status_code == 201 and r.json()["unit_cost"] == 7, r.text
+
+
+async def test_a_database_that_grew_on_one_server_is_converted_by_migrate(
+    pg_base, run_id, redis_url, redis_prefix
+) -> None:
+    """A database made and used without Citus (on the coordinator's server, no extension),
+    then the extension and the workers added and `skill-credits migrate` run again: every
+    row is kept and distributed, the log reconciles, and writes go on in one hop."""
+    name = f"sc_test_{run_id}_grown"
+    url = f"{pg_base}/{name}"
+    run_in_thread(migrate, Settings(database_url=url))  # one server's database
+    try:
+        db = Database(Settings(database_url=url))
+        await db.start()
+        try:
+            async with connection(url) as conn:
+                assert not await conn.fetchval(
+                    "SELECT count(*) FROM pg_extension WHERE extname = 'citus'"
+                )
+                await conn.execute(
+                    "INSERT INTO skills (name, display_name, cost) VALUES ('GROWN', 'g', 2)"
+                )
+                for n in range(30):
+                    user = f"grown-{n}"
+                    await conn.fetchrow(
+                        "SELECT * FROM sc_credit($1, 'PURCHASE', 100, NULL, NULL, NULL, NULL,"
+                        " NULL, NULL)",
+                        user,
+                    )
+                    for k in range(3):
+                        await conn.fetchrow(
+                            "SELECT * FROM sc_charge($1, 'GROWN', NULL, 1, NULL, $2, $3, NULL)",
+                            user,
+                            f"k{k}",
+                            b"h",
+                        )
+                    await conn.fetchrow(
+                        "SELECT * FROM sc_hold($1, 'GROWN', NULL, 1, 60, NULL, NULL, NULL)", user
+                    )
+                before = {
+                    table: await conn.fetchval(f"SELECT count(*) FROM {table}")
+                    for table in ("users", "transactions", "grants", "holds", "skills")
+                }
+        finally:
+            await db.dispose()
+        await create_citus_database(pg_base, name, grown=True)
+        run_in_thread(migrate, Settings(database_url=url))
+        async with connection(url) as conn:
+            distributed = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT logicalrelid::text FROM pg_dist_partition WHERE partmethod = 'h'"
+                )
+            }
+            after = {
+                table: await conn.fetchval(f"SELECT count(*) FROM {table}") for table in before
+            }
+            written = await conn.fetchrow(
+                "SELECT outcome, balance_after FROM sc_charge('grown-7', 'GROWN', NULL, 1, NULL,"
+                " 'k0', 'h', NULL) o"
+            )
+        assert {"users", "transactions", "grants", "holds"} <= distributed
+        assert after == before
+        assert (written["outcome"], written["balance_after"]) == ("replay", 98)
+        db = Database(Settings(database_url=url))
+        try:
+            await assert_reconciled(db)
+        finally:
+            await db.dispose()
+    finally:
+        await drop_databases(pg_base, name)

@@ -72,13 +72,15 @@ async def nodes(base: str) -> list[str]:
     return [base, *(f"{parts.scheme}://{login}{w['nodename']}:{w['nodeport']}" for w in workers)]
 
 
-async def create_citus_database(base: str, name: str) -> None:
+async def create_citus_database(base: str, name: str, *, grown: bool = False) -> None:
     """The database ``name`` on every node of the cluster whose coordinator is ``base``,
     with the citus extension, and its nodes registered with its coordinator: what the
-    operator of a cluster does once (docs/citus.md), before `skill-credits migrate`."""
+    operator of a cluster does once (docs/citus.md), before `skill-credits migrate`.
+    ``grown``: the coordinator has the database already (it grew there as one server's)."""
     servers = await nodes(base)
-    for server in servers:
-        await execute(f"{server}/postgres", f'CREATE DATABASE "{name}"')
+    for n, server in enumerate(servers):
+        if not (grown and n == 0):
+            await execute(f"{server}/postgres", f'CREATE DATABASE "{name}"')
         await execute(f"{server}/{name}", "CREATE EXTENSION citus")
     coordinator = urlsplit(base)
     async with connection(f"{base}/{name}") as conn:
