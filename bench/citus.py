@@ -5,9 +5,9 @@ two cores as the service and the load), in interleaved rounds (every other round
 order).
 
 Per point (10 000 users at c=32, the one hot user at c=32, half the charges keyed):
-charges/s, p50, p99, and the CPU per charge of each PostgreSQL server (user + system time of
-its postmaster's process group, from /proc): the plain server, the coordinator, each worker.
-Medians over the rounds.
+charges/s, p50, p99, and the CPU per charge of each PostgreSQL server (user + system time
+of its postmaster and the processes it started, from /proc): the plain server, the
+coordinator, each worker. Medians over the rounds.
 
     make citus; uv run --group bench python bench/citus.py [--rounds 2] [--seconds 5]
 """
@@ -36,16 +36,32 @@ from tests.support.databases import (  # noqa: E402
 from tests.support.processes import AppServer  # noqa: E402
 
 from bench.databases import PG, REDIS_URL, fresh_database  # noqa: E402
-from bench.phases import cpu_seconds, load_env, log, warm_up, wrk  # noqa: E402
+from bench.phases import load_env, log, warm_up, wrk  # noqa: E402
 from bench.servers import Target  # noqa: E402
 
 CITUS = os.environ.get("BENCH_CITUS", "postgresql://postgres@127.0.0.1:9700")
 POINTS = (("spread", 32), ("hot", 32))
 
 
+def server_cpu(postmaster: int) -> float:
+    """User + system CPU seconds so far of a PostgreSQL server: its postmaster and every
+    living process it started (backends, background workers), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                values = f.read().rsplit(")", 1)[1].split()
+            if int(pid) == postmaster or int(values[1]) == postmaster:
+                total += int(values[11]) + int(values[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / ticks
+
+
 async def postmasters(base: str, database: str) -> dict[str, int]:
     """Each server of ``base`` (a plain server, or a cluster's coordinator and workers) by
-    host:port, and its postmaster's pid (the process group of its backends)."""
+    host:port, and its postmaster's pid."""
     found = {}
     for server in await nodes(base):
         async with connection(f"{server}/{database}") as conn:
@@ -63,11 +79,11 @@ def measure(targets: list[tuple[Target, str, dict[str, int]]], seconds: float, r
             with target.server as server:
                 warm_up(server.url, token)
                 for pattern, c in POINTS:
-                    before = {name: cpu_seconds(group=pid) for name, pid in servers.items()}
+                    before = {name: server_cpu(pid) for name, pid in servers.items()}
                     r = wrk(server.url, c, seconds, **load_env(token, pattern, True))
                     charges = max(r["requests"], 1)
                     cpu = {
-                        name: (cpu_seconds(group=pid) - before[name]) / charges * 1e6
+                        name: (server_cpu(pid) - before[name]) / charges * 1e6
                         for name, pid in servers.items()
                     }
                     point = {
