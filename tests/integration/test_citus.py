@@ -312,13 +312,19 @@ async def test_every_write_about_one_user_is_one_hop(cluster_db, cluster_api, lo
         "limit remove", lambda: c.delete(f"/v1/users/{user}/limits/{limit_id}", headers=adm)
     )
     assert removed.status_code == 204
+    unknown = {"user_id": user, "skill": "NO_SUCH_SKILL"}
+    no_skill = await hop("unknown skill", lambda: c.post("/v1/charges", json=unknown, headers=svc))
+    assert no_skill.status_code == 404, no_skill.text
     async with connection(url) as conn:  # a grant and a hold past their expiry
         await conn.execute(
             "SELECT * FROM sc_credit($1, 'GRANT', 7, NULL, NULL, NULL,"
             " clock_timestamp() + interval '50 milliseconds', NULL, 'promotional')",
             user,
         )
-    await asyncio.sleep(0.1)
+        lapsing = await conn.fetchrow(
+            "SELECT id FROM sc_hold($1, $2, NULL, 1, 1, NULL, NULL, NULL)", user, skill["name"]
+        )
+    await asyncio.sleep(1.2)
     expired = await hop("expiry", lambda: c.post("/v1/charges", json=body, headers=svc))
     assert expired.status_code == 201, expired.text
     async with connection(url) as conn:
@@ -328,7 +334,11 @@ async def test_every_write_about_one_user_is_one_hop(cluster_db, cluster_api, lo
                 "SELECT type FROM transactions WHERE user_id = $1 ORDER BY seq", user
             )
         ]
+        hold = await conn.fetchval(
+            "SELECT status FROM holds WHERE user_id = $1 AND id = $2", user, lapsing["id"]
+        )
     assert "EXPIRY" in types, types
+    assert hold == "expired"
 
 
 async def test_batches_go_by_node_in_one_hop(cluster_db, logs) -> None:
