@@ -49,8 +49,8 @@ test: install ## Run the whole test suite against real PostgreSQL and Redis (TES
 CITUS_SRC ?=
 # The suites shown to pass on a cluster so far (docs/citus.md, "Not done yet", names the rest).
 CITUS_TESTS := $(addprefix tests/integration/,test_citus.py test_ledger.py test_ledger_model.py \
-	test_holds.py test_events.py test_inputs.py test_grants.py test_limits.py test_cache.py \
-	test_roles.py test_db.py) \
+	test_batches.py test_holds.py test_events.py test_inputs.py test_grants.py test_limits.py \
+	test_cache.py test_roles.py test_db.py) \
 	--deselect tests/integration/test_limits.py::test_exactly_floor_of_limit_over_cost_succeed_on_two_workers
 
 .PHONY: citus
