@@ -8,58 +8,63 @@
 -- * A user's data is distributed by user_id, every table colocated with users: a user's
 --   rows live on one node, in shards of the same hash range.
 -- * The catalogue (skills, their history, API keys, webhook endpoints, the catalogue's
---   events) is copied to every node (reference tables): every node prices a charge.
--- * alembic_version stays on the coordinator; database_identity is copied to every node.
+--   events) and database_identity are copied to every node (reference tables): every
+--   node prices a charge, and the service may connect to any.
+-- * alembic_version stays on the coordinator.
 -- * Every function whose first argument is the user (p_user) or a batch's route (p_route)
 --   is delegated: a call that is the top level of its statement runs whole on the node
 --   that holds that user, in one hop. Every other function is copied to every node.
 --
--- A database that grew on one server goes through the same steps: the foreign keys of
--- these tables are dropped, the tables distributed (their rows copied into shards), and
--- the keys added again one per ALTER (the order Citus requires; docs/citus.md).
+-- A table that a later migration adds goes in one of the two lists below, and the same
+-- `migrate` puts it on the cluster (docs/citus.md, "Changing the schema"). A database that
+-- grew on one server goes through the same steps: the foreign keys of these tables are
+-- dropped, the tables distributed (their rows copied into shards), and the keys added
+-- again one per ALTER (the order Citus requires).
 
+-- Each table of the two lists below that is not on the cluster yet: all of them the first
+-- time, a table a later migration adds after that. The foreign keys of those tables are
+-- dropped first and added again last, one per ALTER (Citus refuses other orders).
 DO $$
 DECLARE
     reference constant text[] := ARRAY['skills', 'skill_history', 'api_keys',
                                        'webhook_endpoints', 'skill_events',
-                                       'skill_event_deliveries'];
-    per_user constant text[] := ARRAY['transactions', 'grants', 'holds', 'limits', 'events',
-                                      'event_deliveries'];
+                                       'skill_event_deliveries', 'database_identity'];
+    per_user constant text[] := ARRAY['users', 'transactions', 'grants', 'holds', 'limits',
+                                      'events', 'event_deliveries'];
+    missing text[];
     t text;
     k record;
     keys jsonb := '[]';
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'users'::regclass) THEN
+    SELECT coalesce(array_agg(x), '{}') INTO missing
+    FROM unnest(reference || per_user) x
+    WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = x::regclass);
+    IF missing = '{}' THEN
         RETURN;
     END IF;
     FOR k IN SELECT conrelid::regclass::text AS tbl, conname, pg_get_constraintdef(oid) AS def
              FROM pg_constraint
-             WHERE contype = 'f'
-               AND conrelid::regclass::text = ANY (reference || per_user || 'users'::text)
+             WHERE contype = 'f' AND conrelid::regclass::text = ANY (missing)
              ORDER BY conrelid::regclass::text, conname
     LOOP
         EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', k.tbl, k.conname);
         keys := keys || jsonb_build_object('tbl', k.tbl, 'name', k.conname, 'def', k.def);
     END LOOP;
     FOREACH t IN ARRAY reference LOOP
-        PERFORM create_reference_table(t);
+        IF t = ANY (missing) THEN
+            PERFORM create_reference_table(t);
+        END IF;
     END LOOP;
-    PERFORM create_distributed_table('users', 'user_id');
-    FOREACH t IN ARRAY per_user LOOP
-        PERFORM create_distributed_table(t, 'user_id', colocate_with => 'users');
+    FOREACH t IN ARRAY per_user LOOP  -- users first: the others are colocated with it
+        IF t = 'users' AND t = ANY (missing) THEN
+            PERFORM create_distributed_table(t, 'user_id');
+        ELSIF t = ANY (missing) THEN
+            PERFORM create_distributed_table(t, 'user_id', colocate_with => 'users');
+        END IF;
     END LOOP;
     FOR k IN SELECT * FROM jsonb_to_recordset(keys) AS x(tbl text, name text, def text) LOOP
         EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I %s', k.tbl, k.name, k.def);
     END LOOP;
-END $$;
-
--- The identity the skill cache is keyed by, on every node: the service may connect to any.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_dist_partition
-                   WHERE logicalrelid = 'database_identity'::regclass) THEN
-        PERFORM create_reference_table('database_identity');
-    END IF;
 END $$;
 
 -- The user of the row p_id of p_table (transactions, holds), asked of the one node that
