@@ -161,6 +161,8 @@ class Database:
         return _Lend(self._pool, self.settings.db_pool_timeout)
 
     async def dispose(self) -> None:
+        if self._shards_reading is not None:  # a map read still out: not needed any more
+            self._shards_reading.cancel()
         if self._pool is not None:
             await self._pool.close()
         await self.engine.dispose()

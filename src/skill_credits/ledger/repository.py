@@ -319,13 +319,14 @@ async def owner(conn: Connection, table: str, row_id: str, shards: ShardMap) -> 
 
 
 async def _by_id(
-    conn: Connection, table: str, row_id: str, shards: ShardMap | None
+    conn: Connection, table: str, alias: str, row_id: str, shards: ShardMap | None
 ) -> tuple[str, dict[str, Any]] | None:
-    """The user of the row ``row_id`` as SQL (``:owner``, or the row's own ``user_id`` on
-    one server) and the parameters; None when there is no such row. On Citus every table
-    a query reads is then filtered by that user, so it runs on the user's node alone."""
+    """The user of the row ``row_id`` as SQL of the row named ``alias`` (``:owner``, or the
+    row's own ``user_id`` on one server) and the parameters; None when there is no such
+    row. On Citus every table a query reads is then filtered by that user, so it runs on
+    the user's node alone."""
     if shards is None:
-        return "user_id", {"id": row_id}
+        return f"{alias}.user_id", {"id": row_id}
     user_id = await owner(conn, table, row_id, shards)
     if user_id is None:
         return None
@@ -335,7 +336,7 @@ async def _by_id(
 async def get_transaction(
     conn: Connection, tx_id: str, shards: ShardMap | None = None
 ) -> Row | None:
-    found = await _by_id(conn, "transactions", tx_id, shards)
+    found = await _by_id(conn, "transactions", "t", tx_id, shards)
     if found is None:
         return None
     user, params = found
@@ -344,7 +345,7 @@ async def get_transaction(
             text(
                 f"SELECT {TX_COLUMNS},"
                 " EXISTS (SELECT 1 FROM transactions r"
-                f"         WHERE r.user_id = {user.replace('user_id', 't.user_id')}"
+                f"         WHERE r.user_id = {user}"
                 "            AND r.refund_of = t.id) AS refunded"
                 f" FROM transactions t WHERE t.id = CAST(:id AS uuid) AND t.user_id = {user}"
             ),
@@ -507,15 +508,15 @@ def hold_from_row(row: Any) -> Hold:
 
 
 async def get_hold(conn: Connection, hold_id: str, shards: ShardMap | None = None) -> Row | None:
-    found = await _by_id(conn, "holds", hold_id, shards)
+    found = await _by_id(conn, "holds", "h", hold_id, shards)
     if found is None:
         return None
     user, params = found
     return (
         await conn.execute(
             text(
-                f"SELECT {HOLD_COLUMNS} FROM holds"
-                f" WHERE id = CAST(:id AS uuid) AND user_id = {user}"
+                f"SELECT {HOLD_COLUMNS} FROM holds h"
+                f" WHERE h.id = CAST(:id AS uuid) AND h.user_id = {user}"
             ),
             params,
         )
