@@ -51,6 +51,7 @@ from skill_credits.settings import Settings
 from skill_credits.skills import service as skills_service
 from skill_credits.skills.cache import SkillCache, create_redis
 from skill_credits.skills.endpoints import AdminSkillController, CatalogueController
+from skill_credits.usage.endpoints import UsageController
 
 log = logging.getLogger(__name__)
 REPAIR_INTERVAL_SECONDS = 1.0
@@ -158,6 +159,7 @@ def create_app(settings: Settings) -> Litestar:
             CatalogueController,
             AdminSkillController,
             EventController,
+            UsageController,
         ],
         security=[{"BearerToken": []}],
     )

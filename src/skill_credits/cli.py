@@ -148,8 +148,25 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         max_attempts=settings.webhook_max_attempts,
         backoff_base=settings.webhook_backoff_seconds,
         poll_interval=settings.webhook_poll_seconds,
+        usage_roll_interval=settings.usage_roll_seconds,
     )
     asyncio.run(main(Database(settings), config))
+    return 0
+
+
+def cmd_usage_roll(settings: Settings, _: argparse.Namespace) -> int:
+    from skill_credits.db import Database
+    from skill_credits.usage.service import roll
+
+    async def run() -> object:
+        db = Database(settings)
+        try:
+            return await roll(db)
+        finally:
+            await db.dispose()
+
+    mark = asyncio.run(run())
+    print(f"usage rolled up to {mark}" if mark is not None else "usage: nothing rolled up")
     return 0
 
 
@@ -203,6 +220,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "worker", help="deliver events to the webhook endpoints; write off expired grants"
     ).set_defaults(run=cmd_worker)
+    sub.add_parser(
+        "usage-roll", help="roll the log up for usage answers (the worker does it by itself)"
+    ).set_defaults(run=cmd_usage_roll)
     hooks = sub.add_parser("webhooks", help="manage webhook endpoints").add_subparsers(
         dest="webhooks", required=True
     )

@@ -59,6 +59,8 @@ class Settings:
     webhook_max_attempts: int = 8
     webhook_backoff_seconds: float = 1.0
     webhook_poll_seconds: float = 0.5
+    # how often the worker rolls the log up for usage answers (docs/usage.md)
+    usage_roll_seconds: float = 10.0
     # Where the workers of `serve` keep their shared Prometheus counters (prometheus_client
     # reads the variable itself); `serve` makes one per start when it is unset.
     metrics_dir: str = ""
@@ -111,6 +113,7 @@ ENV = {
     "CACHE_REMEMBER_SECONDS": "cache_remember",
     "DB_POOL_SIZE": "db_pool_size",
     "DB_FAST_POOL_SIZE": "db_fast_pool_size",
+    "DB_POOL_TIMEOUT": "db_pool_timeout",
     "CHARGE_BATCH_MAX": "charge_batch_max",
     "CHARGE_BATCH_SLOTS": "charge_batch_slots",
     "SECRET_KEY": "secret_key",
@@ -120,6 +123,7 @@ ENV = {
     "WEBHOOK_MAX_ATTEMPTS": "webhook_max_attempts",
     "WEBHOOK_BACKOFF_SECONDS": "webhook_backoff_seconds",
     "WEBHOOK_POLL_SECONDS": "webhook_poll_seconds",
+    "USAGE_ROLL_SECONDS": "usage_roll_seconds",
     "PROMETHEUS_MULTIPROC_DIR": "metrics_dir",
 }
 

@@ -43,6 +43,8 @@ OPERATION_IDS = {
     "getSkillHistory",
     "listEvents",
     "setLowBalanceThreshold",
+    "getUsage",
+    "getForecast",
     "getHealth",
     "getReadiness",
     "getMetrics",

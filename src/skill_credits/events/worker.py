@@ -1,5 +1,6 @@
-"""`skill-credits worker`: delivers the events outbox to the webhook endpoints, and
-writes off expired grants that no request has touched.
+"""`skill-credits worker`: delivers the events outbox to the webhook endpoints, writes
+off expired grants that no request has touched, and rolls the log up for usage answers
+(every ``usage_roll_interval`` seconds; docs/usage.md).
 
 Every round (at most ``poll_interval`` apart) first sweeps the users with a grant or hold
 past its expiry (``ledger.service.expire_due``), so an expiry is written off within a
@@ -34,6 +35,7 @@ from skill_credits.db import Database
 from skill_credits.events import repository as repo
 from skill_credits.ledger import service as ledger_service
 from skill_credits.settings import Settings
+from skill_credits.usage import service as usage_service
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class WorkerConfig:
     backoff_base: float = _DEFAULTS.webhook_backoff_seconds
     backoff_cap: float = 600.0
     timeout: float = 5.0
+    usage_roll_interval: float = _DEFAULTS.usage_roll_seconds
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -111,8 +114,16 @@ async def deliver_due(db: Database, http: httpx.AsyncClient, config: WorkerConfi
 
 
 async def run(db: Database, config: WorkerConfig, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    rolled_at = float("-inf")
     async with httpx.AsyncClient(timeout=config.timeout) as http:
         while not stop.is_set():
+            if loop.time() - rolled_at >= config.usage_roll_interval:
+                rolled_at = loop.time()
+                try:
+                    await usage_service.roll(db)
+                except Exception:  # noqa: BLE001 - the database blinked; try again later
+                    log.exception("usage rollup failed")
             try:
                 await ledger_service.expire_due(db)
             except Exception:  # noqa: BLE001 - the database blinked; try again shortly

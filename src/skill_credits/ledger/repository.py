@@ -31,6 +31,7 @@ from skill_credits.ledger.schemas import (
 )
 from skill_credits.pagination import decode_cursor, encode_cursor, encode_id_cursor, keyset_page
 from skill_credits.skills.repository import skill_columns
+from skill_credits.usage import repository as usage_repo
 
 Row = Any  # a row of Connection.execute: attribute access by column name
 
@@ -451,6 +452,7 @@ async def reconcile(conn: Connection) -> list[str]:
     for r in rows:
         where = f"grant {r.grant_id} of {r.user_id}" if r.grant_id else f"user {r.user_id}"
         problems.append(f"{where}: {r.problem}")
+    problems += await usage_repo.problems(conn)
     return problems
 
 

@@ -31,6 +31,7 @@ FILES = (
     "holds.sql",
     "batches.sql",
     "events.sql",
+    "usage.sql",
 )
 
 # Where the database has the citus extension, run after the functions (never on one server).

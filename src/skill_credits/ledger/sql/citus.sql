@@ -28,9 +28,10 @@ DO $$
 DECLARE
     reference constant text[] := ARRAY['skills', 'skill_history', 'api_keys',
                                        'webhook_endpoints', 'skill_events',
-                                       'skill_event_deliveries', 'database_identity'];
+                                       'skill_event_deliveries', 'database_identity',
+                                       'usage_skill_hours', 'usage_marks'];
     per_user constant text[] := ARRAY['users', 'transactions', 'grants', 'holds', 'limits',
-                                      'events', 'event_deliveries'];
+                                      'events', 'event_deliveries', 'usage_hours'];
     missing text[];
     t text;
     k record;
@@ -105,7 +106,7 @@ BEGIN
     END LOOP;
 END $$;
 
--- A function that one server runs with one generic plan (plan_cache_mode, as sc_charge)
+-- A function that one server runs with one generic plan (force_generic_plan, as sc_charge)
 -- plans each call afresh here: Citus cannot plan a statement on a distributed table whose
 -- user is a parameter and that joins or has subqueries ("could not create distributed
 -- plan … parameters"); with the values in place, each statement goes to its shard.
@@ -116,7 +117,7 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
              WHERE p.pronamespace = 'public'::regnamespace
                AND EXISTS (SELECT 1 FROM unnest(p.proconfig) c
-                           WHERE c LIKE 'plan\_cache\_mode=%')
+                           WHERE c = 'plan_cache_mode=force_generic_plan')
     LOOP
         EXECUTE format('ALTER FUNCTION %s RESET plan_cache_mode', f.fn);
     END LOOP;

@@ -132,6 +132,10 @@ CREATE UNIQUE INDEX transactions_idempotency ON transactions (user_id, idempoten
     WHERE idempotency_key IS NOT NULL;
 CREATE UNIQUE INDEX transactions_refund_once ON transactions (refund_of, user_id)
     WHERE refund_of IS NOT NULL;
+-- Usage reads the log by the instant its rows were made (usage.sql): a block range index,
+-- which a new row in a range not summarized yet costs next to nothing.
+CREATE INDEX transactions_created_at ON transactions USING brin (created_at)
+    WITH (autosummarize = on);
 
 -- Credits with a category, a priority and maybe an expiry; spent in order of priority,
 -- expiry, age. status = 'active' exactly when remaining > 0; 0 <= reserved <= remaining.
@@ -316,6 +320,70 @@ CREATE TABLE skill_event_deliveries (
 );
 CREATE INDEX skill_event_deliveries_due ON skill_event_deliveries (next_attempt_at)
     WHERE status = 'pending';
+
+-- Usage (usage.sql): one row per CONSUMPTION (a charge or a capture) and per REFUND of the
+-- log, the refund under its charge's skill and member. paid: the part of the row's sources
+-- drawn from (given back to) paid grants; the rest is promotional.
+CREATE VIEW usage_log AS
+SELECT t.user_id, t.created_at,
+       CASE WHEN t.type = 'REFUND' THEN o.skill ELSE t.skill END AS skill,
+       CASE WHEN t.type = 'REFUND' THEN o.member ELSE t.member END::text AS member,
+       (t.type = 'CONSUMPTION')::integer AS charges,
+       CASE WHEN t.type = 'CONSUMPTION' THEN t.units ELSE 0 END AS units,
+       CASE WHEN t.type = 'CONSUMPTION' THEN -t.amount ELSE 0 END AS consumed,
+       CASE WHEN t.type = 'REFUND' THEN t.amount ELSE 0 END AS refunded,
+       CASE WHEN t.type = 'CONSUMPTION' THEN p.paid ELSE 0 END AS paid_consumed,
+       CASE WHEN t.type = 'REFUND' THEN p.paid ELSE 0 END AS paid_refunded
+FROM transactions t
+LEFT JOIN transactions o
+       ON t.type = 'REFUND' AND o.user_id = t.user_id AND o.id = t.refund_of
+LEFT JOIN LATERAL (
+    SELECT coalesce(sum((s.e ->> 'amount')::bigint), 0)::bigint AS paid
+    FROM jsonb_array_elements(t.sources) s(e)
+    JOIN grants g ON g.user_id = t.user_id AND g.id = (s.e ->> 'grant_id')::uuid
+    WHERE g.category = 'paid'
+) p ON true
+WHERE t.type IN ('CONSUMPTION', 'REFUND');
+
+-- usage_log summed by user, hour (UTC), skill and member ('' for none), for every row made
+-- before usage_marks.rolled_to: what a background step rolls up (sc_usage_roll), so a
+-- usage answer reads these and only the log's tail after rolled_to.
+CREATE TABLE usage_hours (
+    user_id        text NOT NULL,
+    hour           timestamptz NOT NULL,
+    skill          text NOT NULL,
+    member         text NOT NULL,
+    charges        bigint NOT NULL,
+    units          bigint NOT NULL,
+    consumed       bigint NOT NULL,
+    refunded       bigint NOT NULL,
+    paid_consumed  bigint NOT NULL,
+    paid_refunded  bigint NOT NULL,
+    CONSTRAINT usage_hours_pkey PRIMARY KEY (user_id, hour, skill, member)
+);
+CREATE INDEX usage_hours_hour ON usage_hours (hour);
+
+-- The same summed over users: what an answer about every user reads.
+CREATE TABLE usage_skill_hours (
+    hour           timestamptz NOT NULL,
+    skill          text NOT NULL,
+    charges        bigint NOT NULL,
+    units          bigint NOT NULL,
+    consumed       bigint NOT NULL,
+    refunded       bigint NOT NULL,
+    paid_consumed  bigint NOT NULL,
+    paid_refunded  bigint NOT NULL,
+    CONSTRAINT usage_skill_hours_pkey PRIMARY KEY (hour, skill)
+);
+
+-- How far the rollups go: every usage_log row made before rolled_to is in them, none after.
+CREATE TABLE usage_marks (
+    only_row   boolean NOT NULL DEFAULT true,
+    rolled_to  timestamptz NOT NULL DEFAULT '-infinity',
+    CONSTRAINT usage_marks_pkey PRIMARY KEY (only_row),
+    CONSTRAINT usage_marks_only_row_check CHECK (only_row)
+);
+INSERT INTO usage_marks DEFAULT VALUES;
 
 -- What a ledger function answers: 'written', or which check refused it with the facts
 -- the answer needs (outcomes.sql builds them).

@@ -1,0 +1,498 @@
+"""Usage (GET /v1/usage) and the forecast, against a database of this module's own.
+
+The figures are checked against a model built from what the API itself shows of the log
+(each transaction's type, units, amount, member, sources, and the category of each source's
+grant), with the rows moved to instants of the test's choosing (back-dated in the test's own
+database, before any rollup ran), so buckets, a refund across a day boundary and the edges
+of a range are exact. Every answer is compared three ways: read from the log alone, with
+the rollups halfway through the range, and with everything rolled up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+
+from skill_credits.app import create_app
+from skill_credits.auth import create_key
+from skill_credits.db import Database
+from skill_credits.migrate import migrate
+from skill_credits.settings import Settings
+from skill_credits.usage import repository as usage_repo
+from skill_credits.usage import service as usage_service
+from tests.support import servers
+from tests.support.api import Api, Keys
+from tests.support.databases import assert_reconciled, create_citus_database, drop_databases
+from tests.support.run import run_in_thread, unique
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture(scope="module")
+def usage_settings(pg_base: str, run_id: str, redis_url: str, redis_prefix: str) -> Iterator:
+    name = f"sc_test_{run_id}_usage"
+    if servers.citus():
+        run_in_thread(asyncio.run, create_citus_database(pg_base, name))
+    settings = Settings(
+        database_url=f"{pg_base}/{name}", redis_url=redis_url, redis_prefix=f"{redis_prefix}u:"
+    )
+    run_in_thread(migrate, settings)
+    yield settings
+    run_in_thread(asyncio.run, drop_databases(pg_base, name))
+
+
+@pytest.fixture(scope="module")
+async def udb(usage_settings: Settings) -> AsyncIterator[Database]:
+    database = Database(usage_settings)
+    await database.start()
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture(scope="module")
+async def uapi(usage_settings: Settings, udb: Database, run_id: str) -> AsyncIterator[Api]:
+    async with udb.engine.begin() as conn:
+        admin = await create_key(conn, f"admin-{run_id}", "admin")
+        service = await create_key(conn, f"service-{run_id}", "service")
+    keys = Keys(admin.token, service.token, "", admin.name)
+    async with AsyncTestClient(app=create_app(usage_settings), timeout=30) as client:
+        yield Api(client, keys)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One log row as usage counts it (the model's input)."""
+
+    at: datetime
+    user: str
+    skill: str
+    member: str | None
+    charges: int
+    units: int
+    consumed: int
+    refunded: int
+    paid: int  # of consumed or refunded, from (to) paid grants
+
+
+async def post(api: Api, path: str, body: dict, role: str = "service") -> dict:
+    r = await api.c.post(path, json=body, headers=api.keys.auth(role))
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def credit(api: Api, user: str, amount: int, type_: str) -> dict:
+    return await post(api, f"/v1/users/{user}/credits", {"amount": amount, "type": type_}, "admin")
+
+
+async def charge(api: Api, user: str, skill: str, units: int = 1, member: str | None = None):
+    body: dict = {"user_id": user, "skill": skill, "units": units}
+    if member:
+        body["member"] = member
+    return await post(api, "/v1/charges", body)
+
+
+async def backdate(db: Database, user: str, tx_id: str, at: datetime) -> None:
+    """Test setup: the row was made at ``at`` (in this module's own database only)."""
+    async with db.connect() as conn:
+        await conn.execute(
+            text("UPDATE transactions SET created_at = :at WHERE user_id = :u AND id = :id"),
+            {"at": at, "u": user, "id": tx_id},
+        )
+
+
+async def model_rows(api: Api, users: list[str], when: dict[str, datetime]) -> list[Row]:
+    """The model's input, from what the API shows: every charge, capture and refund."""
+    rows: list[Row] = []
+    for user in users:
+        r = await api.c.get(
+            f"/v1/users/{user}/transactions",
+            params={"limit": 200},
+            headers=api.keys.auth("service"),
+        )
+        txs = r.json()["items"]
+        category = {}
+        for status in ("active", "depleted", "expired"):
+            g = await api.c.get(
+                f"/v1/users/{user}/grants",
+                params={"status": status, "limit": 200},
+                headers=api.keys.auth("service"),
+            )
+            category |= {x["id"]: x["category"] for x in g.json()["items"]}
+        by_id = {t["id"]: t for t in txs}
+        for t in txs:
+            paid = sum(s["amount"] for s in t["sources"] if category[s["grant_id"]] == "paid")
+            if t["type"] == "CONSUMPTION":
+                rows.append(
+                    Row(
+                        when[t["id"]],
+                        user,
+                        t["skill"],
+                        t.get("member"),
+                        1,
+                        t["units"],
+                        -t["amount"],
+                        0,
+                        paid,
+                    )
+                )
+            elif t["type"] == "REFUND":
+                o = by_id[t["refund_of"]]
+                rows.append(
+                    Row(
+                        when[t["id"]], user, o["skill"], o.get("member"), 0, 0, 0, t["amount"], paid
+                    )
+                )
+    return rows
+
+
+def trunc(at: datetime, interval: str) -> datetime:
+    return usage_service.bucket_start(at, interval)
+
+
+def expected(
+    rows: list[Row],
+    start: datetime,
+    end: datetime,
+    interval: str,
+    group_by: str,
+    user: str | None = None,
+    member: str | None = None,
+    skill: str | None = None,
+):
+    sums: dict = defaultdict(lambda: [0, 0, 0, 0])
+    for r in rows:
+        if not (start <= r.at < end):
+            continue
+        if (
+            (user and r.user != user)
+            or (member and r.member != member)
+            or (skill and r.skill != skill)
+        ):
+            continue
+        bucket = iso(trunc(r.at, interval))
+        if group_by == "category":
+            consumed_paid = r.paid if r.charges else 0
+            refunded_paid = r.paid if not r.charges else 0
+            for name, c, f in (
+                ("paid", consumed_paid, refunded_paid),
+                ("promotional", r.consumed - consumed_paid, r.refunded - refunded_paid),
+            ):
+                s = sums[(bucket, name)]
+                s[2] += c
+                s[3] += f
+            continue
+        group = {"skill": r.skill, "user": r.user, "member": r.member, "none": None}[group_by]
+        s = sums[(bucket, group)]
+        s[0] += r.charges
+        s[1] += r.units
+        s[2] += r.consumed
+        s[3] += r.refunded
+    items = []
+    for (bucket, group), (n, units, consumed, refunded) in sorted(
+        sums.items(), key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or "")
+    ):
+        if group_by == "category":
+            if consumed or refunded:
+                items.append([bucket, group, None, None, consumed, refunded])
+        else:
+            items.append([bucket, group, n, units, consumed, refunded])
+    return items
+
+
+async def get_usage(api: Api, role: str = "service", **params) -> dict:
+    r = await api.c.get("/v1/usage", params=params, headers=api.keys.auth(role))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def shape(answer: dict) -> list:
+    return [
+        [i["start"], i["group"], i["charges"], i["units"], i["consumed"], i["refunded"]]
+        for i in answer["items"]
+    ]
+
+
+@pytest.fixture(scope="module")
+async def scene(uapi: Api, udb: Database):
+    """Two users, two skills, members, paid and promotional credits, a capture, refunds
+    (one across a day boundary), at instants of the test's choosing."""
+    api = uapi
+    a = (await api.create_skill(cost=3, name=unique("USE_A")))["name"]
+    b = (await api.create_skill(cost=5, name=unique("USE_B")))["name"]
+    u1, u2 = unique("use-1").lower(), unique("use-2").lower()
+    when: dict[str, datetime] = {}
+    await credit(api, u1, 20, "GRANT")  # promotional, spent first (older)
+    await credit(api, u1, 100, "PURCHASE")  # paid
+    await credit(api, u2, 50, "PURCHASE")
+    plan = [  # (user, skill, units, member, at)
+        (u1, a, 2, "alice", T0 + timedelta(hours=10, minutes=15)),
+        (u1, a, 1, None, T0 + timedelta(hours=10, minutes=45)),
+        (u1, b, 1, "alice", T0 + timedelta(hours=11, minutes=5)),
+        (u1, b, 3, "bob", T0 + timedelta(hours=23, minutes=50)),
+        (u2, b, 1, None, T0 + timedelta(days=14, hours=9)),
+    ]
+    made = []
+    for user, skill, units, member, at in plan:
+        tx = await charge(api, user, skill, units, member)
+        when[tx["id"]] = at
+        made.append(tx)
+    hold = await post(api, "/v1/holds", {"user_id": u2, "skill": a, "units": 4})
+    captured = await post(api, f"/v1/holds/{hold['id']}/capture", {"units": 3})
+    when[captured["id"]] = T0 + timedelta(hours=12)
+    # the 15-credit charge of 23:50 refunded at 00:10 the next day; u2's capture in March
+    refund = await post(api, f"/v1/transactions/{made[3]['id']}/refund", {})
+    when[refund["id"]] = T0 + timedelta(days=1, minutes=10)
+    refund2 = await post(api, f"/v1/transactions/{captured['id']}/refund", {})
+    when[refund2["id"]] = T0 + timedelta(days=20)
+    for user in (u1, u2):
+        async with udb.connect() as conn:
+            ids = [
+                r[0]
+                for r in await conn.execute(
+                    text("SELECT id::text FROM transactions WHERE user_id = :u"), {"u": user}
+                )
+            ]
+        for tx_id in ids:
+            if tx_id in when:
+                await backdate(udb, user, tx_id, when[tx_id])
+            else:  # the credits: before everything
+                when[tx_id] = T0 - timedelta(days=1)
+                await backdate(udb, user, tx_id, when[tx_id])
+    rows = await model_rows(api, [u1, u2], when)
+    return {"a": a, "b": b, "u1": u1, "u2": u2, "rows": rows}
+
+
+QUERIES = [
+    # (from, to, interval, group_by, filters)
+    (T0, T0 + timedelta(days=31), "day", "skill", {}),
+    (T0, T0 + timedelta(days=31), "day", "user", {}),
+    (T0, T0 + timedelta(days=31), "day", "member", {}),
+    (T0, T0 + timedelta(days=31), "day", "category", {}),
+    (T0, T0 + timedelta(days=31), "day", "none", {}),
+    (T0, T0 + timedelta(days=2), "hour", "skill", {}),
+    (T0, T0 + timedelta(days=2), "hour", "category", {"user_id": "u1"}),
+    (T0 - timedelta(days=40), T0 + timedelta(days=40), "month", "skill", {}),
+    (T0, T0 + timedelta(days=31), "month", "member", {"user_id": "u1"}),
+    (T0, T0 + timedelta(days=31), "day", "skill", {"member": "alice"}),
+    (T0, T0 + timedelta(days=31), "day", "user", {"skill": "b"}),
+    # edges that are not whole hours: 10:30 to 23:55 cuts two hours
+    (
+        T0 + timedelta(hours=10, minutes=30),
+        T0 + timedelta(hours=23, minutes=55),
+        "hour",
+        "skill",
+        {},
+    ),
+    (T0 + timedelta(hours=10, minutes=30), T0 + timedelta(hours=10, minutes=50), "day", "none", {}),
+    (T0 + timedelta(hours=11), T0 + timedelta(days=1, minutes=11), "day", "category", {}),
+]
+
+
+def _filters(scene: dict, filters: dict) -> dict:
+    return {k: scene[v] if v in scene else v for k, v in filters.items()}
+
+
+async def _check_all(api: Api, scene: dict) -> None:
+    for start, end, interval, group_by, filters in QUERIES:
+        f = _filters(scene, filters)
+        answer = await get_usage(
+            api,
+            **{"from": iso(start), "to": iso(end), "interval": interval, "group_by": group_by},
+            **f,
+        )
+        want = expected(
+            scene["rows"],
+            start,
+            end,
+            interval,
+            group_by,
+            **{{"user_id": "user"}.get(k, k): v for k, v in f.items()},
+        )
+        assert shape(answer) == want, (start, end, interval, group_by, f)
+        totals = defaultdict(lambda: [0, 0, 0, 0])
+        for item in want:
+            t = totals[item[1]]
+            for n, v in enumerate(item[2:]):
+                t[n] = None if v is None else (t[n] or 0) + v
+        assert {
+            t["group"]: [t["charges"], t["units"], t["consumed"], t["refunded"]]
+            for t in answer["totals"]
+        } == dict(totals)
+
+
+async def test_every_grouping_and_interval_is_exact_from_the_log_rollups_and_both(
+    uapi: Api, udb: Database, scene: dict
+) -> None:
+    assert scene["rows"], "the scene made no usage"
+    await _check_all(uapi, scene)  # the log alone: nothing is rolled up yet
+    async with udb.connect() as conn:
+        # half the range rolled up: the mark lands inside an hour with rows on both sides
+        half = T0 + timedelta(hours=10, minutes=30)
+        mark = await usage_repo.roll(conn, half, timedelta(days=1))
+        while mark is not None and mark < half:  # one day per step
+            mark = await usage_repo.roll(conn, half, timedelta(days=1))
+    if servers.citus():
+        assert mark is None  # the cluster reads the log on its workers
+    else:
+        assert mark == half
+    await _check_all(uapi, scene)
+    assert await usage_service.roll(udb) is None or not servers.citus()
+    await _check_all(uapi, scene)
+    await assert_reconciled(udb)
+
+
+async def test_a_charge_answered_is_in_the_next_answer_after_a_concurrent_burst(
+    uapi: Api, udb: Database
+) -> None:
+    api = uapi
+    skill = (await api.create_skill(cost=2, name=unique("BURST")))["name"]
+    users = [unique("burst").lower() for _ in range(4)]
+    for user in users:
+        await credit(api, user, 1000, "PURCHASE")
+    roller = asyncio.create_task(_roll_forever(udb))
+    try:
+        answers = await asyncio.gather(
+            *(charge(api, users[n % 4], skill, 1 + n % 3) for n in range(40))
+        )
+        got = await get_usage(api, group_by="user", skill=skill)
+    finally:
+        roller.cancel()
+    want: dict = defaultdict(lambda: [0, 0, 0])
+    for tx in answers:
+        w = want[tx["user_id"]]
+        w[0] += 1
+        w[1] += tx["units"]
+        w[2] += -tx["amount"]
+    assert {t["group"]: [t["charges"], t["units"], t["consumed"]] for t in got["totals"]} == want
+
+
+async def _roll_forever(db: Database) -> None:
+    while True:
+        await usage_service.roll(db)
+        await asyncio.sleep(0.01)
+
+
+async def test_csv_answers_the_same_items(uapi: Api, scene: dict) -> None:
+    params = {"from": iso(T0), "to": iso(T0 + timedelta(days=31)), "group_by": "category"}
+    answer = await get_usage(uapi, **params)
+    for how in ({"format": "csv"}, {}):
+        headers = uapi.keys.auth("service") | ({} if how else {"Accept": "text/csv"})
+        r = await uapi.c.get("/v1/usage", params=params | how, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/csv")
+        lines = list(csv.reader(io.StringIO(r.text)))
+        assert lines[0] == ["start", "group", "charges", "units", "consumed", "refunded"]
+        assert lines[1:] == [
+            [i["start"], i["group"] or "", "", "", str(i["consumed"]), str(i["refunded"])]
+            for i in answer["items"]
+        ]
+        assert len(lines) > 2
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"from": "yesterday"}, "from"),
+        ({"from": "2026-03-01T00:00:00"}, "from"),  # no offset
+        ({"to": "2026-03-01"}, "to"),
+        ({"from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "from"),
+        ({"from": "2026-03-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "from"),
+        (
+            {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:01Z", "interval": "hour"},
+            "from",
+        ),
+        ({"interval": "week"}, "interval"),
+        ({"group_by": "team"}, "group_by"),
+        ({"user_id": "no spaces"}, "user_id"),
+        ({"member": "x" * 129}, "member"),
+        ({"skill": "lower"}, "skill"),
+        ({"format": "xml"}, "format"),
+    ],
+)
+async def test_bad_parameters_are_400_naming_them(uapi: Api, params: dict, field: str) -> None:
+    r = await uapi.c.get("/v1/usage", params=params, headers=uapi.keys.auth("service"))
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["code"] == "validation_error"
+    assert r.json()["field"] == field, r.json()
+
+
+async def test_the_most_buckets_is_744(uapi: Api) -> None:
+    ok = {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z", "interval": "hour"}
+    assert (
+        await uapi.c.get("/v1/usage", params=ok, headers=uapi.keys.auth("service"))
+    ).status_code == 200
+
+
+async def test_unknown_user_and_skill_are_404_and_a_key_is_needed(uapi: Api) -> None:
+    auth = uapi.keys.auth("service")
+    r = await uapi.c.get("/v1/usage", params={"user_id": "nobody-here"}, headers=auth)
+    assert (r.status_code, r.json()["code"]) == (404, "user_not_found")
+    r = await uapi.c.get("/v1/usage", params={"skill": "NO_SUCH_SKILL"}, headers=auth)
+    assert (r.status_code, r.json()["code"]) == (404, "skill_not_found")
+    r = await uapi.c.get("/v1/users/nobody-here/forecast", headers=auth)
+    assert (r.status_code, r.json()["code"]) == (404, "user_not_found")
+    r = await uapi.c.get("/v1/users/bad%20id/forecast", headers=auth)
+    assert r.status_code == 400
+    assert (await uapi.c.get("/v1/usage")).status_code == 401
+
+
+async def test_the_forecast_is_burn_over_seven_days_and_what_it_leaves(
+    uapi: Api, udb: Database
+) -> None:
+    api = uapi
+    skill = (await api.create_skill(cost=7, name=unique("FC")))["name"]
+    user = unique("fc").lower()
+    await credit(api, user, 1000, "PURCHASE")
+    soon = await post(
+        api,
+        f"/v1/users/{user}/credits",
+        {
+            "amount": 40,
+            "type": "GRANT",
+            "expires_at": iso(datetime.now(UTC) + timedelta(days=3)),
+            "priority": 90,
+        },  # spent last: it stays whole, "admin",
+    )
+    later = await post(
+        api,
+        f"/v1/users/{user}/credits",
+        {"amount": 30, "type": "GRANT", "expires_at": iso(datetime.now(UTC) + timedelta(days=60))},
+        "admin",
+    )
+    assert later
+    r = await api.c.get(f"/v1/users/{user}/forecast", headers=api.keys.auth("service"))
+    first = r.json()
+    assert (first["burn_per_day"], first["runway_days"], first["depletes_at"]) == (0, None, None)
+    old = await charge(api, user, skill, 10)  # 70, eight days ago: outside the window
+    await backdate(udb, user, old["id"], datetime.now(UTC) - timedelta(days=8))
+    recent = [await charge(api, user, skill, n) for n in (1, 2, 3)]  # 7 + 14 + 21 = 42
+    await post(api, f"/v1/transactions/{recent[0]['id']}/refund", {})  # -7
+    r = await api.c.get(f"/v1/users/{user}/forecast", headers=api.keys.auth("service"))
+    f = r.json()
+    balance = (await api.c.get(f"/v1/users/{user}", headers=api.keys.auth("service"))).json()
+    assert f["available"] == balance["available"] == 1000 + 40 + 30 - 70 - 42 + 7
+    assert f["burn_per_day"] == pytest.approx(35 / 7)
+    assert f["runway_days"] == pytest.approx(f["available"] / 5)
+    depletes = datetime.fromisoformat(f["depletes_at"])
+    assert abs(depletes - (datetime.now(UTC) + timedelta(days=f["available"] / 5))) < timedelta(
+        minutes=1
+    )
+    # the grant of 40 expires within 30 days; the one of 30 in 60 days does not count
+    assert [(e["grant_id"], e["remaining"]) for e in f["expiring"]] == [(soon["grant_id"], 40)]
+    assert datetime.fromisoformat(f["expiring"][0]["expires_at"]) - datetime.now(UTC) < timedelta(
+        days=3
+    )
