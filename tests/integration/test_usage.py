@@ -13,6 +13,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
+import signal
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -496,3 +500,92 @@ async def test_the_forecast_is_burn_over_seven_days_and_what_it_leaves(
     assert datetime.fromisoformat(f["expiring"][0]["expires_at"]) - datetime.now(UTC) < timedelta(
         days=3
     )
+
+
+def _roll_process(settings: Settings) -> subprocess.Popen:
+    env = os.environ | {"DATABASE_URL": settings.database_url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "skill_credits.cli", "usage-roll"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def _rolls_waiting(db: Database, count: int) -> list[int]:
+    """The backends of ``count`` rollup steps, once each waits on a lock (midway through)."""
+    for _ in range(200):
+        async with db.connect() as conn:
+            pids = [
+                pid
+                for (pid,) in await conn.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND query LIKE '%sc_usage_roll%' AND wait_event_type = 'Lock'"
+                        " AND pid <> pg_backend_pid()"
+                    )
+                )
+            ]
+        if len(pids) >= count:
+            return pids
+        await asyncio.sleep(0.05)
+    raise AssertionError("the rollup steps never reached the lock")
+
+
+@pytest.mark.one_server
+async def test_a_rollup_step_killed_midway_or_run_twice_counts_each_row_once(
+    uapi: Api, udb: Database, usage_settings: Settings
+) -> None:
+    """Each step is one transaction: its client SIGKILLed, its backend terminated midway
+    (after it added to usage_hours, while it waits to add to usage_skill_hours), or two
+    steps at once - every charge is counted once, and the rollups agree with the log."""
+    api = uapi
+    skill = (await api.create_skill(cost=3, name=unique("ROLL")))["name"]
+    user = unique("roll").lower()
+    await credit(api, user, 10_000, "PURCHASE")
+    made: list[dict] = []
+
+    async def check() -> None:
+        got = await get_usage(api, group_by="none", skill=skill)
+        assert [(t["charges"], t["consumed"]) for t in got["totals"]] == [
+            (len(made), 3 * len(made))
+        ]
+        async with udb.connect() as conn:
+            assert await usage_repo.problems(conn) == []
+
+    async def midway(how: str) -> None:
+        """A step blocked midway: a row of usage_skill_hours it must add to is locked."""
+        made.append(await charge(api, user, skill))
+        await asyncio.sleep(1.1)  # the horizon is a second behind the clock
+        await usage_service.roll(udb)  # the hour's rows exist now
+        made.append(await charge(api, user, skill))
+        await asyncio.sleep(1.1)
+        async with udb.transaction() as lock:
+            await lock.execute(
+                text("SELECT 1 FROM usage_skill_hours WHERE skill = :s FOR UPDATE"), {"s": skill}
+            )
+            steps = [_roll_process(usage_settings) for _ in range(2 if how == "twice" else 1)]
+            pids = await _rolls_waiting(udb, len(steps))
+            async with udb.connect() as conn:
+                half = (
+                    await conn.execute(
+                        text("SELECT sum(charges) FROM usage_hours WHERE skill = :s"),
+                        {"s": skill},
+                    )
+                ).scalar()
+            assert half == len(made) - 1  # this connection does not see the step's rows
+            if how == "client killed":
+                steps[0].send_signal(signal.SIGKILL)
+            elif how == "backend terminated":
+                async with udb.connect() as conn:
+                    await conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pids[0]})
+            await check()  # while the step is stuck or gone: still exact
+        for step in steps:
+            step.wait(timeout=60)
+        await check()
+
+    for how in ("client killed", "backend terminated", "twice"):
+        await midway(how)
+    await usage_service.roll(udb)
+    await check()
+    await assert_reconciled(udb)
