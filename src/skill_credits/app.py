@@ -24,6 +24,7 @@ from skill_credits.admin_ui import present
 from skill_credits.admin_ui.pages.login import LoginController
 from skill_credits.admin_ui.pages.shared import plain_inputs
 from skill_credits.admin_ui.pages.skills import SkillPagesController
+from skill_credits.admin_ui.pages.usage import UsagePagesController
 from skill_credits.admin_ui.pages.users import UserPagesController
 from skill_credits.admin_ui.session import (
     LoginRequired,
@@ -165,7 +166,12 @@ def create_app(settings: Settings) -> Litestar:
     )
     admin_ui = Router(
         path="/",
-        route_handlers=[LoginController, SkillPagesController, UserPagesController],
+        route_handlers=[
+            LoginController,
+            SkillPagesController,
+            UserPagesController,
+            UsagePagesController,
+        ],
         before_request=plain_inputs,
         middleware=[
             session_config().middleware,

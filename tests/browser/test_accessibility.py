@@ -70,6 +70,9 @@ def test_every_admin_page_at_desktop_and_phone_width(page, keys, http) -> None:
         "a-user": f"/admin/users?user_id={user}",
         "a-member": f"/admin/users?user_id={user}&member=ann",
         "confirm-refund": f"/admin/transactions/{open_charge}/refund",
+        "usage": "/admin/usage",
+        "usage-of-a-user-by-hour": f"/admin/usage?user_id={user}&interval=hour",
+        "usage-with-an-error": "/admin/usage?from=March",
     }
     found: list[str] = []
     for width in WIDTHS:
@@ -82,7 +85,8 @@ def test_every_admin_page_at_desktop_and_phone_width(page, keys, http) -> None:
         expect(page).to_have_url(re.compile(r"/admin/skills$"))
         for label, path in pages.items():
             response = page.goto(path)
-            assert response is not None and response.status == 200, (label, response.status)
+            status = 400 if label.endswith("-with-an-error") else 200
+            assert response is not None and response.status == status, (label, response.status)
             assert response.url.endswith(path), (label, response.url)
             found += _problems(page, f"{label}@{width}")
         page.goto("/admin/skills")

@@ -354,3 +354,56 @@ async def _key(settings, name: str, revoke: bool) -> str:
             return (await create_key(conn, name, "admin")).token
     finally:
         await db.dispose()
+
+
+def test_usage_page_draws_its_charts_without_javascript(
+    browser, ui_server, keys, http, screenshot_dir
+) -> None:
+    """Charts are SVG from the server: with JavaScript off they show, with their figures
+    in a table, the top users link to their pages, and the CSV is what the page shows."""
+    admin = keys.auth("admin")
+    skill = unique("UI_USAGE")
+    http.post(
+        "/v1/admin/skills", headers=admin, json={"name": skill, "display_name": "U", "cost": 4}
+    )
+    user = unique("usage").lower()
+    http.post(f"/v1/users/{user}/credits", headers=admin, json={"amount": 100, "type": "GRANT"})
+    http.post(f"/v1/users/{user}/credits", headers=admin, json={"amount": 100, "type": "PURCHASE"})
+    for units in (1, 2, 3, 20):  # 4 + 8 + 12 + 80: promotional, then paid
+        r = http.post(
+            "/v1/charges",
+            headers=keys.auth("service"),
+            json={"user_id": user, "skill": skill, "units": units},
+        )
+        assert r.status_code == 201, r.text
+    ctx = browser.new_context(
+        base_url=ui_server.url, java_script_enabled=False, viewport={"width": 1280, "height": 860}
+    )
+    try:
+        page = ctx.new_page()
+        login(page, keys.admin)
+        page.goto(f"/admin/usage?skill={skill}")
+        for chart in ("by-skill", "by-category"):
+            expect(page.locator(f"figure:has(#{chart}) svg")).to_be_visible()
+        page.get_by_text("Figures of “Credits consumed by category”").click()
+        cells = page.locator("#by-category tbody tr").first.locator("td")
+        figures = dict(
+            zip(
+                page.locator("#by-category thead th.num").all_text_contents(),
+                cells.all_inner_texts()[1:],
+                strict=True,
+            )
+        )
+        assert figures == {"promotional": "100", "paid": "4"}
+        page.screenshot(path=str(screenshot_dir / "admin-usage.png"), full_page=True)
+        page.get_by_role("link", name=user).click()
+        expect(page).to_have_url(re.compile(rf"/admin/users\?user_id={user}$"))
+        expect(page.locator("#runway")).to_contain_text("days")
+        with page.expect_download() as download:
+            page.goto(f"/admin/usage?skill={skill}")
+            page.get_by_role("link", name="Download CSV").click()
+        text = open(download.value.path(), encoding="utf-8").read()
+        assert text.splitlines()[0] == "start,group,charges,units,consumed,refunded"
+        assert text.splitlines()[1].endswith(f",{skill},4,26,104,0")
+    finally:
+        ctx.close()

@@ -14,6 +14,7 @@ import asyncio
 import csv
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -276,7 +277,40 @@ async def scene(uapi: Api, udb: Database):
                 when[tx_id] = T0 - timedelta(days=1)
                 await backdate(udb, user, tx_id, when[tx_id])
     rows = await model_rows(api, [u1, u2], when)
-    return {"a": a, "b": b, "u1": u1, "u2": u2, "rows": rows}
+    # the forecast's user: a charge of 70 eight days ago, outside the burn window
+    fc_skill = (await api.create_skill(cost=7, name=unique("FC")))["name"]
+    fc_user = unique("fc").lower()
+    await credit(api, fc_user, 1000, "PURCHASE")
+    soon = await post(
+        api,
+        f"/v1/users/{fc_user}/credits",
+        {
+            "amount": 40,
+            "type": "GRANT",
+            "expires_at": iso(datetime.now(UTC) + timedelta(days=3)),
+            "priority": 90,  # spent last: it stays whole
+        },
+        "admin",
+    )
+    later = datetime.now(UTC) + timedelta(days=60)
+    await post(
+        api,
+        f"/v1/users/{fc_user}/credits",
+        {"amount": 30, "type": "GRANT", "expires_at": iso(later)},
+        "admin",
+    )
+    old = await charge(api, fc_user, fc_skill, 10)
+    await backdate(udb, fc_user, old["id"], datetime.now(UTC) - timedelta(days=8))
+    return {
+        "a": a,
+        "b": b,
+        "u1": u1,
+        "u2": u2,
+        "rows": rows,
+        "fc_skill": fc_skill,
+        "fc_user": fc_user,
+        "fc_soon": soon,
+    }
 
 
 QUERIES = [
@@ -455,34 +489,13 @@ async def test_unknown_user_and_skill_are_404_and_a_key_is_needed(uapi: Api) -> 
 
 
 async def test_the_forecast_is_burn_over_seven_days_and_what_it_leaves(
-    uapi: Api, udb: Database
+    uapi: Api, scene: dict
 ) -> None:
     api = uapi
-    skill = (await api.create_skill(cost=7, name=unique("FC")))["name"]
-    user = unique("fc").lower()
-    await credit(api, user, 1000, "PURCHASE")
-    soon = await post(
-        api,
-        f"/v1/users/{user}/credits",
-        {
-            "amount": 40,
-            "type": "GRANT",
-            "expires_at": iso(datetime.now(UTC) + timedelta(days=3)),
-            "priority": 90,
-        },  # spent last: it stays whole, "admin",
-    )
-    later = await post(
-        api,
-        f"/v1/users/{user}/credits",
-        {"amount": 30, "type": "GRANT", "expires_at": iso(datetime.now(UTC) + timedelta(days=60))},
-        "admin",
-    )
-    assert later
+    skill, user, soon = scene["fc_skill"], scene["fc_user"], scene["fc_soon"]
     r = await api.c.get(f"/v1/users/{user}/forecast", headers=api.keys.auth("service"))
-    first = r.json()
+    first = r.json()  # the one charge is eight days old: no burn
     assert (first["burn_per_day"], first["runway_days"], first["depletes_at"]) == (0, None, None)
-    old = await charge(api, user, skill, 10)  # 70, eight days ago: outside the window
-    await backdate(udb, user, old["id"], datetime.now(UTC) - timedelta(days=8))
     recent = [await charge(api, user, skill, n) for n in (1, 2, 3)]  # 7 + 14 + 21 = 42
     await post(api, f"/v1/transactions/{recent[0]['id']}/refund", {})  # -7
     r = await api.c.get(f"/v1/users/{user}/forecast", headers=api.keys.auth("service"))
@@ -589,3 +602,61 @@ async def test_a_rollup_step_killed_midway_or_run_twice_counts_each_row_once(
     await usage_service.roll(udb)
     await check()
     await assert_reconciled(udb)
+
+
+def _table(html: str, table_id: str) -> list[list[str]]:
+    """The rows of the table ``table_id`` of a page, as the text of their cells."""
+    body = re.search(rf'<table id="{table_id}".*?<tbody>(.*?)</tbody>', html, re.DOTALL)
+    assert body is not None, f"no table {table_id}"
+    return [
+        [
+            re.sub(r"<[^>]+>", "", cell).strip()
+            for cell in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.DOTALL)
+        ]
+        for row in re.findall(r"<tr>(.*?)</tr>", body.group(1), re.DOTALL)
+    ]
+
+
+async def test_the_admin_usage_page_shows_the_figures_as_charts_tables_and_csv(
+    uapi: Api, scene: dict
+) -> None:
+    c = uapi.c
+    await c.get("/admin/login")
+    csrf = {"x-csrftoken": c.cookies.get("sc_csrf", path="/admin")}
+    r = await c.post(
+        "/admin/login", data={"api_key": uapi.keys.admin}, headers=csrf, follow_redirects=False
+    )
+    assert r.status_code == 303, r.text
+    r = await c.get("/admin/usage", params={"from": "2026-03-01", "to": "2026-03-31"})
+    assert r.status_code == 200, r.text
+    html = r.text
+    assert html.count("<svg") == 3  # by skill, by category, refunds: drawn by the server
+    assert "<script" not in html
+    rows = scene["rows"]
+    end = T0 + timedelta(days=31)
+    by_skill = expected(rows, T0, end, "day", "skill")
+    head = re.search(r'<table id="by-skill".*?<thead>(.*?)</thead>', html, re.DOTALL)
+    series = re.findall(r'<th scope="col" class="num">(.*?)</th>', head.group(1))
+    assert sorted(series) == sorted({group for _, group, *_ in by_skill})
+    want = defaultdict(lambda: dict.fromkeys(series, 0))
+    for start, group, _, _, consumed, _ in by_skill:  # every day with any activity
+        want[start[:10]][group] += consumed
+    shown = _table(html, "by-skill")
+    assert {row[0]: dict(zip(series, map(int, row[1:]), strict=True)) for row in shown} == want
+    users = _table(html, "top-users")
+    totals = expected(rows, T0, end, "month", "user")
+    assert [u[0] for u in users] == [t[1] for t in sorted(totals, key=lambda t: -t[4])]
+    assert f'href="/admin/users?user_id={scene["u1"]}"' in html
+    refunds = {row[0]: int(row[1]) for row in _table(html, "refund-totals")}
+    assert refunds == {scene["b"]: 15, scene["a"]: 9}
+    csv_page = await c.get("/admin/usage.csv", params={"from": "2026-03-01", "to": "2026-03-31"})
+    api_csv = await c.get(
+        "/v1/usage",
+        params={"from": iso(T0), "to": iso(end), "format": "csv"},
+        headers=uapi.keys.auth("service"),
+    )
+    assert csv_page.status_code == 200 and csv_page.text == api_csv.text
+    bad = await c.get("/admin/usage", params={"from": "March"})
+    assert bad.status_code == 400 and "From is a date" in bad.text
+    page = await c.get("/admin/users", params={"user_id": scene["fc_user"]})
+    assert page.status_code == 200 and 'id="runway"' in page.text and "last-30-days" in page.text

@@ -10,11 +10,15 @@ from sqlalchemy import text
 from skill_credits.db import Connection
 
 NOW = text("SELECT clock_timestamp()")
+# the parts sc_usage reads (rollups, log) summed by bucket and group, in the contract's order
 USAGE = text(
-    "SELECT start, grp, charges, units, consumed, refunded, paid_consumed, paid_refunded"
+    "SELECT start, grp, sum(charges)::bigint AS charges, sum(units)::bigint AS units,"
+    " sum(consumed)::bigint AS consumed, sum(refunded)::bigint AS refunded,"
+    " sum(paid_consumed)::bigint AS paid_consumed, sum(paid_refunded)::bigint AS paid_refunded"
     " FROM sc_usage(CAST(:from AS timestamptz), CAST(:to AS timestamptz),"
     " CAST(:interval AS text), CAST(:group AS text), CAST(:user_id AS text),"
     " CAST(:member AS text), CAST(:skill AS text))"
+    ' GROUP BY start, grp ORDER BY start, grp COLLATE "C" NULLS FIRST'
 )
 SKILL_EXISTS = text("SELECT EXISTS (SELECT 1 FROM skills WHERE name = :name)")
 USER_EXISTS = text("SELECT EXISTS (SELECT 1 FROM users WHERE user_id = :user_id)")

@@ -12,7 +12,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
-from skill_credits.admin_ui import forms, present
+from skill_credits.admin_ui import charts, forms, present
 from skill_credits.admin_ui.forms import sentence
 from skill_credits.admin_ui.pages.confirmation import confirm
 from skill_credits.admin_ui.pages.shared import Db, Form, flash, pop_flash, see_other, uuid_or_none
@@ -24,6 +24,7 @@ from skill_credits.ledger import service as ledger_service
 from skill_credits.ledger.schemas import RefundIn
 from skill_credits.limits import service as limits_service
 from skill_credits.pagination import decode_cursor, encode_cursor
+from skill_credits.usage import service as usage_service
 from skill_credits.validation import USER_ID_RE, USER_ID_RULE
 
 
@@ -80,7 +81,12 @@ class UserPagesController(Controller):
                     context["error"] = f"No user {user_id} (granting credits creates one)."
                     context["new_user"] = user_id
                 else:
+                    last_30 = await usage_service.usage(
+                        db, usage_service.Query(start=None, end=None, user_id=user_id)
+                    )
                     context.update(
+                        recent=charts.over_time("Last 30 days, by skill", last_30),
+                        forecast=await usage_service.forecast(db, user_id),
                         user=log.user,
                         items=log.items,
                         next_cursor=log.next_cursor,

@@ -323,7 +323,9 @@ CREATE INDEX skill_event_deliveries_due ON skill_event_deliveries (next_attempt_
 
 -- Usage (usage.sql): one row per CONSUMPTION (a charge or a capture) and per REFUND of the
 -- log, the refund under its charge's skill and member. paid: the part of the row's sources
--- drawn from (given back to) paid grants; the rest is promotional.
+-- drawn from (given back to) paid grants, the rest being promotional (a grant is named once
+-- in a row's sources). A subquery, not a join on the sources' elements: Citus pushes it
+-- down to the workers; it cannot do that with a function of the row in FROM.
 CREATE VIEW usage_log AS
 SELECT t.user_id, t.created_at,
        CASE WHEN t.type = 'REFUND' THEN o.skill ELSE t.skill END AS skill,
@@ -332,17 +334,16 @@ SELECT t.user_id, t.created_at,
        CASE WHEN t.type = 'CONSUMPTION' THEN t.units ELSE 0 END AS units,
        CASE WHEN t.type = 'CONSUMPTION' THEN -t.amount ELSE 0 END AS consumed,
        CASE WHEN t.type = 'REFUND' THEN t.amount ELSE 0 END AS refunded,
-       CASE WHEN t.type = 'CONSUMPTION' THEN p.paid ELSE 0 END AS paid_consumed,
-       CASE WHEN t.type = 'REFUND' THEN p.paid ELSE 0 END AS paid_refunded
+       (SELECT coalesce(sum(jsonb_path_query_first(
+                   t.sources, '$[*] ? (@.grant_id == $id).amount',
+                   jsonb_build_object('id', g.id::text))::text::bigint), 0)
+        FROM grants g
+        WHERE g.user_id = t.user_id AND g.category = 'paid'
+          AND t.sources @> jsonb_build_array(jsonb_build_object('grant_id', g.id::text))
+       )::bigint AS paid
 FROM transactions t
 LEFT JOIN transactions o
        ON t.type = 'REFUND' AND o.user_id = t.user_id AND o.id = t.refund_of
-LEFT JOIN LATERAL (
-    SELECT coalesce(sum((s.e ->> 'amount')::bigint), 0)::bigint AS paid
-    FROM jsonb_array_elements(t.sources) s(e)
-    JOIN grants g ON g.user_id = t.user_id AND g.id = (s.e ->> 'grant_id')::uuid
-    WHERE g.category = 'paid'
-) p ON true
 WHERE t.type IN ('CONSUMPTION', 'REFUND');
 
 -- usage_log summed by user, hour (UTC), skill and member ('' for none), for every row made

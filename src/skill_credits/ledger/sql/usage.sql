@@ -61,7 +61,7 @@ BEGIN
                                   refunded, paid_consumed, paid_refunded)
     SELECT l.user_id, date_trunc('hour', l.created_at, 'UTC'), coalesce(l.skill, ''),
            coalesce(l.member, ''), sum(l.charges), sum(l.units), sum(l.consumed),
-           sum(l.refunded), sum(l.paid_consumed), sum(l.paid_refunded)
+           sum(l.refunded), sum(l.paid * l.charges), sum(l.paid * (1 - l.charges))
     FROM usage_log l
     WHERE l.created_at >= v_from AND l.created_at < v_to
     GROUP BY 1, 2, 3, 4
@@ -73,8 +73,8 @@ BEGIN
     INSERT INTO usage_skill_hours AS s (hour, skill, charges, units, consumed, refunded,
                                         paid_consumed, paid_refunded)
     SELECT date_trunc('hour', l.created_at, 'UTC'), coalesce(l.skill, ''), sum(l.charges),
-           sum(l.units), sum(l.consumed), sum(l.refunded), sum(l.paid_consumed),
-           sum(l.paid_refunded)
+           sum(l.units), sum(l.consumed), sum(l.refunded), sum(l.paid * l.charges),
+           sum(l.paid * (1 - l.charges))
     FROM usage_log l
     WHERE l.created_at >= v_from AND l.created_at < v_to
     GROUP BY 1, 2
@@ -89,8 +89,11 @@ END $$;
 
 -- Consumption in [p_from, p_to) by bucket (date_trunc p_interval, UTC) and group
 -- (p_group: skill, user, member, or NULL for category and none), filtered by whichever of
--- p_user, p_member, p_skill is given. STABLE: every statement reads the snapshot of the
--- calling query, so rolled_to and the rollups it stands for are read as one.
+-- p_user, p_member, p_skill is given: a few rows per bucket and group (one from the
+-- rollups, one from the log), which the caller sums. STABLE: every statement reads the
+-- snapshot of the calling query, so rolled_to and the rollups it stands for are read as
+-- one. Each part is a statement of its own, chosen by IF: Citus (PostgreSQL 15) plans no
+-- outer join beside a condition that is constant in the statement.
 CREATE OR REPLACE FUNCTION sc_usage(p_from timestamptz, p_to timestamptz, p_interval text,
                                     p_group text, p_user text, p_member text, p_skill text)
 RETURNS TABLE (start timestamptz, grp text, charges bigint, units bigint, consumed bigint,
@@ -102,50 +105,53 @@ DECLARE
     v_a timestamptz := date_trunc('hour', p_from, 'UTC');  -- the first whole hour
     v_b timestamptz := date_trunc('hour', p_to, 'UTC');    -- the end of the last one
     v_hole_to timestamptz;  -- the rollups stand for [v_a, v_hole_to); the log, the rest
-    v_all boolean := p_user IS NULL AND p_member IS NULL AND p_group IS DISTINCT FROM 'user'
-                     AND p_group IS DISTINCT FROM 'member';
 BEGIN
     SELECT rolled_to INTO v_rolled FROM usage_marks;
     IF v_a < p_from THEN
         v_a := v_a + interval '1 hour';
     END IF;
     v_hole_to := greatest(v_a, least(v_b, v_rolled));
-    RETURN QUERY
-    SELECT x.start, x.grp, sum(x.charges)::bigint, sum(x.units)::bigint,
-           sum(x.consumed)::bigint, sum(x.refunded)::bigint, sum(x.paid_consumed)::bigint,
-           sum(x.paid_refunded)::bigint
-    FROM (
+    IF v_hole_to > v_a AND p_user IS NULL AND p_member IS NULL
+       AND p_group IS DISTINCT FROM 'user' AND p_group IS DISTINCT FROM 'member' THEN
+        RETURN QUERY
         SELECT date_trunc(p_interval, s.hour, 'UTC') AS start,
                CASE WHEN p_group = 'skill' THEN s.skill END AS grp,
-               s.charges, s.units, s.consumed, s.refunded, s.paid_consumed, s.paid_refunded
+               sum(s.charges)::bigint, sum(s.units)::bigint, sum(s.consumed)::bigint,
+               sum(s.refunded)::bigint, sum(s.paid_consumed)::bigint,
+               sum(s.paid_refunded)::bigint
         FROM usage_skill_hours s
-        WHERE v_all AND s.hour >= v_a AND s.hour < v_hole_to
-          AND (p_skill IS NULL OR s.skill = p_skill)
-        UNION ALL
-        SELECT date_trunc(p_interval, u.hour, 'UTC'),
+        WHERE s.hour >= v_a AND s.hour < v_hole_to AND (p_skill IS NULL OR s.skill = p_skill)
+        GROUP BY 1, 2;
+    ELSIF v_hole_to > v_a THEN
+        RETURN QUERY
+        SELECT date_trunc(p_interval, u.hour, 'UTC') AS start,
                CASE p_group WHEN 'skill' THEN u.skill WHEN 'user' THEN u.user_id
-                            WHEN 'member' THEN nullif(u.member, '') END,
-               u.charges, u.units, u.consumed, u.refunded, u.paid_consumed, u.paid_refunded
+                            WHEN 'member' THEN nullif(u.member, '') END AS grp,
+               sum(u.charges)::bigint, sum(u.units)::bigint, sum(u.consumed)::bigint,
+               sum(u.refunded)::bigint, sum(u.paid_consumed)::bigint,
+               sum(u.paid_refunded)::bigint
         FROM usage_hours u
-        WHERE NOT v_all AND u.hour >= v_a AND u.hour < v_hole_to
+        WHERE u.hour >= v_a AND u.hour < v_hole_to
           AND (p_user IS NULL OR u.user_id = p_user)
           AND (p_member IS NULL OR u.member = p_member)
           AND (p_skill IS NULL OR u.skill = p_skill)
-        UNION ALL
-        SELECT date_trunc(p_interval, l.created_at, 'UTC'),
-               CASE p_group WHEN 'skill' THEN coalesce(l.skill, '') WHEN 'user' THEN l.user_id
-                            WHEN 'member' THEN l.member END,
-               l.charges, l.units, l.consumed, l.refunded, l.paid_consumed, l.paid_refunded
-        FROM usage_log l
-        WHERE ((l.created_at >= p_from AND l.created_at < v_a)
-               OR (l.created_at >= v_hole_to AND l.created_at < p_to))
-          AND l.created_at < p_to
-          AND (p_user IS NULL OR l.user_id = p_user)
-          AND (p_member IS NULL OR l.member = p_member)
-          AND (p_skill IS NULL OR l.skill = p_skill)
-    ) x
-    GROUP BY x.start, x.grp
-    ORDER BY x.start, x.grp COLLATE "C" NULLS FIRST;
+        GROUP BY 1, 2;
+    END IF;
+    RETURN QUERY
+    SELECT date_trunc(p_interval, l.created_at, 'UTC') AS start,
+           CASE p_group WHEN 'skill' THEN coalesce(l.skill, '') WHEN 'user' THEN l.user_id
+                        WHEN 'member' THEN l.member END AS grp,
+           sum(l.charges)::bigint, sum(l.units)::bigint, sum(l.consumed)::bigint,
+           sum(l.refunded)::bigint, sum(l.paid * l.charges)::bigint,
+           sum(l.paid * (1 - l.charges))::bigint
+    FROM usage_log l
+    WHERE ((l.created_at >= p_from AND l.created_at < v_a)
+           OR (l.created_at >= v_hole_to AND l.created_at < p_to))
+      AND l.created_at < p_to
+      AND (p_user IS NULL OR l.user_id = p_user)
+      AND (p_member IS NULL OR l.member = p_member)
+      AND (p_skill IS NULL OR l.skill = p_skill)
+    GROUP BY 1, 2;
 END $$;
 
 -- reconcile: the hours whose rollups differ from the log they stand for (nothing when the
@@ -163,8 +169,8 @@ BEGIN
                coalesce(l.skill, '') AS skill, coalesce(l.member, '') AS member,
                sum(l.charges)::bigint AS charges, sum(l.units)::bigint AS units,
                sum(l.consumed)::bigint AS consumed, sum(l.refunded)::bigint AS refunded,
-               sum(l.paid_consumed)::bigint AS paid_consumed,
-               sum(l.paid_refunded)::bigint AS paid_refunded
+               sum(l.paid * l.charges)::bigint AS paid_consumed,
+               sum(l.paid * (1 - l.charges))::bigint AS paid_refunded
         FROM usage_log l WHERE l.created_at < v_rolled
         GROUP BY 1, 2, 3, 4
     ), users_off AS (

@@ -34,17 +34,16 @@ UPGRADE = [
            CASE WHEN t.type = 'CONSUMPTION' THEN t.units ELSE 0 END AS units,
            CASE WHEN t.type = 'CONSUMPTION' THEN -t.amount ELSE 0 END AS consumed,
            CASE WHEN t.type = 'REFUND' THEN t.amount ELSE 0 END AS refunded,
-           CASE WHEN t.type = 'CONSUMPTION' THEN p.paid ELSE 0 END AS paid_consumed,
-           CASE WHEN t.type = 'REFUND' THEN p.paid ELSE 0 END AS paid_refunded
+           (SELECT coalesce(sum(jsonb_path_query_first(
+                       t.sources, '$[*] ? (@.grant_id == $id).amount',
+                       jsonb_build_object('id', g.id::text))::text::bigint), 0)
+            FROM grants g
+            WHERE g.user_id = t.user_id AND g.category = 'paid'
+              AND t.sources @> jsonb_build_array(jsonb_build_object('grant_id', g.id::text))
+           )::bigint AS paid
     FROM transactions t
     LEFT JOIN transactions o
            ON t.type = 'REFUND' AND o.user_id = t.user_id AND o.id = t.refund_of
-    LEFT JOIN LATERAL (
-        SELECT coalesce(sum((s.e ->> 'amount')::bigint), 0)::bigint AS paid
-        FROM jsonb_array_elements(t.sources) s(e)
-        JOIN grants g ON g.user_id = t.user_id AND g.id = (s.e ->> 'grant_id')::uuid
-        WHERE g.category = 'paid'
-    ) p ON true
     WHERE t.type IN ('CONSUMPTION', 'REFUND')""",
     """CREATE TABLE usage_hours (
         user_id        text NOT NULL,
