@@ -50,7 +50,14 @@ def test_the_present_has_functions_to_check() -> None:
 def test_every_statement_on_a_users_table_names_the_user() -> None:
     """Inside functions, a statement that reads or writes a user's table says user_id;
     the few that range over every user on purpose are listed."""
-    everyone = {"sc_due_users", "sc_grant_problems"}  # the worker's scan, reconcile
+    # the worker's scan, reconcile, usage's rollups over every user
+    everyone = {
+        "sc_due_users",
+        "sc_grant_problems",
+        "sc_usage_roll",
+        "sc_usage_problems",
+        "sc_usage",
+    }
     missing = [
         (name, statement[:90])
         for name, _, _, body in functions()
