@@ -154,14 +154,14 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_usage_roll(settings: Settings, _: argparse.Namespace) -> int:
+def cmd_usage_roll(settings: Settings, args: argparse.Namespace) -> int:
     from skill_credits.db import Database
-    from skill_credits.usage.service import roll
+    from skill_credits.usage.service import rebuild, roll
 
     async def run() -> object:
         db = Database(settings)
         try:
-            return await roll(db)
+            return await (rebuild(db) if args.rebuild else roll(db))
         finally:
             await db.dispose()
 
@@ -220,9 +220,13 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "worker", help="deliver events to the webhook endpoints; write off expired grants"
     ).set_defaults(run=cmd_worker)
-    sub.add_parser(
+    usage_roll = sub.add_parser(
         "usage-roll", help="roll the log up for usage answers (the worker does it by itself)"
-    ).set_defaults(run=cmd_usage_roll)
+    )
+    usage_roll.add_argument(
+        "--rebuild", action="store_true", help="forget the rollups and build them from the log"
+    )
+    usage_roll.set_defaults(run=cmd_usage_roll)
     hooks = sub.add_parser("webhooks", help="manage webhook endpoints").add_subparsers(
         dest="webhooks", required=True
     )

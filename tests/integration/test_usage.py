@@ -660,3 +660,26 @@ async def test_the_admin_usage_page_shows_the_figures_as_charts_tables_and_csv(
     assert bad.status_code == 400 and "From is a date" in bad.text
     page = await c.get("/admin/users", params={"user_id": scene["fc_user"]})
     assert page.status_code == 200 and 'id="runway"' in page.text and "last-30-days" in page.text
+
+
+@pytest.mark.one_server
+async def test_reconcile_finds_a_row_moved_behind_the_mark_and_a_rebuild_mends_it(
+    uapi: Api, udb: Database
+) -> None:
+    skill = (await uapi.create_skill(cost=4, name=unique("MOVED")))["name"]
+    user = unique("moved").lower()
+    await credit(uapi, user, 100, "PURCHASE")
+    tx = await charge(uapi, user, skill, 2)
+    await asyncio.sleep(1.1)
+    await usage_service.roll(udb)
+    june = {"from": "2026-06-01T00:00:00Z", "to": "2026-07-01T00:00:00Z", "skill": skill}
+    await backdate(udb, user, tx["id"], datetime(2026, 6, 1, 12, tzinfo=UTC))  # by hand
+    async with udb.connect() as conn:
+        found = await usage_repo.problems(conn)
+    assert any(skill in p and "2026-06-01T12:00" in p for p in found), found
+    assert (await get_usage(uapi, **june))["totals"] == []  # the rollups do not know it
+    await usage_service.rebuild(udb)
+    async with udb.connect() as conn:
+        assert await usage_repo.problems(conn) == []
+    totals = (await get_usage(uapi, **june))["totals"]
+    assert [(t["charges"], t["consumed"]) for t in totals] == [(1, 8)]

@@ -58,6 +58,8 @@ def stylesheet() -> str:
     own = re.search(r'id="(chart-[0-9a-f-]+)"', rendered)
     assert own is not None
     return html.unescape(css.replace(f"#{own.group(1)}", ".pygal-chart"))
+
+
 MAX_SERIES = 6  # the largest groups; the rest are summed as "other"
 
 

@@ -30,6 +30,7 @@ EXPIRING = text(
 )
 HORIZON = text("SELECT sc_usage_horizon()")
 ROLL = text("SELECT sc_usage_roll(CAST(:horizon AS timestamptz), CAST(:step AS interval))")
+REBUILD = text("SELECT sc_usage_rebuild()")
 ROLLED_TO = text("SELECT rolled_to FROM usage_marks")
 PROBLEMS = text("SELECT problem, hour, skill, detail FROM sc_usage_problems()")
 
@@ -81,6 +82,10 @@ async def horizon(conn: Connection) -> datetime:
 async def roll(conn: Connection, horizon: datetime, step: timedelta) -> datetime | None:
     """One step of the rollups, in its own transaction (autocommit)."""
     return (await conn.execute(ROLL, {"horizon": horizon, "step": step})).scalar()
+
+
+async def rebuild(conn: Connection) -> None:
+    await conn.execute(REBUILD)
 
 
 async def rolled_to(conn: Connection) -> datetime:

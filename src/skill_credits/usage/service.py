@@ -193,3 +193,10 @@ async def roll(db: Database) -> datetime | None:
             mark = await repo.roll(conn, horizon, ROLL_STEP)
             if mark is None or mark >= horizon:
                 return mark
+
+
+async def rebuild(db: Database) -> datetime | None:
+    """Forget the rollups and build them again from the log (docs/usage.md, "reconcile")."""
+    async with db.connect() as conn:
+        await repo.rebuild(conn)
+    return await roll(db)

@@ -83,6 +83,7 @@ DOWNGRADE = [
     "DROP FUNCTION IF EXISTS sc_usage_problems()",
     "DROP FUNCTION IF EXISTS sc_usage(timestamptz, timestamptz, text, text, text, text, text)",
     "DROP FUNCTION IF EXISTS sc_usage_roll(timestamptz, interval)",
+    "DROP FUNCTION IF EXISTS sc_usage_rebuild()",
     "DROP FUNCTION IF EXISTS sc_usage_horizon()",
     "DROP TABLE usage_marks",
     "DROP TABLE usage_skill_hours",
