@@ -20,6 +20,14 @@ USAGE = text(
     " CAST(:member AS text), CAST(:skill AS text))"
     ' GROUP BY start, grp ORDER BY start, grp COLLATE "C" NULLS FIRST'
 )
+# the n users who consumed most in the range (a month's buckets: the fewest rows to sum)
+TOP_USERS = text(
+    "SELECT grp, sum(charges)::bigint AS charges, sum(units)::bigint AS units,"
+    " sum(consumed)::bigint AS consumed, sum(refunded)::bigint AS refunded"
+    " FROM sc_usage(CAST(:from AS timestamptz), CAST(:to AS timestamptz), 'month', 'user',"
+    " CAST(:user_id AS text), CAST(:member AS text), CAST(:skill AS text))"
+    ' GROUP BY grp ORDER BY sum(consumed) DESC, grp COLLATE "C" LIMIT :n'
+)
 SKILL_EXISTS = text("SELECT EXISTS (SELECT 1 FROM skills WHERE name = :name)")
 USER_EXISTS = text("SELECT EXISTS (SELECT 1 FROM users WHERE user_id = :user_id)")
 EXPIRING = text(
@@ -60,6 +68,19 @@ async def usage(
         "skill": skill,
     }
     return list(await conn.execute(USAGE, params))
+
+
+async def top_users(
+    conn: Connection,
+    start: datetime,
+    end: datetime,
+    user_id: str | None,
+    member: str | None,
+    skill: str | None,
+    n: int,
+) -> list[Any]:
+    params = {"from": start, "to": end, "user_id": user_id, "member": member, "skill": skill}
+    return list(await conn.execute(TOP_USERS, params | {"n": n}))
 
 
 async def skill_exists(conn: Connection, name: str) -> bool:

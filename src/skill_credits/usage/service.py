@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
@@ -130,15 +131,20 @@ def _totals(items: list[UsageItem]) -> list[UsageTotal]:
     return sorted(totals.values(), key=lambda t: (t.group is not None, t.group or ""))
 
 
+async def _checked_span(conn: Any, query: Query) -> tuple[datetime, datetime]:
+    """The range of ``query`` (400 if it is not one), after 404 for an unknown filter."""
+    if query.user_id is not None and not await repo.user_exists(conn, query.user_id):
+        raise errors.user_not_found(query.user_id)
+    if query.skill is not None and not await repo.skill_exists(conn, query.skill):
+        raise errors.skill_not_found(query.skill)
+    return _span(query, await repo.now(conn))
+
+
 async def usage(db: Database, query: Query) -> Usage:
     """Consumption in ``query``'s range; 404 for an unknown user or skill filter."""
     group = None if query.group_by in ("category", "none") else query.group_by
     async with db.connect() as conn:
-        if query.user_id is not None and not await repo.user_exists(conn, query.user_id):
-            raise errors.user_not_found(query.user_id)
-        if query.skill is not None and not await repo.skill_exists(conn, query.skill):
-            raise errors.skill_not_found(query.skill)
-        start, end = _span(query, await repo.now(conn))
+        start, end = await _checked_span(conn, query)
         rows = await repo.usage(
             conn, start, end, query.interval, group, query.user_id, query.member, query.skill
         )
@@ -153,6 +159,33 @@ async def usage(db: Database, query: Query) -> Usage:
     )
 
 
+def runway_of(
+    available: int, burn_per_day: float, now: datetime
+) -> tuple[float | None, datetime | None]:
+    """Days until ``available`` is spent at ``burn_per_day``, and the instant it is: both
+    None without a burn; the instant None past the last one a date can hold (year 9999)."""
+    if burn_per_day <= 0:
+        return None, None
+    days = available / burn_per_day
+    try:
+        return days, now + timedelta(days=days)
+    except OverflowError:
+        return days, None
+
+
+async def top_users(db: Database, query: Query, n: int) -> list[UsageTotal]:
+    """The ``n`` users who consumed most in ``query``'s range, most first."""
+    async with db.connect() as conn:
+        start, end = await _checked_span(conn, query)
+        rows = await repo.top_users(conn, start, end, query.user_id, query.member, query.skill, n)
+    return [
+        UsageTotal(
+            group=r.grp, charges=r.charges, units=r.units, consumed=r.consumed, refunded=r.refunded
+        )
+        for r in rows
+    ]
+
+
 async def forecast(db: Database, user_id: str) -> Forecast:
     """The user's burn over the last seven days and what it leaves; 404 if no such user."""
     async with db.connect() as conn:
@@ -164,13 +197,13 @@ async def forecast(db: Database, user_id: str) -> Forecast:
         expiring = await repo.expiring(conn, user_id, now, now + EXPIRING_WITHIN)
     burned = sum(r.consumed - r.refunded for r in rows)
     burn_per_day = burned / BURN_WINDOW.days
-    runway = user.available / burn_per_day if burn_per_day > 0 else None
+    runway, depletes_at = runway_of(user.available, burn_per_day, now)
     return Forecast(
         user_id=user_id,
         available=user.available,
         burn_per_day=burn_per_day,
         runway_days=runway,
-        depletes_at=now + timedelta(days=runway) if runway is not None else None,
+        depletes_at=depletes_at,
         expiring=[
             Expiring(grant_id=r.grant_id, remaining=r.remaining, expires_at=r.expires_at)
             for r in expiring

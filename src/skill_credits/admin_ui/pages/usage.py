@@ -17,7 +17,7 @@ from skill_credits.admin_ui.session import admin_session
 from skill_credits.errors import ApiError
 from skill_credits.usage import service as usage_service
 from skill_credits.usage.endpoints import CSV, as_csv
-from skill_credits.usage.schemas import INTERVALS, Usage
+from skill_credits.usage.schemas import INTERVALS
 from skill_credits.validation import SKILL_NAME_RE, SKILL_NAME_RULE, USER_ID_RE, USER_ID_RULE
 
 TOP_USERS = 10
@@ -69,11 +69,11 @@ def _day(value: str, name: str) -> datetime:
         raise ValueError(f"{name} is a date, YYYY-MM-DD.") from None
 
 
-async def _answers(db: Any, filters: Filters) -> dict[str, Usage]:
+async def _answers(db: Any, filters: Filters) -> dict[str, Any]:
     return {
         "skill": await usage_service.usage(db, filters.query("skill")),
         "category": await usage_service.usage(db, filters.query("category")),
-        "user": await usage_service.usage(db, filters.query("user", "month")),
+        "top": await usage_service.top_users(db, filters.query("user"), TOP_USERS),
     }
 
 
@@ -115,16 +115,14 @@ class UsagePagesController(Controller):
             context["error"] = _message(exc)
             status = exc.status_code if isinstance(exc, ApiError) else 400
             return Template("usage.html", context=context, status_code=status)
-        by_skill, by_user = answers["skill"], answers["user"]
+        by_skill = answers["skill"]
         context.update(
             answer=by_skill,
             by_skill=charts.over_time("Credits consumed by skill", by_skill),
             by_category=charts.over_time("Credits consumed by category", answers["category"]),
             refunds=charts.over_time("Credits refunded by skill", by_skill, "refunded"),
             refund_totals=[t for t in by_skill.totals if t.refunded],
-            top_users=sorted(by_user.totals, key=lambda t: (-t.consumed, t.group or ""))[
-                :TOP_USERS
-            ],
+            top_users=answers["top"],
             csv_query=filters.params(),
         )
         return Template("usage.html", context=context)

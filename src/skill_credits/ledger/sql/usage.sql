@@ -40,7 +40,8 @@ END $$;
 -- Returns the new rolled_to (NULL on Citus).
 CREATE OR REPLACE FUNCTION sc_usage_roll(p_horizon timestamptz, p_step interval)
 RETURNS timestamptz
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET jit = off AS $$
 DECLARE
     v_from timestamptz;
     v_to timestamptz;
@@ -57,26 +58,32 @@ BEGIN
     IF v_to <= v_from THEN
         RETURN v_from;
     END IF;
-    INSERT INTO usage_hours AS u (user_id, hour, skill, member, charges, units, consumed,
-                                  refunded, paid_consumed, paid_refunded)
-    SELECT l.user_id, date_trunc('hour', l.created_at, 'UTC'), coalesce(l.skill, ''),
-           coalesce(l.member, ''), sum(l.charges), sum(l.units), sum(l.consumed),
-           sum(l.refunded), sum(l.paid * l.charges), sum(l.paid * (1 - l.charges))
-    FROM usage_log l
-    WHERE l.created_at >= v_from AND l.created_at < v_to
-    GROUP BY 1, 2, 3, 4
-    ON CONFLICT (user_id, hour, skill, member) DO UPDATE
-    SET charges = u.charges + excluded.charges, units = u.units + excluded.units,
-        consumed = u.consumed + excluded.consumed, refunded = u.refunded + excluded.refunded,
-        paid_consumed = u.paid_consumed + excluded.paid_consumed,
-        paid_refunded = u.paid_refunded + excluded.paid_refunded;
+    -- the step's rows summed once, added to both rollups
+    WITH step AS (
+        SELECT l.user_id, date_trunc('hour', l.created_at, 'UTC') AS hour,
+               coalesce(l.skill, '') AS skill, coalesce(l.member, '') AS member,
+               sum(l.charges) AS charges, sum(l.units) AS units, sum(l.consumed) AS consumed,
+               sum(l.refunded) AS refunded, sum(l.paid * l.charges) AS paid_consumed,
+               sum(l.paid * (1 - l.charges)) AS paid_refunded
+        FROM usage_log l
+        WHERE l.created_at >= v_from AND l.created_at < v_to
+        GROUP BY 1, 2, 3, 4
+    ), per_user AS (
+        INSERT INTO usage_hours AS u (user_id, hour, skill, member, charges, units, consumed,
+                                      refunded, paid_consumed, paid_refunded)
+        SELECT * FROM step
+        ON CONFLICT (user_id, hour, skill, member) DO UPDATE
+        SET charges = u.charges + excluded.charges, units = u.units + excluded.units,
+            consumed = u.consumed + excluded.consumed,
+            refunded = u.refunded + excluded.refunded,
+            paid_consumed = u.paid_consumed + excluded.paid_consumed,
+            paid_refunded = u.paid_refunded + excluded.paid_refunded
+    )
     INSERT INTO usage_skill_hours AS s (hour, skill, charges, units, consumed, refunded,
                                         paid_consumed, paid_refunded)
-    SELECT date_trunc('hour', l.created_at, 'UTC'), coalesce(l.skill, ''), sum(l.charges),
-           sum(l.units), sum(l.consumed), sum(l.refunded), sum(l.paid * l.charges),
-           sum(l.paid * (1 - l.charges))
-    FROM usage_log l
-    WHERE l.created_at >= v_from AND l.created_at < v_to
+    SELECT hour, skill, sum(charges), sum(units), sum(consumed), sum(refunded),
+           sum(paid_consumed), sum(paid_refunded)
+    FROM step
     GROUP BY 1, 2
     ON CONFLICT (hour, skill) DO UPDATE
     SET charges = s.charges + excluded.charges, units = s.units + excluded.units,
@@ -110,7 +117,8 @@ CREATE OR REPLACE FUNCTION sc_usage(p_from timestamptz, p_to timestamptz, p_inte
 RETURNS TABLE (start timestamptz, grp text, charges bigint, units bigint, consumed bigint,
                refunded bigint, paid_consumed bigint, paid_refunded bigint)
 LANGUAGE plpgsql STABLE
-SET plan_cache_mode = force_custom_plan AS $$
+SET plan_cache_mode = force_custom_plan
+SET jit = off AS $$
 DECLARE
     v_rolled timestamptz;
     v_a timestamptz := date_trunc('hour', p_from, 'UTC');  -- the first whole hour
@@ -169,7 +177,8 @@ END $$;
 -- rollups are right), per user and over users.
 CREATE OR REPLACE FUNCTION sc_usage_problems() RETURNS TABLE (problem text, hour timestamptz,
                                                               skill text, detail text)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+SET jit = off AS $$
 DECLARE
     v_rolled timestamptz;
 BEGIN
