@@ -683,3 +683,25 @@ async def test_reconcile_finds_a_row_moved_behind_the_mark_and_a_rebuild_mends_i
         assert await usage_repo.problems(conn) == []
     totals = (await get_usage(uapi, **june))["totals"]
     assert [(t["charges"], t["consumed"]) for t in totals] == [(1, 8)]
+
+
+async def test_on_citus_the_log_is_aggregated_on_the_workers(udb: Database) -> None:
+    """What an answer reads of the log is summed on each worker over its shards; the
+    coordinator only adds up their partial sums."""
+    if not servers.citus():
+        pytest.skip("about a Citus cluster")
+    async with udb.connect() as conn:
+        plan = "\n".join(
+            row[0]
+            for row in await conn.execute(
+                text(
+                    "EXPLAIN (COSTS OFF) SELECT date_trunc('day', l.created_at, 'UTC'), l.skill,"
+                    " sum(l.charges), sum(l.units), sum(l.consumed), sum(l.paid)"
+                    " FROM usage_log l WHERE l.created_at >= now() - interval '30 days'"
+                    " GROUP BY 1, 2"
+                )
+            )
+        )
+    assert "Custom Scan (Citus Adaptive)" in plan, plan
+    task = plan.split("->  Task", 1)[1]
+    assert "Aggregate" in task and "Node: host=" in task, plan
