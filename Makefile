@@ -75,10 +75,11 @@ compose-smoke: images ## compose.yaml on those images: build, up, /readyz, credi
 	PYTHON_IMAGE=$(LOCAL_IMAGES)/python:3.11 scripts/compose-smoke.sh
 
 .PHONY: bench
-bench: install ## Benchmarks (wrk, ~40 min): writes BENCHMARKS.md and docs/bench-throughput.png
+bench: install ## Benchmarks (wrk, ~55 min): BENCHMARKS.md, docs/bench-throughput.png, usage on a 10M-row log
 	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk"; apt-get install -y -qq wrk; }
 	$(UV) sync --frozen --group bench
 	$(UV) run --group bench python bench/run.py
+	$(UV) run --group bench python bench/usage.py
 
 .PHONY: lint
 lint: install ## Ruff
