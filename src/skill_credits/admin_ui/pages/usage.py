@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 from litestar.response import Template
 
@@ -83,26 +84,31 @@ def _message(exc: ValueError | ApiError) -> str:
     return str(exc)
 
 
+def filters_of(
+    since: Annotated[str | None, QueryParameter(name="from", max_length=32)] = None,
+    until: Annotated[str | None, QueryParameter(name="to", max_length=32)] = None,
+    interval: Annotated[str | None, QueryParameter(max_length=16)] = None,
+    user_id: Text = None,
+    member: Text = None,
+    skill: Text = None,
+) -> Filters:
+    """The page's query string as Filters (the dependency ``filters`` of both routes)."""
+    return Filters(
+        since or "", until or "", interval or "day", user_id or "", member or "", skill or ""
+    )
+
+
+FiltersDep = NamedDependency[Filters]
+
+
 class UsagePagesController(Controller):
     path = "/admin"
     guards = [admin_session]
     include_in_schema = False
+    dependencies = {"filters": Provide(filters_of, sync_to_thread=False)}
 
     @get("/usage")
-    async def usage(
-        self,
-        request: Request,
-        db: Db,
-        since: Annotated[str | None, QueryParameter(name="from", max_length=32)] = None,
-        until: Annotated[str | None, QueryParameter(name="to", max_length=32)] = None,
-        interval: Annotated[str | None, QueryParameter(max_length=16)] = None,
-        user_id: Text = None,
-        member: Text = None,
-        skill: Text = None,
-    ) -> Template:
-        filters = Filters(
-            since or "", until or "", interval or "day", user_id or "", member or "", skill or ""
-        )
+    async def usage(self, request: Request, db: Db, filters: FiltersDep) -> Template:
         context: dict[str, Any] = {
             "f": filters,
             "flash": pop_flash(request),
@@ -132,19 +138,7 @@ class UsagePagesController(Controller):
         return charts.stylesheet()
 
     @get("/usage.csv")
-    async def usage_csv(
-        self,
-        db: Db,
-        since: Annotated[str | None, QueryParameter(name="from", max_length=32)] = None,
-        until: Annotated[str | None, QueryParameter(name="to", max_length=32)] = None,
-        interval: Annotated[str | None, QueryParameter(max_length=16)] = None,
-        user_id: Text = None,
-        member: Text = None,
-        skill: Text = None,
-    ) -> Response:
-        filters = Filters(
-            since or "", until or "", interval or "day", user_id or "", member or "", skill or ""
-        )
+    async def usage_csv(self, db: Db, filters: FiltersDep) -> Response:
         try:
             answer = await usage_service.usage(db, filters.query("skill"))
         except (ValueError, ApiError) as exc:
