@@ -114,6 +114,7 @@ ENV = {
     "DB_POOL_SIZE": "db_pool_size",
     "DB_FAST_POOL_SIZE": "db_fast_pool_size",
     "DB_POOL_TIMEOUT": "db_pool_timeout",
+    "DB_COMMAND_TIMEOUT": "db_command_timeout",
     "CHARGE_BATCH_MAX": "charge_batch_max",
     "CHARGE_BATCH_SLOTS": "charge_batch_slots",
     "SECRET_KEY": "secret_key",

@@ -458,6 +458,10 @@ async def test_csv_answers_the_same_items(uapi: Api, scene: dict) -> None:
         ({"member": "x" * 129}, "member"),
         ({"skill": "lower"}, "skill"),
         ({"format": "xml"}, "format"),
+        ({"from": "20260101T000000Z"}, "from"),  # ISO 8601's basic form, not RFC 3339
+        ({"from": "2026-01-01T00:00+05:00"}, "from"),  # no seconds
+        ({"from": "0001-01-01T00:30:00+01:00"}, "from"),  # before year 1 in UTC
+        ({"to": "0001-01-10T00:00:00Z"}, "from"),  # its default from would be
     ],
 )
 async def test_bad_parameters_are_400_naming_them(uapi: Api, params: dict, field: str) -> None:
@@ -466,6 +470,30 @@ async def test_bad_parameters_are_400_naming_them(uapi: Api, params: dict, field
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["code"] == "validation_error"
     assert r.json()["field"] == field, r.json()
+
+
+async def test_rfc_3339_in_either_case_and_any_offset_is_one_instant(uapi: Api) -> None:
+    auth = uapi.keys.auth("service")
+    forms = ("2026-03-01t10:00:00z", "2026-03-01T12:00:00.000000001+02:00", "2026-03-01T10:00:00Z")
+    answers = []
+    for value in forms:
+        r = await uapi.c.get("/v1/usage", params={"to": value}, headers=auth)
+        assert r.status_code == 200, (value, r.text)
+        answers.append((r.json()["from"], r.json()["to"]))
+    assert answers == [("2026-01-30T10:00:00Z", "2026-03-01T10:00:00Z")] * 3
+
+
+async def test_accept_chooses_the_format_by_preference(uapi: Api) -> None:
+    auth = uapi.keys.auth("service")
+    for accept, kind in (
+        ("text/csv;q=0, application/json", "application/json"),
+        ("text/csv", "text/csv"),
+        ("application/json;q=0.5, text/csv", "text/csv"),
+        ("*/*", "application/json"),
+    ):
+        r = await uapi.c.get("/v1/usage", headers=auth | {"Accept": accept})
+        assert r.headers["content-type"].startswith(kind), (accept, r.headers["content-type"])
+        assert r.headers["vary"] == "Accept"
 
 
 async def test_the_most_buckets_is_744(uapi: Api) -> None:

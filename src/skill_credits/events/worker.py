@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 _DEFAULTS = Settings()  # the WEBHOOK_* defaults are Settings' fields
 
 
+# a week of the log at most between two delivery rounds (a day a step): a worker catching
+# up on a long log still sweeps expiries and delivers events in between
+ROLL_STEPS_PER_ROUND = 7
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     batch: int = 20
@@ -121,7 +126,7 @@ async def run(db: Database, config: WorkerConfig, stop: asyncio.Event) -> None:
             if loop.time() - rolled_at >= config.usage_roll_interval:
                 rolled_at = loop.time()
                 try:
-                    await usage_service.roll(db)
+                    await usage_service.roll(db, ROLL_STEPS_PER_ROUND)
                 except Exception:  # noqa: BLE001 - the database blinked; try again later
                     log.exception("usage rollup failed")
             try:

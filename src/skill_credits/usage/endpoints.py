@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get
@@ -27,17 +28,26 @@ Db = NamedDependency[Database]
 CSV = "text/csv; charset=utf-8"
 
 
+# RFC 3339's date-time: a full date, T, a full time with seconds, an offset (either case)
+RFC_3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d{1,6})?\d*([Zz]|[+-]\d\d:\d\d)")
+
+
 def instant(value: str | None, field: str) -> datetime | None:
-    """An RFC 3339 date-time with its offset (``Z`` or ``±hh:mm``), or 400 naming ``field``."""
+    """An RFC 3339 date-time (``Z`` or ``±hh:mm``; digits past the microsecond dropped) that
+    is an instant of years 1 to 9999 in UTC too, or 400 naming ``field``."""
     if value is None:
         return None
+    found = RFC_3339.fullmatch(value)
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None or "T" not in value.upper():
-        raise errors.validation_error(field, "must be an RFC 3339 date-time with an offset")
-    return parsed
+        if found is None:
+            raise ValueError(value)
+        fraction, offset = found.group(1) or "", found.group(2).upper()
+        whole = value[: found.start(1) if found.group(1) else found.start(2)]
+        return datetime.fromisoformat(whole.upper() + fraction + offset).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise errors.validation_error(
+            field, "must be an RFC 3339 date-time with an offset, e.g. 2026-03-01T00:00:00Z"
+        ) from None
 
 
 def one_of(value: str, choices: tuple[str, ...], field: str) -> str:
@@ -70,9 +80,11 @@ def as_csv(answer: Usage) -> str:
 
 
 def wants_csv(request: Request, output: str | None) -> bool:
+    """``format`` if given, else what the Accept header prefers (JSON when it says neither)."""
     if output is not None:
         return one_of(output, ("json", "csv"), "format") == "csv"
-    return "text/csv" in request.headers.get("accept", "")
+    preferred = request.accept.best_match(["application/json", "text/csv"], "application/json")
+    return preferred == "text/csv"
 
 
 Instant = Annotated[
@@ -144,8 +156,8 @@ class UsageController(Controller):
         answer = await service.usage(db, query)
         if csv_wanted:
             content: Any = as_csv(answer)
-            return Response(content, media_type=CSV)
-        return Response(answer)
+            return Response(content, media_type=CSV, headers={"Vary": "Accept"})
+        return Response(answer, headers={"Vary": "Accept"})
 
     @get(
         "/users/{user_id:str}/forecast",

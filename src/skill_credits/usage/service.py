@@ -67,10 +67,14 @@ def buckets(start: datetime, end: datetime, interval: str) -> int:
 
 def _span(query: Query, now: datetime) -> tuple[datetime, datetime]:
     end = query.end or now
-    start = query.start or end - DEFAULT_RANGE
+    try:
+        start = query.start or end - DEFAULT_RANGE
+        count = buckets(start, end, query.interval)
+    except OverflowError:  # a range at the very start of the calendar
+        raise errors.validation_error("from", "must be after 0001-01-01") from None
     if start >= end:
         raise errors.validation_error("from", "must be before to")
-    if buckets(start, end, query.interval) > MAX_BUCKETS:
+    if count > MAX_BUCKETS:
         raise errors.validation_error(
             "from", f"the range may touch at most {MAX_BUCKETS} {query.interval} buckets"
         )
@@ -211,20 +215,28 @@ async def forecast(db: Database, user_id: str) -> Forecast:
     )
 
 
-async def roll(db: Database) -> datetime | None:
-    """Roll the log up to the horizon, one step (one transaction) at a time; the new mark,
-    or None where nothing is rolled up (Citus, or a role that cannot see every session)."""
+_said_off: set[str] = set()  # why rollups are off, each said once per process
+
+
+async def roll(db: Database, steps: int | None = None) -> datetime | None:
+    """Roll the log up towards the horizon, one step (one transaction, a day of the log)
+    at a time, at most ``steps`` of them; the new mark, or None where nothing is rolled up
+    (Citus, or a database that does not show every session's start)."""
     async with db.connect() as conn:
         try:
             horizon = await repo.horizon(conn)
         except DBAPIError as exc:
             if sqlstate(exc) != "42501":  # insufficient_privilege
                 raise
-            log.warning("usage rollups are off: %s", exc.orig)
+            if str(exc.orig) not in _said_off:
+                _said_off.add(str(exc.orig))
+                log.warning("usage rollups are off: %s", exc.orig)
             return None
+        done = 0
         while True:
             mark = await repo.roll(conn, horizon, ROLL_STEP)
-            if mark is None or mark >= horizon:
+            done += 1
+            if mark is None or mark >= horizon or (steps is not None and done >= steps):
                 return mark
 
 

@@ -3,7 +3,7 @@ users, the route's filters, and a CSV of what is shown (GET /v1/usage's answers)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
@@ -36,10 +36,10 @@ class Filters:
     member: str = ""
     skill: str = ""
 
-    def query(self, group_by: str, interval: str | None = None) -> usage_service.Query:
+    def query(self, group_by: str) -> usage_service.Query:
         """The usage query these filters ask; ValueError with a sentence for a bad one."""
         start = _day(self.since, "From") if self.since else None
-        end = _day(self.until, "To") + timedelta(days=1) if self.until else None
+        end = _day(self.until, "To", then=timedelta(days=1)) if self.until else None
         if self.interval not in INTERVALS:
             raise ValueError(f"Interval is one of {', '.join(INTERVALS)}.")
         for value, rule, said, name in (
@@ -52,7 +52,7 @@ class Filters:
         return usage_service.Query(
             start=start,
             end=end,
-            interval=interval or self.interval,
+            interval=self.interval,
             group_by=group_by,
             user_id=self.user_id or None,
             member=self.member or None,
@@ -63,18 +63,22 @@ class Filters:
         return {k: v for k, v in vars(self).items() if v}
 
 
-def _day(value: str, name: str) -> datetime:
+def _day(value: str, name: str, then: timedelta = timedelta()) -> datetime:
+    """00:00 UTC of the day ``value`` (YYYY-MM-DD), plus ``then``."""
     try:
-        return datetime.combine(date.fromisoformat(value), time(), tzinfo=UTC)
-    except ValueError:
-        raise ValueError(f"{name} is a date, YYYY-MM-DD.") from None
+        return datetime.combine(date.fromisoformat(value), time(), tzinfo=UTC) + then
+    except (ValueError, OverflowError):
+        raise ValueError(f"{name} is a date, YYYY-MM-DD, before 9999-12-31.") from None
 
 
 async def _answers(db: Any, filters: Filters) -> dict[str, Any]:
+    """The page's three reads, over one range (the first answer's: "now" read once)."""
+    by_skill = await usage_service.usage(db, filters.query("skill"))
+    same = {"start": by_skill.from_, "end": by_skill.to}
     return {
-        "skill": await usage_service.usage(db, filters.query("skill")),
-        "category": await usage_service.usage(db, filters.query("category")),
-        "top": await usage_service.top_users(db, filters.query("user"), TOP_USERS),
+        "skill": by_skill,
+        "category": await usage_service.usage(db, replace(filters.query("category"), **same)),
+        "top": await usage_service.top_users(db, replace(filters.query("user"), **same), TOP_USERS),
     }
 
 

@@ -14,10 +14,12 @@
 -- The instant before which every row this database will ever hold is committed already:
 -- a row's created_at is read inside its transaction, so a transaction still open started
 -- no later than its rows' instants, and one not started yet will make later ones. Each
--- node reads its own clock and sessions; a prepared transaction (a two-phase commit on
--- Citus) counts an hour back from when it was prepared. Seeing the other sessions'
--- transactions takes pg_read_all_stats (or a superuser): without it nothing is ever rolled
--- up, and every answer reads the log (still exact, slower).
+-- node reads its own clock and sessions. It needs every session's start in
+-- pg_stat_activity: track_activities on, and pg_read_all_stats (or a superuser) to see the
+-- other roles' sessions; without them it refuses, nothing is ever rolled up, and every
+-- answer reads the log (still exact, slower). While a prepared transaction (a two-phase
+-- commit) is open in the database, whose start is not shown anywhere, it is -infinity:
+-- nothing is rolled up until it ends.
 CREATE OR REPLACE FUNCTION sc_usage_horizon() RETURNS timestamptz
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
@@ -25,12 +27,19 @@ BEGIN
         RAISE EXCEPTION 'usage rollups need pg_read_all_stats to see every open transaction'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+    IF current_setting('track_activities') <> 'on'
+       OR EXISTS (SELECT 1 FROM pg_stat_activity
+                  WHERE datname = current_database() AND state = 'disabled') THEN
+        RAISE EXCEPTION 'usage rollups need track_activities on to see every open transaction'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE database = current_database()) THEN
+        RETURN '-infinity';
+    END IF;
     RETURN least(clock_timestamp() - interval '1 second',
                  (SELECT min(xact_start) FROM pg_stat_activity
                   WHERE datname = current_database() AND pid <> pg_backend_pid()
-                    AND backend_type <> 'autovacuum worker'),
-                 (SELECT min(prepared) - interval '1 hour' FROM pg_prepared_xacts
-                  WHERE database = current_database()));
+                    AND backend_type <> 'autovacuum worker'));
 END $$;
 
 -- One step: the log's rows made from rolled_to up to p_horizon (sc_usage_horizon, read in
@@ -101,7 +110,9 @@ CREATE OR REPLACE FUNCTION sc_usage_rebuild() RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM 1 FROM usage_marks FOR UPDATE;  -- after any step under way, before the next
-    TRUNCATE usage_hours, usage_skill_hours;
+    -- DELETE, not TRUNCATE: an answer reading in a snapshot from before still sees them
+    DELETE FROM usage_hours;
+    DELETE FROM usage_skill_hours;
     UPDATE usage_marks SET rolled_to = '-infinity';
 END $$;
 

@@ -1,7 +1,9 @@
 """Usage: the log read by instant, and its rollups.
 
 - ``transactions_created_at``: a block range index on the log's instants, for the live
-  part of a usage answer (a new row costs it next to nothing).
+  part of a usage answer (a new row costs it next to nothing). Built in the upgrade's
+  transaction, it holds writes to the log while it reads the table once (seconds for
+  10 million rows here).
 - ``usage_log``: the log's charges, captures and refunds as usage counts them.
 - ``usage_hours`` and ``usage_skill_hours``: the rollups a background step builds
   (``sc_usage_roll``), by user, hour, skill and member, and over users; ``usage_marks``:
