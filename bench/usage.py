@@ -29,7 +29,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.databases import connection, create_keys, drop_databases, execute  # noqa: E402
+from tests.support.databases import (  # noqa: E402
+    connection,
+    create_keys,
+    delete_prefix,
+    drop_databases,
+    execute,
+)
 from tests.support.processes import AppServer  # noqa: E402
 
 from bench.databases import PG, REDIS_URL  # noqa: E402
@@ -221,6 +227,7 @@ def main() -> None:
             size = f"{r['bytes']:,}".replace(",", " ")
             print(f"| {label} | {r['p50']:.0f} | {r['p95']:.0f} | {r['items'] or ''} | {size} |")
     finally:
+        delete_prefix(REDIS_URL, f"{name}:")  # the admin session the run logged in with
         if args.keep:
             log(f"kept {url}")
         else:
