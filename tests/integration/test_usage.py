@@ -684,8 +684,25 @@ async def test_the_admin_usage_page_shows_the_figures_as_charts_tables_and_csv(
         headers=uapi.keys.auth("service"),
     )
     assert csv_page.status_code == 200 and csv_page.text == api_csv.text
-    bad = await c.get("/admin/usage", params={"from": "March"})
-    assert bad.status_code == 400 and "From is a date" in bad.text
+    # hostile or wrong filters: the page says what is wrong, never a 500; the CSV alike
+    for params, status, said in (
+        ({"from": "March"}, 400, "From is a date"),
+        ({"to": "9999-12-31"}, 400, "To is a date"),
+        ({"from": "0001-01-01"}, 400, "the range may touch at most 744"),
+        ({"interval": "week"}, 400, "Interval is one of"),
+        ({"user_id": "no spaces"}, 400, "A user id is"),
+        ({"member": "x" * 129}, 400, "A member is"),
+        ({"skill": "lower"}, 400, "A skill name is"),
+        ({"user_id": "nobody-here"}, 404, "No user nobody-here"),
+        ({"skill": "NO_SUCH_SKILL"}, 404, "No skill named NO_SUCH_SKILL"),
+        ({"from": "2026-03-10", "to": "2026-03-01"}, 400, "must be before to"),
+    ):
+        bad = await c.get("/admin/usage", params=params)
+        assert (bad.status_code, said in bad.text) == (status, True), (params, bad.text[-600:])
+        bad_csv = await c.get("/admin/usage.csv", params=params)
+        assert bad_csv.status_code == status, (params, bad_csv.text)
+    nul = await c.get("/admin/usage?skill=%00")
+    assert nul.status_code == 400
     page = await c.get("/admin/users", params={"user_id": scene["fc_user"]})
     assert page.status_code == 200 and 'id="runway"' in page.text and "last-30-days" in page.text
 
