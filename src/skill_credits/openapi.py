@@ -19,7 +19,14 @@ from typing import Annotated, Any
 
 from litestar.datastructures import ResponseHeader
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Schema,
+)
 from litestar.params import PathParameter
 from msgspec import UNSET, Struct, UnsetType
 
@@ -170,6 +177,20 @@ class _ProblemOperation(Operation):
         for status, response in (self.responses or {}).items():
             if status in _PROBLEM_HEADERS and isinstance(response, OpenAPIResponse):
                 response.headers = {**(response.headers or {}), **_PROBLEM_HEADERS[status]}
+
+
+class CsvToo(_ProblemOperation):
+    """An operation whose success may also be ``text/csv`` (GET /v1/usage, by Accept or
+    ``format=csv``): the document names both media types of its 200."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            ok.content = {
+                **(ok.content or {}),
+                "text/csv": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING)),
+            }
 
 
 def documented(

@@ -12,7 +12,7 @@ from litestar.params import QueryParameter
 
 from skill_credits import errors
 from skill_credits.db import Database
-from skill_credits.openapi import PathUserId, documented, optional_string
+from skill_credits.openapi import CsvToo, PathUserId, documented, optional_string
 from skill_credits.usage import service
 from skill_credits.usage.schemas import CSV_COLUMNS, GROUPS, INTERVALS, Forecast, Usage
 from skill_credits.validation import (
@@ -25,7 +25,7 @@ from skill_credits.validation import (
 )
 
 Db = NamedDependency[Database]
-CSV = "text/csv; charset=utf-8"
+CSV = "text/csv"  # Litestar adds "; charset=utf-8"
 
 
 # RFC 3339's date-time: a full date, T, a full time with seconds, an offset (either case)
@@ -101,7 +101,7 @@ class UsageController(Controller):
         summary="Consumption in calendar buckets, by skill, user, member or category",
         description="Exact: counts every transaction committed before the request began."
         " `Accept: text/csv` or `format=csv` answers the items as CSV.",
-        **documented("getUsage", 400, 404),
+        **(documented("getUsage", 400, 404) | {"operation_class": CsvToo}),
     )
     async def get_usage(
         self,
