@@ -1,6 +1,7 @@
-"""Keyset pagination: the page's query (``keyset_page``, newest first over an identity
-``seq`` column) and the cursors, of a ``seq`` or of a row named by its id (a user's
-grants, in spending order).
+"""Keyset pagination: the pages' queries (``keyset_page``, newest first over a ``seq``
+column; ``time_page``, newest first by ``created_at`` then ``seq``) and the cursors, of a
+``seq``, of an instant and a ``seq``, or of a row named by its id (a user's grants, in
+spending order).
 
 Cursors are opaque to clients.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -41,6 +43,33 @@ def decode_cursor(cursor: str) -> int | None:
     return int(match[1])
 
 
+# An instant (microseconds since 1970, UTC) and a seq.
+_TIME_CURSOR = re.compile(r"t(-?[0-9]{1,19})\.([0-9]{1,19})")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def encode_time_cursor(at: datetime, seq: int) -> str:
+    raw = f"t{(at - _EPOCH) // _MICROSECOND}.{seq}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_time_cursor(cursor: str) -> tuple[datetime, int] | int | None:
+    """An instant and a seq; a bare seq for a cursor of the feed's former order (it ran by
+    seq alone), so a client paging across an upgrade goes on; None for anything else."""
+    raw = _raw(cursor)
+    if raw is None:
+        return None
+    if (match := _TIME_CURSOR.fullmatch(raw)) is None:
+        return decode_cursor(cursor)
+    try:
+        at = _EPOCH + int(match[1]) * _MICROSECOND
+    except OverflowError:
+        return None
+    seq = int(match[2])
+    return (at, seq) if seq <= MAX_INT64 else None
+
+
 _ID_CURSOR = re.compile(r"i([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 
 
@@ -69,11 +98,7 @@ async def keyset_page(
     A page costs the same deep in a log as at its start: ``seq < :before`` is an index
     range condition, never an OFFSET.
     """
-    filters = {column: value for column, value in equal.items() if value is not None}
-    where = [
-        f"{column} = ANY(:{column})" if isinstance(value, tuple) else f"{column} = :{column}"
-        for column, value in filters.items()
-    ] or ["true"]
+    filters, where = _equal(equal)
     if before is not None:
         where.append("seq < :before")
     rows = (
@@ -87,3 +112,47 @@ async def keyset_page(
     ).all()
     next_cursor = encode_cursor(rows[limit - 1].seq) if len(rows) > limit else None
     return rows[:limit], next_cursor
+
+
+async def time_page(
+    conn: AsyncConnection,
+    table: str,
+    columns: str,
+    equal: dict[str, Any],
+    before: tuple[datetime, int] | int | None,
+    limit: int,
+) -> tuple[list[Row], str | None]:
+    """As ``keyset_page``, newest first by ``created_at`` then ``seq`` (an index on
+    ``(created_at, seq)``, or on the ``equal`` columns then those, serves it). ``before``:
+    a ``decode_time_cursor`` result (a bare seq is found by its row)."""
+    filters, where = _equal(equal)
+    if isinstance(before, tuple):
+        where.append("(created_at, seq) < (:before_at, :before_seq)")
+        filters |= {"before_at": before[0], "before_seq": before[1]}
+    elif before is not None:
+        where.append(
+            f"(created_at, seq) < (SELECT created_at, seq FROM {table} WHERE seq = :before_seq)"
+        )
+        filters |= {"before_seq": before}
+    rows = (
+        await conn.execute(
+            text(
+                f"SELECT {columns}, created_at AS page_at, seq FROM {table}"
+                f" WHERE {' AND '.join(where)} ORDER BY created_at DESC, seq DESC LIMIT :limit"
+            ),
+            {**filters, "limit": limit + 1},
+        )
+    ).all()
+    last = rows[limit - 1] if len(rows) > limit else None
+    return rows[:limit], encode_time_cursor(last.page_at, last.seq) if last else None
+
+
+def _equal(equal: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The ``equal`` columns that are not None, and a condition for each (``true`` when
+    none)."""
+    filters = {column: value for column, value in equal.items() if value is not None}
+    where = [
+        f"{column} = ANY(:{column})" if isinstance(value, tuple) else f"{column} = :{column}"
+        for column, value in filters.items()
+    ] or ["true"]
+    return filters, where

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -17,6 +18,7 @@ from sqlalchemy import text
 
 from skill_credits.events import repository as events_repo
 from skill_credits.events.worker import WorkerConfig, backoff, verify
+from skill_credits.pagination import encode_cursor
 from tests.support.api import Api
 
 
@@ -69,6 +71,48 @@ async def test_balance_events_are_written_with_the_change(api: Api) -> None:
     for params in [{"type": "nope"}, {"cursor": "!!"}, {"limit": 0}, {"user_id": "a b"}]:
         r = await api.c.get("/v1/events", params=params, headers=auth)
         assert r.status_code == 400, params
+
+
+async def test_the_feed_pages_every_event_once_newest_first(api: Api, db) -> None:
+    """Newest first by the instant each was written, over every user (on Citus they sit on
+    different nodes, each numbering its events from its own range) and the catalogue; a
+    cursor of the former order (seq alone) still pages on."""
+    skill = await api.create_skill(cost=3)
+    users = [await api.new_user(3) for _ in range(16)]
+    for user in users:
+        assert (await api.charge(user, skill["name"])).status_code == 201  # balance.depleted
+    await api.patch_skill(skill["name"], cost=4)  # skill.changed
+    admin = api.keys.auth("admin")
+    seen: list[dict] = []
+    cursor = None
+    while True:
+        params = {"limit": 7, **({"cursor": cursor} if cursor else {})}
+        r = await api.c.get("/v1/events", params=params, headers=admin)
+        assert r.status_code == 200, r.text
+        seen += r.json()["items"]
+        if (cursor := r.json()["next_cursor"]) is None:
+            break
+    ids = [e["id"] for e in seen]
+    assert len(ids) == len(set(ids))
+    instants = [datetime.fromisoformat(e["created_at"]) for e in seen]
+    assert instants == sorted(instants, reverse=True)
+    mine = [e for e in seen if e["user_id"] in users]
+    assert sorted(e["user_id"] for e in mine) == sorted(users)
+    assert [e["user_id"] for e in mine] == users[::-1]
+    assert any(e["data"].get("name") == skill["name"] for e in seen)
+    async with db.connect() as conn:
+        seq = (
+            await conn.execute(
+                text("SELECT seq FROM events WHERE id = CAST(:id AS uuid)"), {"id": mine[8]["id"]}
+            )
+        ).scalar_one()
+    r = await api.c.get(
+        "/v1/events", params={"limit": 200, "cursor": encode_cursor(seq)}, headers=admin
+    )
+    assert r.status_code == 200, r.text
+    rest = [e["id"] for e in r.json()["items"]]
+    start = ids.index(mine[8]["id"]) + 1
+    assert rest == ids[start : start + 200]
 
 
 async def test_a_service_key_sees_nothing_an_admin_route_hides(api: Api) -> None:

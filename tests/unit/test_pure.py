@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -13,6 +15,7 @@ from skill_credits.ledger.idempotency import request_hash
 from skill_credits.ledger.limited import LimitedUsers
 from skill_credits.ledger.repository import decode_cursor, encode_cursor
 from skill_credits.ledger.schemas import ChargeIn, CreditIn, HoldIn
+from skill_credits.pagination import decode_time_cursor, encode_time_cursor
 from skill_credits.settings import Settings
 from skill_credits.skills.schemas import SkillCreate, SkillPatch
 from skill_credits.skills.service import parse_if_match
@@ -82,6 +85,21 @@ def test_cursor_round_trip(seq: int) -> None:
 @pytest.mark.parametrize("garbage", ["", "!!", "eDE", "s1", "' OR 1=1 --", "c" * 60])
 def test_garbage_cursors_are_refused(garbage: str) -> None:
     assert decode_cursor(garbage) is None
+
+
+@pytest.mark.parametrize(
+    "at", [datetime(2026, 12, 7, 23, 1, 2, 345678, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC)]
+)
+def test_time_cursor_round_trip(at: datetime) -> None:
+    assert decode_time_cursor(encode_time_cursor(at, 2**62)) == (at, 2**62)
+    assert decode_time_cursor(encode_cursor(17)) == 17  # the feed's former cursor
+
+
+@pytest.mark.parametrize("raw", ["t1.", "t.1", "t1.99999999999999999999", "t9999999999999999999.1"])
+def test_garbage_time_cursors_are_refused(raw: str) -> None:
+    cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    assert decode_time_cursor(cursor) is None
+    assert decode_time_cursor("!!") is None
 
 
 def test_request_hash_tells_requests_apart() -> None:

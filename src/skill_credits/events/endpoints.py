@@ -19,7 +19,7 @@ from skill_credits.events.schemas import (
     ThresholdIn,
 )
 from skill_credits.openapi import BODY, PathUserId, documented, optional_string
-from skill_credits.pagination import decode_cursor
+from skill_credits.pagination import decode_time_cursor
 from skill_credits.validation import USER_ID_RE, anchored, path_user_id
 
 Db = NamedDependency[Database]
@@ -50,7 +50,7 @@ class EventController(Controller):
         ] = None,
     ) -> EventPage:
         before = None
-        if cursor is not None and (before := decode_cursor(cursor)) is None:
+        if cursor is not None and (before := decode_time_cursor(cursor)) is None:
             raise errors.validation_error("cursor", "is not a cursor this API returned")
         if event_type is not None and event_type not in EVENT_TYPES:
             raise errors.validation_error("type", f"must be one of {', '.join(EVENT_TYPES)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -16,7 +17,7 @@ from sqlalchemy.engine import Row
 
 from skill_credits.db import Connection
 from skill_credits.events.schemas import Event
-from skill_credits.pagination import decode_cursor, keyset_page
+from skill_credits.pagination import decode_time_cursor, time_page
 
 EVENT_COLUMNS = "id::text AS id, type, user_id, data::text AS data, created_at"
 
@@ -34,18 +35,20 @@ def event_from_row(row: Any) -> Event:
 async def page(
     conn: Connection,
     limit: int,
-    before: int | None,
+    before: tuple[datetime, int] | int | None,
     event_type: str | tuple[str, ...] | None,
     user_id: str | None,
 ) -> tuple[list[Event], str | None]:
-    """``event_type``: one type, any of several, or None for every type."""
-    rows, next_cursor = await keyset_page(
+    """Newest first by the instant each was written, ties by ``seq`` (on Citus every node
+    numbers its events from its own range). ``event_type``: one type, any of several, or
+    None for every type; ``before``: a ``decode_time_cursor`` result."""
+    rows, next_cursor = await time_page(
         conn, "all_events", EVENT_COLUMNS, {"type": event_type, "user_id": user_id}, before, limit
     )
     return [event_from_row(r) for r in rows], next_cursor
 
 
-__all__ = ["decode_cursor"]
+__all__ = ["decode_time_cursor"]
 
 
 async def add_endpoint(conn: Connection, url: str) -> tuple[str, str]:

@@ -244,7 +244,8 @@ CREATE TABLE webhook_endpoints (
 CREATE UNIQUE INDEX webhook_endpoints_live_url ON webhook_endpoints (url) WHERE active;
 
 -- What happened, in order (the triggers of events.sql write the rows): one sequence
--- numbers the events of the users and of the catalogue together.
+-- numbers the events of the users and of the catalogue together; the feed lists them by
+-- the instant they were written, ties by that number.
 CREATE SEQUENCE event_seq;
 
 -- A user's events (balance.*), kept with the user's rows.
@@ -259,8 +260,9 @@ CREATE TABLE events (
     CONSTRAINT events_type_check CHECK (type IN ('balance.low', 'balance.depleted',
                                                  'balance.recovered'))
 );
-CREATE INDEX events_user_seq ON events (user_id, seq DESC);
-CREATE INDEX events_seq ON events (seq DESC);
+-- The feed's order: the instant, then seq (on Citus each node numbers from its own range).
+CREATE INDEX events_time ON events (created_at, seq);
+CREATE INDEX events_user_time ON events (user_id, created_at, seq);
 
 -- The catalogue's events (skill.changed): they name no user, so they live apart.
 CREATE TABLE skill_events (
@@ -272,7 +274,7 @@ CREATE TABLE skill_events (
     CONSTRAINT skill_events_pkey PRIMARY KEY (id),
     CONSTRAINT skill_events_type_check CHECK (type = 'skill.changed')
 );
-CREATE INDEX skill_events_seq ON skill_events (seq DESC);
+CREATE INDEX skill_events_time ON skill_events (created_at, seq);
 
 -- Every event, the users' and the catalogue's, as GET /v1/events lists them.
 CREATE VIEW all_events AS
