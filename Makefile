@@ -74,6 +74,13 @@ compose-smoke: images ## compose.yaml on those images: build, up, /readyz, credi
 	POSTGRES_IMAGE=$(LOCAL_IMAGES)/postgres:15 REDIS_IMAGE=$(LOCAL_IMAGES)/redis:7 \
 	PYTHON_IMAGE=$(LOCAL_IMAGES)/python:3.11 scripts/compose-smoke.sh
 
+.PHONY: compose-smoke-citus
+compose-smoke-citus: images ## compose.yaml's citus profile the same way: its Citus image built from CITUS_SRC, else the official one
+	$(if $(CITUS_SRC),CITUS_SRC=$(CITUS_SRC) scripts/build-images.sh)
+	REDIS_IMAGE=$(LOCAL_IMAGES)/redis:7 PYTHON_IMAGE=$(LOCAL_IMAGES)/python:3.11 \
+	$(if $(CITUS_SRC),CITUS_IMAGE=$(LOCAL_IMAGES)/citus:$(patsubst citus-%.tar.gz,%,$(notdir $(CITUS_SRC)))-pg15) \
+	scripts/compose-smoke.sh citus
+
 .PHONY: bench
 bench: install ## Benchmarks (wrk, ~55 min): BENCHMARKS.md, docs/bench-throughput.png, usage on a 10M-row log
 	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk"; apt-get install -y -qq wrk; }

@@ -7,6 +7,11 @@
 #   skill-credits-local/python:3.11   python3 (3.11), venv and pip: a base for the Dockerfile;
 #                                     it carries this machine's CA bundle, so builds from it reach
 #                                     PyPI wherever the machine itself does
+#   skill-credits-local/citus:VERSION-pg15
+#                                     only with CITUS_SRC=/path/to/citus-VERSION.tar.gz: postgresql-15
+#                                     with Citus built from that source (a few minutes), preloaded
+#                                     and created in $POSTGRES_DB on the first start, like the
+#                                     official citusdata/citus image (compose.yaml's citus profile)
 #
 # Each is a `debootstrap --variant=minbase` root of the same Debian release, with its packages
 # installed by chroot from the mirror this machine's apt uses (scripts/debian-mirror.sh), imported
@@ -27,9 +32,22 @@ declare -A PACKAGES=(
   [python]="python3 python3-venv python3-pip python-is-python3 ca-certificates"
 )
 declare -A TAGS=([postgres]=15 [redis]=7 [python]=3.11)
+names=(postgres redis python)
+if [ -n "${CITUS_SRC:-}" ]; then
+  [ -f "$CITUS_SRC" ] || { echo "CITUS_SRC=$CITUS_SRC is not a file" >&2; exit 1; }
+  CITUS_SRC="$(realpath "$CITUS_SRC")"
+  version="$(basename "$CITUS_SRC" | sed -n 's/^citus-\([0-9.]*\)\.tar\.gz$/\1/p')"
+  [ -n "$version" ] || { echo "CITUS_SRC must be named citus-VERSION.tar.gz" >&2; exit 1; }
+  # what scripts/citus-cluster.sh builds Citus with
+  PACKAGES[citus]="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev liblz4-dev
+    libzstd-dev libkrb5-dev libssl-dev libselinux1-dev libxslt1-dev libpam0g-dev
+    libreadline-dev flex bison autoconf make gcc"
+  TAGS[citus]="$version-pg15"
+  names+=(citus)
+fi
 
 missing=()
-for name in postgres redis python; do
+for name in "${names[@]}"; do
   tag="$PREFIX/$name:${TAGS[$name]}"
   if [ $rebuild = 0 ] && docker image inspect "$tag" >/dev/null 2>&1; then
     echo "reusing $tag"
@@ -61,6 +79,13 @@ for name in "${missing[@]}"; do
   cp -a "$work/base" "$root"
   chroot "$root" apt-get install -y -qq --no-install-recommends ${PACKAGES[$name]} \
     >"$work/$name.log" 2>&1 || { tail -20 "$work/$name.log" >&2; exit 1; }
+  if [ "$name" = citus ]; then
+    mkdir -p "$root/tmp/citus"
+    tar -xzf "$CITUS_SRC" -C "$root/tmp/citus" --strip-components=1
+    chroot "$root" sh -c 'cd /tmp/citus && ./configure && make -j"$(nproc)" && make install' \
+      >"$work/citus.build.log" 2>&1 || { tail -30 "$work/citus.build.log" >&2; exit 1; }
+    rm -rf "$root/tmp/citus"
+  fi
   chroot "$root" apt-get clean
   rm -rf "$root"/var/lib/apt/lists/* "$root/usr/sbin/policy-rc.d"
   if [ "$name" = python ]; then

@@ -12,7 +12,17 @@ import pytest
 from skill_credits.ledger.sql import FILES, SCHEMA, commands
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "src" / "skill_credits" / "migrations"
-USER_TABLES = ("users", "transactions", "grants", "holds", "limits", "events", "event_deliveries")
+USER_TABLES = (
+    "users",
+    "transactions",
+    "grants",
+    "holds",
+    "limits",
+    "events",
+    "event_deliveries",
+    "recharge_rules",
+    "recharges",
+)
 FUNCTION = re.compile(
     r"CREATE OR REPLACE FUNCTION (\w+)\((.*?)\)\s*(?:RETURNS.*?)?LANGUAGE (\w+).*?AS \$\$(.*?)\$\$",
     re.DOTALL,
@@ -56,6 +66,7 @@ def test_every_statement_on_a_users_table_names_the_user() -> None:
         "sc_grant_problems",
         "sc_usage_roll",
         "sc_usage_problems",
+        "sc_recharge_problems",
         "sc_usage",
     }
     missing = [
@@ -105,7 +116,7 @@ def test_no_volatile_function_inside_an_update_or_delete() -> None:
 def test_no_function_takes_a_users_table_row() -> None:
     """Columns, never a row of a user's table, in what queries call (the outcome builders
     take a row a PL/pgSQL variable holds)."""
-    builders = {"sc_tx_out", "sc_hold_out"}
+    builders = {"sc_tx_out", "sc_hold_out", "sc_recharge_json"}
     offending = [
         (name, arguments)
         for name, arguments, _, _ in functions()

@@ -31,6 +31,7 @@ FILES = (
     "holds.sql",
     "batches.sql",
     "events.sql",
+    "recharges.sql",
     "usage.sql",
 )
 

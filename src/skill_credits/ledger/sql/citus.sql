@@ -31,7 +31,8 @@ DECLARE
                                        'skill_event_deliveries', 'database_identity',
                                        'usage_skill_hours', 'usage_marks'];
     per_user constant text[] := ARRAY['users', 'transactions', 'grants', 'holds', 'limits',
-                                      'events', 'event_deliveries', 'usage_hours'];
+                                      'events', 'event_deliveries', 'usage_hours',
+                                      'recharge_rules', 'recharges'];
     missing text[];
     t text;
     k record;

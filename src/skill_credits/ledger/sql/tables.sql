@@ -69,7 +69,9 @@ INSERT INTO database_identity DEFAULT VALUES;
 -- own row does not show yet (folded under the lock: users.sql). next_due: the earliest
 -- instant something of the user's expires (NULL: never). limited: the user has limits.
 -- log_seq: the seq of the user's newest log row (the statement that writes a row bumps
--- it). hold_seq is read by nothing (the statements of before grants moved it).
+-- it). recharge_below: the auto-recharge rule's threshold while a change that leaves
+-- `available` at or below it would ask for a top-up (the rule active, none pending), else
+-- NULL (recharges.sql). hold_seq is read by nothing (the statements of before grants moved it).
 CREATE TABLE users (
     user_id                text NOT NULL,
     credits                bigint NOT NULL DEFAULT 0,
@@ -83,6 +85,7 @@ CREATE TABLE users (
     head_taken             bigint NOT NULL DEFAULT 0,
     limited                boolean NOT NULL DEFAULT false,
     log_seq                bigint NOT NULL DEFAULT 0,
+    recharge_below         bigint,
     CONSTRAINT users_pkey PRIMARY KEY (user_id),
     CONSTRAINT users_valid CHECK (sc_user_valid(user_id, credits, reserved,
                                                 low_balance_threshold, head_free,
@@ -232,6 +235,66 @@ CREATE TABLE limits (
     CONSTRAINT limits_valid CHECK (sc_limit_valid(period, max_credits, spent))
 ) WITH (fillfactor = 80);
 
+-- A user's auto-recharge rule (recharges.sql): ask for `amount` when a change leaves
+-- `available` at or below `threshold`, at most `max_per_month` credits a calendar month.
+CREATE TABLE recharge_rules (
+    user_id               text NOT NULL,
+    threshold             bigint NOT NULL,
+    amount                bigint NOT NULL,
+    max_per_month         bigint,
+    category              text NOT NULL DEFAULT 'paid',
+    priority              integer NOT NULL DEFAULT 50,
+    expires_in_days       integer,
+    status                text NOT NULL DEFAULT 'active',
+    consecutive_failures  integer NOT NULL DEFAULT 0,
+    updated_at            timestamptz NOT NULL DEFAULT clock_timestamp(),
+    CONSTRAINT recharge_rules_pkey PRIMARY KEY (user_id),
+    CONSTRAINT recharge_rules_user_id_fkey FOREIGN KEY (user_id) REFERENCES users (user_id),
+    CONSTRAINT recharge_rules_threshold_check CHECK (threshold BETWEEN 0 AND 9007199254740992),
+    CONSTRAINT recharge_rules_amount_check CHECK (amount BETWEEN 1 AND 9007199254740992),
+    CONSTRAINT recharge_rules_max_per_month_check
+        CHECK (max_per_month BETWEEN 1 AND 9007199254740992),
+    CONSTRAINT recharge_rules_category_check CHECK (category IN ('paid', 'promotional')),
+    CONSTRAINT recharge_rules_priority_check CHECK (priority BETWEEN 0 AND 1000),
+    CONSTRAINT recharge_rules_expires_in_days_check CHECK (expires_in_days BETWEEN 1 AND 3650),
+    CONSTRAINT recharge_rules_status_check CHECK (status IN ('active', 'suspended')),
+    CONSTRAINT recharge_rules_consecutive_failures_check CHECK (consecutive_failures >= 0)
+);
+
+-- A top-up asked of the host (recharges.sql), with what its purchase will be (the rule's
+-- category, priority and lifetime when it was asked). At most one is pending per user.
+CREATE SEQUENCE recharge_seq;
+CREATE TABLE recharges (
+    seq              bigint NOT NULL DEFAULT nextval('recharge_seq'),
+    id               uuid NOT NULL,
+    user_id          text NOT NULL,
+    amount           bigint NOT NULL,
+    category         text NOT NULL,
+    priority         integer NOT NULL,
+    expires_in_days  integer,
+    status           text NOT NULL DEFAULT 'pending',
+    reference        text,
+    reason           text,
+    transaction_id   uuid,
+    created_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    expires_at       timestamptz NOT NULL,
+    resolved_at      timestamptz,
+    CONSTRAINT recharges_pkey PRIMARY KEY (id, user_id),
+    CONSTRAINT recharges_user_id_fkey FOREIGN KEY (user_id) REFERENCES users (user_id),
+    CONSTRAINT recharges_transaction_id_fkey FOREIGN KEY (transaction_id, user_id)
+        REFERENCES transactions (id, user_id),
+    CONSTRAINT recharges_amount_check CHECK (amount >= 1),
+    CONSTRAINT recharges_status_check CHECK (status IN ('pending', 'fulfilled', 'failed',
+                                                        'expired', 'canceled')),
+    CONSTRAINT recharges_reference_check CHECK (char_length(reference) <= 255),
+    CONSTRAINT recharges_reason_check CHECK (char_length(reason) BETWEEN 1 AND 500),
+    CONSTRAINT recharges_fulfilled_check
+        CHECK ((status = 'fulfilled') = (transaction_id IS NOT NULL))
+);
+-- The last line of defence: one pending request per user.
+CREATE UNIQUE INDEX recharges_one_pending ON recharges (user_id) WHERE status = 'pending';
+CREATE INDEX recharges_user_time ON recharges (user_id, created_at, seq);
+
 CREATE TABLE webhook_endpoints (
     id          uuid NOT NULL DEFAULT gen_random_uuid(),
     url         text NOT NULL,
@@ -258,7 +321,10 @@ CREATE TABLE events (
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     CONSTRAINT events_pkey PRIMARY KEY (id, user_id),
     CONSTRAINT events_type_check CHECK (type IN ('balance.low', 'balance.depleted',
-                                                 'balance.recovered'))
+                                                 'balance.recovered',
+                                                 'balance.recharge_requested',
+                                                 'balance.recharge_fulfilled',
+                                                 'balance.recharge_suspended'))
 );
 -- The feed's order: the instant, then seq (on Citus each node numbers from its own range).
 CREATE INDEX events_time ON events (created_at, seq);

@@ -98,7 +98,8 @@ BEGIN
     END IF;
 END $$;
 
--- Write off what is due for a user whose row the caller has locked: holds past expires_at
+-- Write off what is due for a user whose row the caller has locked: top-up requests
+-- pending for 24 hours expire (recharges.sql), holds past expires_at
 -- give their reservations back, then each active grant past expires_at is written off by
 -- one EXPIRY row (its remainder, sources = that grant). A grant is only ever written off
 -- here, under the user's lock, and leaves 'active' as it is: exactly once.
@@ -112,6 +113,12 @@ DECLARE
     v_seq bigint;
     v_due timestamptz;
 BEGIN
+    -- a top-up asked 24 hours ago and still pending no longer blocks the next one
+    UPDATE recharges SET status = 'expired', resolved_at = expires_at
+    WHERE user_id = p_user AND status = 'pending' AND expires_at <= now();
+    IF FOUND THEN
+        PERFORM sc_recharge_rearm(p_user);
+    END IF;
     SELECT coalesce(sum(amount), 0), jsonb_agg(sources) INTO v_released, v_sources
     FROM holds WHERE user_id = p_user AND status = 'held' AND expires_at <= now();
     IF v_sources IS NOT NULL THEN
@@ -143,8 +150,8 @@ BEGIN
     UPDATE users SET next_due = v_due WHERE user_id = p_user;
 END $$;
 
--- The earliest instant something of the user's falls due: an active grant's or a held
--- hold's expiry (NULL: never).
+-- The earliest instant something of the user's falls due: an active grant's, a held
+-- hold's or a pending top-up request's expiry (NULL: never).
 CREATE OR REPLACE FUNCTION sc_next_due(p_user text) RETURNS timestamptz
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -152,7 +159,9 @@ BEGIN
         (SELECT min(g.expires_at) FROM grants g
          WHERE g.user_id = p_user AND g.status = 'active'),
         (SELECT min(h.expires_at) FROM holds h
-         WHERE h.user_id = p_user AND h.status = 'held'));
+         WHERE h.user_id = p_user AND h.status = 'held'),
+        (SELECT min(q.expires_at) FROM recharges q
+         WHERE q.user_id = p_user AND q.status = 'pending'));
 END $$;
 
 -- For the worker: the users with something due (touch each in its own transaction).
