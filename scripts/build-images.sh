@@ -81,8 +81,10 @@ for name in "${missing[@]}"; do
     >"$work/$name.log" 2>&1 || { tail -20 "$work/$name.log" >&2; exit 1; }
   if [ "$name" = citus ]; then
     mkdir -p "$root/tmp/citus"
-    tar -xzf "$CITUS_SRC" -C "$root/tmp/citus" --strip-components=1
-    chroot "$root" sh -c 'cd /tmp/citus && ./configure && make -j"$(nproc)" && make install' \
+    tar -xzf "$CITUS_SRC" -C "$root/tmp/citus"  # the tree at its top, or in one folder
+    src="$(find "$root/tmp/citus" -maxdepth 2 -name configure -printf '%h\n' | head -n 1)"
+    [ -n "$src" ] || { echo "$CITUS_SRC holds no configure script" >&2; exit 1; }
+    chroot "$root" sh -c "cd '${src#"$root"}' && ./configure && make -j\"\$(nproc)\" && make install" \
       >"$work/citus.build.log" 2>&1 || { tail -30 "$work/citus.build.log" >&2; exit 1; }
     rm -rf "$root/tmp/citus"
   fi

@@ -48,6 +48,7 @@ from skill_credits.observability import (
     count_refused_charge,
     prometheus,
 )
+from skill_credits.recharges.endpoints import AutoRechargeController, RechargeController
 from skill_credits.settings import Settings
 from skill_credits.skills import service as skills_service
 from skill_credits.skills.cache import SkillCache, create_redis
@@ -157,6 +158,8 @@ def create_app(settings: Settings) -> Litestar:
             LedgerController,
             HoldController,
             LimitController,
+            AutoRechargeController,
+            RechargeController,
             CatalogueController,
             AdminSkillController,
             EventController,

@@ -54,12 +54,21 @@ CODES: dict[str, Code] = {
     "transaction_not_found": Code(404, "Transaction not found", "no transaction of that id"),
     "hold_not_found": Code(404, "Hold not found", "no hold of that id"),
     "limit_not_found": Code(404, "Limit not found", "the user has no limit of that id"),
+    "auto_recharge_not_found": Code(
+        404, "Auto-recharge not found", "the user has no auto-recharge rule"
+    ),
+    "recharge_not_found": Code(404, "Recharge not found", "no top-up request of that id"),
     "not_found": Code(404, "Not found"),
     "method_not_allowed": Code(405, "Method not allowed"),
     "skill_exists": Code(409, "Skill exists", "a skill of that name exists already"),
     "already_refunded": Code(409, "Already refunded", "the transaction was refunded already"),
     "not_refundable": Code(409, "Not refundable", "only a CONSUMPTION can be refunded"),
     "hold_not_active": Code(409, "Hold not active", "the hold was captured, released or expired"),
+    "recharge_not_pending": Code(
+        409,
+        "Recharge not pending",
+        "the top-up request was fulfilled, failed, expired or canceled already",
+    ),
     "limit_exists": Code(
         409, "Limit exists", "the user has a limit of that member, skill and window already"
     ),
@@ -185,6 +194,9 @@ user_not_found = _about("user_not_found", "no user {}")
 transaction_not_found = _about("transaction_not_found", "no transaction {}")
 hold_not_found = _about("hold_not_found", "no hold {}")
 limit_not_found = _about("limit_not_found", "no limit {} of this user")
+auto_recharge_not_found = _about("auto_recharge_not_found", "user {} has no auto-recharge rule")
+recharge_not_found = _about("recharge_not_found", "no top-up request {}")
+recharge_not_pending = _about("recharge_not_pending", "top-up request {} is not pending")
 skill_exists = _about("skill_exists", "a skill named {} exists already")
 already_refunded = _about("already_refunded", "transaction {} was refunded already")
 not_refundable = _about("not_refundable", "only CONSUMPTION can be refunded, not {}")

@@ -7,8 +7,24 @@ from msgspec import Meta, Struct
 
 from skill_credits.validation import MAX_INT64, UUID_FORMAT, schema_only
 
-EventType = Literal["balance.low", "balance.depleted", "balance.recovered", "skill.changed"]
-EVENT_TYPES = ("balance.low", "balance.depleted", "balance.recovered", "skill.changed")
+EventType = Literal[
+    "balance.low",
+    "balance.depleted",
+    "balance.recovered",
+    "balance.recharge_requested",
+    "balance.recharge_fulfilled",
+    "balance.recharge_suspended",
+    "skill.changed",
+]
+EVENT_TYPES = (
+    "balance.low",
+    "balance.depleted",
+    "balance.recovered",
+    "balance.recharge_requested",
+    "balance.recharge_fulfilled",
+    "balance.recharge_suspended",
+    "skill.changed",
+)
 # What an admin route shows: a service key's /v1/events leaves these out.
 ADMIN_EVENT_TYPES = ("skill.changed",)
 

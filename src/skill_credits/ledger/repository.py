@@ -55,18 +55,19 @@ HOLD_OUTCOME = (
 SKILL = skill_columns("(o.sk)", "s_")
 
 
-def _call(function: str, args: str, columns: str) -> Any:
+def outcome_query(function: str, args: str, columns: str) -> Any:
+    """The query of a ledger function answering with an outcome row (``columns``)."""
     return text(f"SELECT {columns}, {SKILL} FROM {function}({args}) o")
 
 
-CREDIT = _call(
+CREDIT = outcome_query(
     "sc_credit",
     "CAST(:user_id AS text), CAST(:type AS text), CAST(:amount AS bigint),"
     " CAST(:description AS text), CAST(:key AS text), CAST(:hash AS bytea),"
     " CAST(:expires_at AS timestamptz), CAST(:priority AS integer), CAST(:category AS text)",
     TX_OUTCOME,
 )
-REFUND = _call(
+REFUND = outcome_query(
     "sc_refund",
     "CAST(:user_id AS text), CAST(:id AS uuid), CAST(:description AS text),"
     " CAST(:key AS text), CAST(:hash AS bytea)",
@@ -119,13 +120,13 @@ CAPTURE_ARGS = (
     ("key", "text"),
     ("hash", "bytea"),
 )
-CHARGE = _call("sc_charge", _args(CHARGE_ARGS), TX_OUTCOME)
-HOLD = _call("sc_hold", _args(HOLD_ARGS), HOLD_OUTCOME)
-CAPTURE = _call("sc_capture", _args(CAPTURE_ARGS), TX_OUTCOME)
+CHARGE = outcome_query("sc_charge", _args(CHARGE_ARGS), TX_OUTCOME)
+HOLD = outcome_query("sc_hold", _args(HOLD_ARGS), HOLD_OUTCOME)
+CAPTURE = outcome_query("sc_capture", _args(CAPTURE_ARGS), TX_OUTCOME)
 CHARGE_BATCH = _batched("sc_charge", CHARGE_ARGS, TX_OUTCOME)
 HOLD_BATCH = _batched("sc_hold", HOLD_ARGS, HOLD_OUTCOME)
 CAPTURE_BATCH = _batched("sc_capture", CAPTURE_ARGS, TX_OUTCOME)
-RELEASE = _call("sc_release", "CAST(:user_id AS text), CAST(:id AS uuid)", HOLD_OUTCOME)
+RELEASE = outcome_query("sc_release", "CAST(:user_id AS text), CAST(:id AS uuid)", HOLD_OUTCOME)
 
 _SOURCES = msgspec.json.Decoder(list[Source])
 
@@ -299,7 +300,7 @@ async def set_low_balance_threshold(conn: Connection, user_id: str, threshold: i
 # A row named by its id alone: its user first, then the row by id and user.
 OWNER = {
     table: text(f"SELECT user_id FROM {table} WHERE id = CAST(:id AS uuid)")
-    for table in ("transactions", "holds")
+    for table in ("transactions", "holds", "recharges")
 }
 ROUTED_OWNER = text(
     "SELECT sc_owner(CAST(:route AS text), CAST(:tbl AS regclass), CAST(:id AS uuid))"
@@ -307,16 +308,25 @@ ROUTED_OWNER = text(
 
 
 async def owner(conn: Connection, table: str, row_id: str, shards: ShardMap) -> str | None:
-    """The user of the row ``row_id`` of ``table`` (``transactions`` or ``holds``) on a Citus
-    cluster: asked of the one node that holds the shard the id names (its last four bytes
-    are the user's hash, ``sc_id``; ``sc_owner`` in ``ledger/sql/citus.sql``). An id made
-    before ids carried the hash, or a map gone stale, is looked for on every node."""
+    """The user of the row ``row_id`` of ``table`` (``transactions``, ``holds``,
+    ``recharges``) on a Citus cluster: asked of the one node that holds the shard the id
+    names (its last four bytes are the user's hash, ``sc_id``; ``sc_owner`` in
+    ``ledger/sql/citus.sql``). An id made before ids carried the hash, or a map gone stale,
+    is looked for on every node."""
     hashed = int.from_bytes(uuid.UUID(row_id).bytes[12:], "big", signed=True)
     params = {"route": shards.route_of(hashed), "tbl": table, "id": row_id}
     found = (await conn.execute(ROUTED_OWNER, params)).scalar()
     if found is None:
         found = (await conn.execute(OWNER[table], {"id": row_id})).scalar()
     return found
+
+
+async def user_of(conn: Connection, table: str, row_id: str, shards: ShardMap | None) -> str | None:
+    """The user of the row ``row_id`` of ``table`` (None: there is none): on a Citus
+    cluster asked of the node the id names (``owner``)."""
+    if shards is None:
+        return (await conn.execute(OWNER[table], {"id": row_id})).scalar()
+    return await owner(conn, table, row_id, shards)
 
 
 async def _by_id(
@@ -452,6 +462,8 @@ async def reconcile(conn: Connection) -> list[str]:
     for r in rows:
         where = f"grant {r.grant_id} of {r.user_id}" if r.grant_id else f"user {r.user_id}"
         problems.append(f"{where}: {r.problem}")
+    rows = await conn.execute(text("SELECT user_id, problem FROM sc_recharge_problems()"))
+    problems += [f"auto-recharge of {r.user_id}: {r.problem}" for r in rows]
     problems += await usage_repo.problems(conn)
     return problems
 

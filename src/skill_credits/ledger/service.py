@@ -72,7 +72,7 @@ class KeyNotLive(ApiError):
         )
 
 
-async def _call(statement: Any) -> Any:
+async def call_outcome(statement: Any) -> Any:
     """The outcome row of a ledger function; a balance past 64 bits is a 400."""
     try:
         return await statement
@@ -208,7 +208,7 @@ async def add_credits(
                 raise errors.validation_error("expires_at", "must be in the future")
             same_request(stored, digest)
             return Written(repo.transaction_from_row(stored), replayed=True)
-        row = await _call(repo.credit(conn, params))
+        row = await call_outcome(repo.credit(conn, params))
     return _transaction(row, digest, user_id)
 
 
@@ -227,7 +227,7 @@ async def refund(
             "key": key,
             "hash": digest,
         }
-        row = await _call(repo.refund(conn, params))
+        row = await call_outcome(repo.refund(conn, params))
     return _transaction(row, digest, tx_id)
 
 
@@ -361,7 +361,7 @@ async def capture(
     row = await batches.captures.write(params) if batches else None
     if row is None:
         async with db.connect() as conn:
-            row = await _call(repo.capture(conn, params))
+            row = await call_outcome(repo.capture(conn, params))
     return _transaction(row, digest, hold_id)
 
 

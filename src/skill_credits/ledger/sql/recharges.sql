@@ -287,8 +287,9 @@ BEGIN
     RETURN QUERY SELECT 'written', sc_recharge_json(q);
 END $$;
 
--- For reconcile: users whose recharge_below disagrees with their rule and requests, and
--- more than one pending request (the index forbids it; this says so if it were dropped).
+-- For reconcile: users whose recharge_below disagrees with their rule and requests, more
+-- than one pending request (the index forbids it; this says so if it were dropped), and a
+-- request whose purchase is not the one PURCHASE of its amount.
 CREATE OR REPLACE FUNCTION sc_recharge_problems()
 RETURNS TABLE (user_id text, problem text)
 LANGUAGE plpgsql STABLE AS $$
@@ -307,5 +308,12 @@ BEGIN
     UNION ALL
     SELECT q.user_id, format('%s pending requests', count(*))
     FROM recharges q WHERE q.status = 'pending'
-    GROUP BY q.user_id HAVING count(*) > 1;
+    GROUP BY q.user_id HAVING count(*) > 1
+    UNION ALL
+    SELECT q.user_id, format('request %s is %s but its purchase is %s', q.id, q.status,
+                             coalesce(t.type || ' of ' || t.amount, 'missing'))
+    FROM recharges q
+    LEFT JOIN transactions t ON t.user_id = q.user_id AND t.id = q.transaction_id
+    WHERE (q.status = 'fulfilled') <> (t.id IS NOT NULL)
+       OR t.type <> 'PURCHASE' OR t.amount <> q.amount;
 END $$;

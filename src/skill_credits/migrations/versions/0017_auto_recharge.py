@@ -45,7 +45,7 @@ UPGRADE = [
     CONSTRAINT recharge_rules_max_per_month_check
         CHECK (max_per_month BETWEEN 1 AND 9007199254740992),
     CONSTRAINT recharge_rules_category_check CHECK (category IN ('paid', 'promotional')),
-    CONSTRAINT recharge_rules_priority_check CHECK (priority BETWEEN 0 AND 1000),
+    CONSTRAINT recharge_rules_priority_check CHECK (priority BETWEEN 0 AND 100),
     CONSTRAINT recharge_rules_expires_in_days_check CHECK (expires_in_days BETWEEN 1 AND 3650),
     CONSTRAINT recharge_rules_status_check CHECK (status IN ('active', 'suspended')),
     CONSTRAINT recharge_rules_consecutive_failures_check CHECK (consecutive_failures >= 0)
