@@ -51,7 +51,7 @@ CITUS_SRC ?=
 CITUS_TESTS := $(addprefix tests/integration/,test_citus.py test_ledger.py test_ledger_model.py \
 	test_batches.py test_holds.py test_events.py test_inputs.py test_grants.py test_limits.py \
 	test_cache.py test_roles.py test_db.py test_usage.py test_skills.py test_admin_pages.py \
-	test_operations.py test_grants_sql.py)
+	test_operations.py test_grants_sql.py test_recharges.py)
 
 .PHONY: citus
 citus: ## Build Citus from CITUS_SRC (unless installed), start a coordinator and two workers on 9700-9702

@@ -193,6 +193,8 @@ async def test_the_schema_is_distributed_and_stays_so(cluster_db) -> None:
         "limits",
         "events",
         "event_deliveries",
+        "recharge_rules",
+        "recharges",
     ):
         assert kinds.get(table) == "h", (table, kinds)
     for table in (
@@ -339,6 +341,38 @@ async def test_every_write_about_one_user_is_one_hop(cluster_db, cluster_api, lo
         )
     assert "EXPIRY" in types, types
     assert hold == "expired"
+    # auto-recharge: set while low (asks at once), a charge that asks, fulfil, fail, remove
+    rule = await hop(
+        "auto-recharge set",
+        lambda: c.put(
+            f"/v1/users/{user}/auto-recharge", json={"threshold": 10_000, "amount": 50}, headers=svc
+        ),
+    )
+    assert rule.status_code == 200 and rule.json()["pending"] is not None, rule.text
+    asked = rule.json()["pending"]["id"]
+    got = await hop("recharge by id", lambda: c.get(f"/v1/recharges/{asked}", headers=svc))
+    assert got.json()["user_id"] == user
+    bought = await hop(
+        "recharge fulfil", lambda: c.post(f"/v1/recharges/{asked}/fulfil", json={}, headers=svc)
+    )
+    assert bought.status_code == 201, bought.text
+    again = await hop(
+        "recharge fulfil again",
+        lambda: c.post(f"/v1/recharges/{asked}/fulfil", json={}, headers=svc),
+    )
+    assert again.json() == bought.json()
+    asks = await hop("charge that asks", lambda: c.post("/v1/charges", json=body, headers=svc))
+    assert asks.status_code == 201, asks.text
+    pending = (await c.get(f"/v1/users/{user}/auto-recharge", headers=svc)).json()["pending"]
+    failed = await hop(
+        "recharge fail",
+        lambda: c.post(f"/v1/recharges/{pending['id']}/fail", json={"reason": "no"}, headers=svc),
+    )
+    assert failed.status_code == 200, failed.text
+    gone = await hop(
+        "auto-recharge remove", lambda: c.delete(f"/v1/users/{user}/auto-recharge", headers=svc)
+    )
+    assert gone.status_code == 204
 
 
 async def test_batches_go_by_node_in_one_hop(cluster_db, logs) -> None:

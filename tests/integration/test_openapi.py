@@ -45,6 +45,13 @@ OPERATION_IDS = {
     "setLowBalanceThreshold",
     "getUsage",
     "getForecast",
+    "setAutoRecharge",
+    "getAutoRecharge",
+    "deleteAutoRecharge",
+    "listRecharges",
+    "getRecharge",
+    "fulfilRecharge",
+    "failRecharge",
     "getHealth",
     "getReadiness",
     "getMetrics",
@@ -131,7 +138,12 @@ async def test_each_operation_answers_401_as_documented(client, document) -> Non
         if not path.startswith("/v1/"):
             continue
         url = path.format(
-            user_id="u1", tx_id=uuid.uuid4(), hold_id=uuid.uuid4(), limit_id=uuid.uuid4(), name="S"
+            user_id="u1",
+            tx_id=uuid.uuid4(),
+            hold_id=uuid.uuid4(),
+            limit_id=uuid.uuid4(),
+            recharge_id=uuid.uuid4(),
+            name="S",
         )
         r = await client.request(method, url)
         assert r.status_code == 401 and "401" in op["responses"], name

@@ -275,18 +275,24 @@ async def test_a_request_pending_for_24_hours_expires_and_frees_the_way(api: Api
     user = await api.new_user(10)
     asked = (await set_rule(api, user, threshold=50, amount=10))["pending"]
     # a day passes for this request: its instants (and the user's next due) a day earlier
+    # (values, not expressions of the columns: a Citus cluster runs this too)
+    asked_at = datetime.fromisoformat(asked["created_at"])
     async with db.autocommit.connect() as conn:
         await conn.execute(
             text(
-                "UPDATE recharges SET created_at = created_at - interval '24 hours',"
-                " expires_at = expires_at - interval '24 hours'"
+                "UPDATE recharges SET created_at = :created, expires_at = :expires"
                 " WHERE user_id = :u AND id = CAST(:id AS uuid)"
             ),
-            {"u": user, "id": asked["id"]},
+            {
+                "u": user,
+                "id": asked["id"],
+                "created": asked_at - timedelta(hours=24),
+                "expires": asked_at,
+            },
         )
         await conn.execute(
-            text("UPDATE users SET next_due = now() - interval '1 second' WHERE user_id = :u"),
-            {"u": user},
+            text("UPDATE users SET next_due = :due WHERE user_id = :u"),
+            {"u": user, "due": asked_at},
         )
     got = (await api.c.get(f"/v1/recharges/{asked['id']}", headers=api.keys.auth("service"))).json()
     assert got["status"] == "expired"
