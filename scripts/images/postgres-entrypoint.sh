@@ -12,6 +12,8 @@ if [ "${1#-}" != "$1" ]; then set -- postgres "$@"; fi
 if [ "$1" != postgres ]; then exec "$@"; fi
 
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
+# the server's own home (libpq, as a Citus node's client of the others, reads ~/.postgresql)
+export HOME=/var/lib/postgresql
 
 POSTGRES_USER="${POSTGRES_USER:-postgres}"
 POSTGRES_DB="${POSTGRES_DB:-$POSTGRES_USER}"

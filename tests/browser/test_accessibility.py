@@ -62,6 +62,13 @@ def test_every_admin_page_at_desktop_and_phone_width(page, keys, http) -> None:
     limit = {"window": "day", "max_credits": 100, "member": "ann"}
     http.post(f"/v1/users/{user}/limits", headers=admin, json=limit)
     http.post("/v1/charges", json={"user_id": user, "skill": name, "member": "ann"}, headers=admin)
+    # an auto-recharge rule, low already: the rule, its pending request and a failed one
+    rule = {"threshold": 100, "amount": 30, "max_per_month": 300}
+    asked = http.put(f"/v1/users/{user}/auto-recharge", headers=admin, json=rule).json()
+    http.post(
+        f"/v1/recharges/{asked['pending']['id']}/fail", headers=admin, json={"reason": "declined"}
+    )
+    http.put(f"/v1/users/{user}/auto-recharge", headers=admin, json=rule)
     pages = {
         "skills": "/admin/skills",
         "history": f"/admin/skills/{name}/history",

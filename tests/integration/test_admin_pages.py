@@ -249,3 +249,67 @@ async def test_the_user_page_shows_grants_by_category_and_every_rows_sources(
     await asyncio.sleep(max(0.0, (lapsing - datetime.now(UTC)).total_seconds()) + 0.05)
     page = (await ui.get(f"/admin/users?user_id={user}")).text
     assert 'data-type="EXPIRY"' in page and "badge t-expiry" in page
+
+
+async def test_the_user_page_sets_changes_and_removes_the_auto_recharge_rule(
+    ui, api: Api, world
+) -> None:
+    user = await api.new_user(20)
+    page = (await ui.get(f"/admin/users?user_id={user}")).text
+    assert "No auto-recharge" in page and "No top-up requests." in page
+    wrong = await ui.post(
+        f"/admin/users/{user}/auto-recharge",
+        data={"threshold": "-1", "amount": "", "priority": "101", "expires_in_days": "9999"},
+        headers=world["csrf"],
+    )
+    assert wrong.status_code == 400
+    for message in (
+        "Threshold must be a whole number from 0 to",
+        "Amount is required.",
+        "Priority must be a whole number from 0 to 100.",
+        "Lifetime must be a whole number of days from 1 to 3 650.",
+    ):
+        assert message in wrong.text, message
+    assert (
+        await api.c.get(f"/v1/users/{user}/auto-recharge", headers=api.keys.auth("service"))
+    ).status_code == 404
+    form = {
+        "threshold": "50",
+        "amount": "30",
+        "max_per_month": "90",
+        "category": "paid",
+        "priority": "40",
+        "expires_in_days": "7",
+    }
+    r = await ui.post(
+        f"/admin/users/{user}/auto-recharge",
+        data=form,
+        headers=world["csrf"],
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    page = (await ui.get(f"/admin/users?user_id={user}")).text
+    assert "A top-up of 30 is asked for." in page  # 20 is at or below 50: asked at once
+    rule = page.split('id="recharge-rule"', 1)[1].split("</dl>", 1)[0]
+    assert "<strong>30</strong>" in rule and "<strong>50</strong>" in rule
+    assert "30 of 90 requested" in rule and "lasting 7 days" in rule
+    requests = page.split('id="recharges"', 1)[1].split("</table>", 1)[0]
+    assert requests.count('data-status="pending"') == 1
+    r = await ui.post(
+        f"/admin/users/{user}/auto-recharge",
+        data=form | {"amount": "35", "max_per_month": ""},
+        headers=world["csrf"],
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    rule = (
+        await api.c.get(f"/v1/users/{user}/auto-recharge", headers=api.keys.auth("service"))
+    ).json()
+    assert (rule["amount"], rule["max_per_month"]) == (35, None)
+    r = await ui.post(
+        f"/admin/users/{user}/auto-recharge/remove", headers=world["csrf"], follow_redirects=False
+    )
+    assert r.status_code == 303
+    page = (await ui.get(f"/admin/users?user_id={user}")).text
+    assert "Auto-recharge removed; a pending request is canceled." in page
+    assert 'data-status="canceled"' in page and "No auto-recharge" in page

@@ -18,6 +18,7 @@ import msgspec
 from skill_credits.bodies import field_and_message
 from skill_credits.ledger.schemas import TX_DESCRIPTION_MAX_LENGTH, CreditIn, expiry_passed
 from skill_credits.limits.schemas import MAX_CREDITS, LimitIn, LimitPatch
+from skill_credits.recharges.schemas import AutoRechargeIn
 from skill_credits.skills.schemas import (
     COST_MAX,
     DESCRIPTION_MAX_LENGTH,
@@ -79,6 +80,20 @@ LIMIT_FORM = {
     "skill": Field("Skill", SKILL_NAME_RULE, pattern=SKILL_NAME_RE),
 }
 LIMIT_CHANGE_FORM = {"max_credits": MAX_CREDITS_FIELD}
+RECHARGE_FORM = {
+    "threshold": Field(
+        "Threshold", f"a whole number from 0 to {_thousands(2**53)}", required=True, number=True
+    ),
+    "amount": Field(
+        "Amount", f"a whole number from 1 to {_thousands(2**53)}", required=True, number=True
+    ),
+    "max_per_month": Field(
+        "Monthly cap", f"a whole number from 1 to {_thousands(2**53)}", number=True
+    ),
+    "category": Field("Category", "paid or promotional"),
+    "priority": Field("Priority", "a whole number from 0 to 100", number=True),
+    "expires_in_days": Field("Lifetime", "a whole number of days from 1 to 3 650", number=True),
+}
 
 
 def sentence(text: str) -> str:
@@ -146,6 +161,10 @@ def limit(form: dict[str, str]) -> tuple[LimitIn | None, dict[str, str]]:
 
 def limit_change(form: dict[str, str]) -> tuple[LimitPatch | None, dict[str, str]]:
     return read(LimitPatch, form, LIMIT_CHANGE_FORM)
+
+
+def auto_recharge(form: dict[str, str]) -> tuple[AutoRechargeIn | None, dict[str, str]]:
+    return read(AutoRechargeIn, form, RECHARGE_FORM)
 
 
 def credit(form: dict[str, str]) -> tuple[CreditIn | None, dict[str, str]]:

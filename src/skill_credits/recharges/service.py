@@ -32,6 +32,16 @@ async def get_rule(db: Database, user_id: str) -> AutoRecharge:
     return rule
 
 
+async def rule_or_none(db: Database, user_id: str) -> AutoRecharge | None:
+    """The rule, or None when the user has none (404 for an unknown user)."""
+    try:
+        return await get_rule(db, user_id)
+    except errors.ApiError as exc:
+        if exc.code == "auto_recharge_not_found":
+            return None
+        raise
+
+
 async def delete_rule(db: Database, user_id: str) -> None:
     async with db.connect() as conn:
         outcome = await repo.delete_rule(conn, user_id)

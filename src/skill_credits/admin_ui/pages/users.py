@@ -1,6 +1,7 @@
-"""The users page: a user's balance, grants, limits and log (a page at a time), and
-what its forms and links do: grant credits, add, change or remove a limit, refund a
-charge (with its confirmation page)."""
+"""The users page: a user's balance, grants, limits, auto-recharge rule and requests, and
+log (a page at a time), and what its forms and links do: grant credits, add, change or
+remove a limit, set, change or remove the auto-recharge rule, refund a charge (with its
+confirmation page)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from skill_credits.ledger import service as ledger_service
 from skill_credits.ledger.schemas import RefundIn
 from skill_credits.limits import service as limits_service
 from skill_credits.pagination import decode_cursor, encode_cursor
+from skill_credits.recharges import service as recharges_service
 from skill_credits.usage import service as usage_service
 from skill_credits.validation import USER_ID_RE, USER_ID_RULE
 
@@ -45,6 +47,8 @@ class UserPagesController(Controller):
         errors: dict | None = None,
         limit_form: dict | None = None,
         limit_errors: dict | None = None,
+        recharge_form: dict | None = None,
+        recharge_errors: dict | None = None,
         status: int = 200,
     ) -> Template:
         context: dict[str, Any] = {
@@ -60,6 +64,8 @@ class UserPagesController(Controller):
             "errors": errors or {},
             "limit_form": limit_form or {},
             "limit_errors": limit_errors or {},
+            "recharge_form": recharge_form,
+            "recharge_errors": recharge_errors or {},
         }
         if user_id:
             before = decode_cursor(cursor) if cursor else None
@@ -94,6 +100,8 @@ class UserPagesController(Controller):
                         charges=_charge_links(user_id, log.items, log.charges),
                         grants=log.grants,
                         limits=log.limits,
+                        recharge_rule=await recharges_service.rule_or_none(db, user_id),
+                        recharges=(await recharges_service.of_user(db, user_id, None, None, 10))[0],
                     )
         return Template("users.html", context=context, status_code=status)
 
@@ -169,6 +177,46 @@ class UserPagesController(Controller):
             else:
                 flash(request, "ok", "Limit removed.")
         return see_other(back or "/admin/users")
+
+    @post("/users/{user_id:str}/auto-recharge")
+    async def set_auto_recharge(
+        self, request: Request, user_id: FromPath[str], data: Form, db: Db
+    ) -> Response:
+        if (refused := _not_a_user(request, user_id)) is not None:
+            return refused
+        body, errors = forms.auto_recharge(data)
+        if body is None:
+            return await self._users_page(
+                request, db, user_id, recharge_form=data, recharge_errors=errors, status=400
+            )
+        try:
+            rule = await recharges_service.set_rule(db, user_id, body)
+        except ApiError as exc:
+            flash(request, "error", f"Not saved: {sentence(exc.detail)}")
+            return see_other(f"/admin/users?user_id={user_id}")
+        asked = f" A top-up of {rule.pending.amount} is asked for." if rule.pending else ""
+        flash(
+            request,
+            "ok",
+            f"Auto-recharge of {rule.amount} at or below {rule.threshold} saved.{asked}",
+        )
+        return see_other(f"/admin/users?user_id={user_id}#auto-recharge")
+
+    @post("/users/{user_id:str}/auto-recharge/remove")
+    async def remove_auto_recharge(
+        self, request: Request, user_id: FromPath[str], db: Db
+    ) -> Response:
+        back = _user_page(user_id)
+        if back is None:
+            flash(request, "error", f"A user id is {USER_ID_RULE}.")
+            return see_other("/admin/users")
+        try:
+            await recharges_service.delete_rule(db, user_id)
+        except ApiError as exc:
+            flash(request, "error", f"Not removed: {sentence(exc.detail)}")
+        else:
+            flash(request, "ok", "Auto-recharge removed; a pending request is canceled.")
+        return see_other(f"{back}#auto-recharge")
 
     @post("/users/{user_id:str}/credits")
     async def credit(
