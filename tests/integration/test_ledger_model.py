@@ -20,6 +20,14 @@ and whether it was refunded; a limit has spent what the charges it applies to ma
 its window and that were not refunded. Windows are driven by real time: every limit the
 server shows is checked against the model for the window its ``resets_at`` names, and a
 charge made as a window turned over may be answered either way.
+
+Auto-recharge: rules are set, replaced and removed; the model predicts every request (the
+change that lowers the balance and leaves it at or below the threshold asks, if the rule is
+active, none is pending and the month's cap allows it; setting a rule while low asks at
+once), and every fulfil (one PURCHASE with the category, priority and lifetime the rule
+had when it asked; a repeat is a replay), failure (the third in a row suspends) and
+cancellation, and checks the server's rule and requests against it after every step. The
+run is assumed not to straddle a month's end in UTC (the cap counts a calendar month).
 """
 
 from __future__ import annotations
@@ -135,7 +143,32 @@ class ModelLimit:
 
 
 @dataclass
+class ModelRule:
+    threshold: int
+    amount: int
+    cap: int | None
+    category: str
+    priority: int
+    days: int | None
+    status: str = "active"
+    failures: int = 0
+
+
+@dataclass
+class ModelRequest:
+    id: str
+    amount: int
+    category: str
+    priority: int
+    days: int | None
+    status: str = "pending"
+    tx: dict | None = None  # the purchase, once fulfilled
+
+
+@dataclass
 class ModelUser:
+    rule: ModelRule | None = None
+    requests: list[ModelRequest] = field(default_factory=list)  # oldest first
     grants: list[ModelGrant] = field(default_factory=list)
     charges: list[ModelCharge] = field(default_factory=list)
     limits: dict[tuple, ModelLimit] = field(default_factory=dict)  # by (window, member, skill)
@@ -145,6 +178,24 @@ class ModelUser:
     @property
     def credits(self) -> int:
         return sum(g.remaining for g in self.grants)
+
+    def pending(self) -> ModelRequest | None:
+        return next((q for q in self.requests if q.status == "pending"), None)
+
+    def requested_this_month(self) -> int:
+        return sum(q.amount for q in self.requests if q.status in ("pending", "fulfilled"))
+
+    def asks(self) -> bool:
+        """Whether the rule asks for a top-up now (after a change that lowered the balance,
+        or as it is set)."""
+        r = self.rule
+        return (
+            r is not None
+            and r.status == "active"
+            and self.pending() is None
+            and self.credits <= r.threshold
+            and (r.cap is None or self.requested_this_month() + r.amount <= r.cap)
+        )
 
     def active(self) -> list[ModelGrant]:
         return sorted((g for g in self.grants if g.status == "active"), key=ModelGrant.key)
@@ -323,6 +374,7 @@ def machine(model_server, keys, database_url):
             tx = r.json()
             assert (tx["balance_after"], tx["grant_id"]) == (m.credits, None)
             assert [(s["grant_id"], s["amount"]) for s in tx["sources"]] == sources
+            self.ask(user)
 
         @rule(user=users, data=st.data())
         def expire(self, user, data):
@@ -338,6 +390,7 @@ def machine(model_server, keys, database_url):
             if g.status == "active":  # written off by the next request that reads the user
                 left, g.remaining, g.status = g.remaining, 0, "expired"
                 m.write("EXPIRY", -left, [(g.id, left)])
+                self.ask(user)
             self.touched.add(user)
 
         @rule(
@@ -397,6 +450,8 @@ def machine(model_server, keys, database_url):
                 self.charges[tx["id"]] = (user, sources)
                 if key:
                     self.answers[(user, key)] = (signature, tx)
+                if price > 0:
+                    self.ask(user)
 
         def count(self, user, tx, price, member, skill) -> None:
             assert tx["member"] == member
@@ -488,6 +543,7 @@ def machine(model_server, keys, database_url):
             m.log.append(("REFUND", total, m.credits + gone, sources))
             if lapsed:
                 m.write("EXPIRY", -gone, lapsed)
+                self.ask(user)
             self.refunded.add(tx)
             assert r.json()["balance_after"] == m.credits + gone
             assert [(s["grant_id"], s["amount"]) for s in r.json()["sources"]] == sources
@@ -535,6 +591,187 @@ def machine(model_server, keys, database_url):
                 m.write("CONSUMPTION", -cost, sources)
                 assert [(s["grant_id"], s["amount"]) for s in tx["sources"]] == sources
                 self.charges[tx["id"]] = (user, sources)
+                if cost > 0:
+                    self.ask(user)
+
+        def ask(self, user: str) -> None:
+            """The model's request, if its rule asks now: the server's must be pending (its
+            id is the server's; what it is, the check compares)."""
+            m = self.model[user]
+            if not m.asks():
+                return
+            STEPS.append("asked")
+            items = self.http.get(
+                f"/v1/users/{user}/recharges",
+                params={"status": "pending"},
+                headers=keys.auth("service"),
+            ).json()["items"]
+            assert len(items) == 1, (user, items)
+            r = m.rule
+            m.requests.append(
+                ModelRequest(items[0]["id"], r.amount, r.category, r.priority, r.days)
+            )
+
+        @rule(
+            user=users,
+            threshold=st.integers(0, 60),
+            amount=st.integers(1, 40),
+            cap=st.none() | st.integers(1, 100),
+            category=st.sampled_from(["paid", "promotional"]),
+            priority=st.sampled_from([0, 50, 90]),
+            days=st.none() | st.integers(1, 30),
+        )
+        def set_recharge(self, user, threshold, amount, cap, category, priority, days):
+            STEPS.append("set_recharge")
+            self.touched.add(user)
+            body = {
+                "threshold": threshold,
+                "amount": amount,
+                "max_per_month": cap,
+                "category": category,
+                "priority": priority,
+                "expires_in_days": days,
+            }
+            r = self.http.put(
+                f"/v1/users/{user}/auto-recharge", headers=keys.auth("service"), json=body
+            )
+            assert r.status_code == 200, r.text
+            m = self.model[user]
+            m.rule = ModelRule(threshold, amount, cap, category, priority, days)
+            self.ask(user)
+            pending = m.pending()
+            assert (r.json()["pending"] or {}).get("id") == (pending.id if pending else None)
+
+        @rule(user=users, data=st.data())
+        def fulfil_recharge(self, user, data):
+            m = self.model[user]
+            if not m.requests:
+                return
+            q = m.pending() or data.draw(st.sampled_from(m.requests))
+            STEPS.append("fulfil")
+            self.touched.add(user)
+            r = self.http.post(f"/v1/recharges/{q.id}/fulfil", headers=keys.auth("service"))
+            if q.status == "fulfilled":
+                assert r.status_code == 201 and r.json() == q.tx, r.text
+                assert r.headers["Idempotent-Replayed"] == "true"
+                return
+            if q.status != "pending":
+                assert (r.status_code, r.json()["code"]) == (409, "recharge_not_pending")
+                return
+            assert r.status_code == 201 and "Idempotent-Replayed" not in r.headers, r.text
+            tx = r.json()
+            expires_at = None
+            if q.days is not None:
+                grants = self.http.get(
+                    f"/v1/users/{user}/grants", params={"limit": 200}, headers=self.admin()
+                ).json()["items"]
+                [bought] = [g for g in grants if g["id"] == tx["grant_id"]]
+                expires_at = datetime.fromisoformat(bought["expires_at"])
+                ahead = expires_at - datetime.now(UTC)
+                assert timedelta(days=q.days) - ahead < timedelta(minutes=1), (q.days, ahead)
+            m.grants.append(
+                ModelGrant(
+                    id=tx["grant_id"],
+                    category=q.category,
+                    priority=q.priority,
+                    amount=q.amount,
+                    expires_at=expires_at,
+                    order=self.made,
+                    remaining=q.amount,
+                )
+            )
+            self.made += 1
+            m.write("PURCHASE", q.amount, [])
+            assert (tx["type"], tx["amount"], tx["balance_after"]) == (
+                "PURCHASE",
+                q.amount,
+                m.credits,
+            )
+            assert q.id in tx["description"]
+            q.status, q.tx = "fulfilled", tx
+            assert m.rule is not None  # a removed rule canceled its request
+            m.rule.failures = 0
+
+        @rule(user=users, data=st.data())
+        def fail_recharge(self, user, data):
+            m = self.model[user]
+            if not m.requests:
+                return
+            q = m.pending() or data.draw(st.sampled_from(m.requests))
+            STEPS.append("fail")
+            self.touched.add(user)
+            r = self.http.post(
+                f"/v1/recharges/{q.id}/fail",
+                headers=keys.auth("service"),
+                json={"reason": "declined"},
+            )
+            if q.status in ("pending", "failed"):
+                assert (r.status_code, r.json()["status"]) == (200, "failed"), r.text
+            else:
+                assert (r.status_code, r.json()["code"]) == (409, "recharge_not_pending")
+            if q.status != "pending":
+                return
+            q.status = "failed"
+            assert m.rule is not None
+            m.rule.failures += 1
+            if m.rule.failures >= 3:
+                m.rule.status = "suspended"
+                STEPS.append("suspended")
+
+        @rule(user=users)
+        def remove_recharge(self, user):
+            STEPS.append("remove_recharge")
+            self.touched.add(user)
+            r = self.http.delete(f"/v1/users/{user}/auto-recharge", headers=keys.auth("service"))
+            m = self.model[user]
+            if m.rule is None:
+                assert (r.status_code, r.json()["code"]) == (404, "auto_recharge_not_found")
+                return
+            assert r.status_code == 204, r.text
+            m.rule = None
+            if (q := m.pending()) is not None:
+                q.status = "canceled"
+
+        def check_recharges(self, user: str) -> None:
+            m = self.model[user]
+            auth = keys.auth("service")
+            r = self.http.get(f"/v1/users/{user}/auto-recharge", headers=auth)
+            if m.rule is None:
+                assert (r.status_code, r.json()["code"]) == (404, "auto_recharge_not_found")
+            else:
+                rule, pending = r.json(), m.pending()
+                seen = (
+                    rule["threshold"],
+                    rule["amount"],
+                    rule["max_per_month"],
+                    rule["category"],
+                    rule["priority"],
+                    rule["expires_in_days"],
+                    rule["status"],
+                    rule["consecutive_failures"],
+                    rule["requested_this_month"],
+                    (rule["pending"] or {}).get("id"),
+                )
+                x = m.rule
+                expected = (
+                    x.threshold,
+                    x.amount,
+                    x.cap,
+                    x.category,
+                    x.priority,
+                    x.days,
+                    x.status,
+                    x.failures,
+                    m.requested_this_month(),
+                    pending.id if pending else None,
+                )
+                assert seen == expected, (user, seen, expected)
+            items = self.http.get(
+                f"/v1/users/{user}/recharges", params={"limit": 200}, headers=auth
+            ).json()["items"]
+            seen_requests = [(q["id"], q["amount"], q["status"]) for q in items]
+            expected_requests = [(q.id, q.amount, q.status) for q in reversed(m.requests)]
+            assert seen_requests == expected_requests, (user, seen_requests, expected_requests)
 
         def check(self, user: str) -> None:
             m = self.model[user]
@@ -587,6 +824,7 @@ def machine(model_server, keys, database_url):
                     limit.max_credits,
                     m.spent(limit, start),
                 ), (user, x)
+            self.check_recharges(user)
 
         @invariant()
         def touched_users_match(self):
@@ -627,6 +865,11 @@ def test_ledger_matches_its_model(machine, database_url) -> None:
             "limits added": STEPS.count("add_limit"),
             "charges refused by a limit": STEPS.count("limited"),
             "windows turned over mid-charge": STEPS.count("turned"),
+            "recharge rules set": STEPS.count("set_recharge"),
+            "top-ups asked": STEPS.count("asked"),
+            "fulfils": STEPS.count("fulfil"),
+            "failures": STEPS.count("fail"),
+            "rules suspended": STEPS.count("suspended"),
         },
     )
     assert STEPS.count("charge") >= 10 and "burst" in STEPS and "refund" in STEPS, {
@@ -634,3 +877,4 @@ def test_ledger_matches_its_model(machine, database_url) -> None:
     }
     assert "expire" in STEPS, STEPS
     assert "add_limit" in STEPS and "limited" in STEPS, {s: STEPS.count(s) for s in set(STEPS)}
+    assert {"asked", "fulfil", "fail"} <= set(STEPS), {s: STEPS.count(s) for s in set(STEPS)}
