@@ -12,8 +12,14 @@ checked, as the service calls ``sc_charge``. Per charge = (count at 1 200 charge
 at 200) ÷ 1 000, so the backend's start and stop cancel out. Counts repeat to within a
 few thousand instructions run after run, whatever else the machine does.
 
+Patterns: "spread" (users without limits), "limits" (a day limit for everyone and an hour
+limit of the charging member), "rule" (an auto-recharge rule, the balance far above its
+threshold) and "rule-capped" (a rule whose threshold the balance is below, this month's cap
+reached: the worst case, every charge runs the trigger's function and asks nothing). On a
+checkout without auto-recharge, "rule" and "rule-capped" charge the same users without one.
+
     uv run --group bench python bench/backend_instructions.py --a ../old-checkout --b .
-        [--rounds 2] [--patterns spread,limits]
+        [--rounds 2] [--patterns spread,limits,rule,rule-capped]
 """
 
 from __future__ import annotations
@@ -38,7 +44,14 @@ from bench.ab import checkouts_parser  # noqa: E402
 from bench.phases import log  # noqa: E402
 
 USERS = 300
-PATTERNS = ("spread", "limits")
+PATTERNS = ("spread", "limits", "rule", "rule-capped")
+# the users each pattern charges, and how (member, whether the user has limits)
+WHO = {
+    "spread": ("u", "NULL, false"),
+    "limits": ("l", "'ann', true"),
+    "rule": ("r", "NULL, false"),
+    "rule-capped": ("c", "NULL, false"),
+}
 FEW, MANY = 200, 1200
 
 
@@ -53,9 +66,26 @@ def seed_statements() -> list[str]:
         " sc_limit_create('l' || g, NULL, NULL, 'day', 1000000000)",
         f"SELECT count(*) FROM generate_series(1, {USERS}) g,"
         " sc_limit_create('l' || g, 'ann', NULL, 'hour', 1000000000)",
+        f"SELECT count({credit.format(who=repr('r'))}) FROM generate_series(1, {USERS}) g",
+        f"SELECT count({credit.format(who=repr('c'))}) FROM generate_series(1, {USERS}) g",
+        # where the checkout has auto-recharge: the r users' rules never ask; the c users'
+        # asked once (set while below), were fulfilled, and their cap of 1 is reached
+        f"""DO $$ BEGIN
+            IF to_regproc('sc_recharge_set') IS NOT NULL THEN
+                PERFORM sc_recharge_set('r' || g, 0, 1000, NULL, 'paid', 50, NULL)
+                FROM generate_series(1, {USERS}) g;
+                PERFORM sc_recharge_set('c' || g, 2000000000, 1, 1, 'paid', 50, NULL)
+                FROM generate_series(1, {USERS}) g;
+                PERFORM sc_recharge_fulfil(q.user_id, q.id, NULL)
+                FROM recharges q WHERE q.status = 'pending';
+            END IF;
+        END $$""",
         # every user charged once: the first charge makes the head
-        "SELECT count(sc_charge('u' || g, 'S', NULL, 1, NULL, NULL, NULL, 'kid', NULL, false))"
-        f" FROM generate_series(1, {USERS}) g",
+        *(
+            f"SELECT count(sc_charge('{who}' || g, 'S', NULL, 1, NULL, NULL, NULL, 'kid',"
+            f" NULL, false)) FROM generate_series(1, {USERS}) g"
+            for who in "urc"
+        ),
         "SELECT count(sc_charge('l' || g, 'S', NULL, 1, NULL, NULL, NULL, 'kid', 'ann', true))"
         f" FROM generate_series(1, {USERS}) g",
     ]
@@ -64,7 +94,7 @@ def seed_statements() -> list[str]:
 def script(charges: int, pattern: str) -> str:
     """``charges`` calls of sc_charge as the service makes them, one per line."""
     rng, prefix = random.Random(1), uuid.uuid4().hex[:8]
-    who, tail = ("l", "'ann', true") if pattern == "limits" else ("u", "NULL, false")
+    who, tail = WHO[pattern]
     lines = []
     for i in range(charges):
         key, digest = (f"'{prefix}-{i}'", "'\\x01'::bytea") if i % 2 else ("NULL", "NULL")
