@@ -419,9 +419,11 @@ async def test_bad_input_is_a_clear_4xx_and_changes_nothing(api: Api, db) -> Non
     await assert_reconciled(db)
 
 
-@pytest.fixture
-def two_workers(server_env):
-    server = AppServer(server_env, workers=2)
+@pytest.fixture(params=["batched", "one by one"])
+def two_workers(server_env, request):
+    """Two workers, their charges batched (the default) or each its own call."""
+    env = server_env | ({"CHARGE_BATCH_MAX": "1"} if request.param == "one by one" else {})
+    server = AppServer(env, workers=2)
     server.start()
     yield server
     server.stop()
