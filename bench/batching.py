@@ -1,7 +1,8 @@
-"""Charge batching against the ceiling, in one run: skill-credits with batching (as
-deployed), skill-credits with it off (`CHARGE_BATCH_MAX=1`) and the ceiling app (one
-statement per request, never batched), 1 and 2 workers each, in interleaved rounds (every
-other round in reverse order).
+"""Charge batching against the ceiling and the naive handler, in one run: skill-credits with
+batching (as deployed), skill-credits with it off (`CHARGE_BATCH_MAX=1`), the ceiling app
+(skill-credits' own charge statement per request, never batched) and the naive handler
+(bench/naive_app.py: what a team would write in an afternoon, on a minimal schema of its
+own), 1 and 2 workers each, in interleaved rounds (every other round in reverse order).
 
 Each round, on every target: 10 000 users at c=32, the one hot user at c=32, and 10 000
 users at c=1, half the charges keyed. Per point: charges/s, p50, p99; PostgreSQL's CPU per
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support.databases import create_keys, delete_prefix, drop_databases  # noqa: E402
 from tests.support.processes import AppServer, batch_size_histogram  # noqa: E402
 
-from bench.databases import PG, REDIS_URL, fresh_database  # noqa: E402
+from bench.databases import PG, REDIS_URL, fresh_database, naive_tables  # noqa: E402
 from bench.phases import cpu_seconds, load_env, log, warm_up, wrk  # noqa: E402
 from bench.servers import Target, plain  # noqa: E402
 
@@ -126,10 +127,12 @@ def main() -> None:
     prefix, name = f"bench_{run}:", f"sc_bench_batching_{run}"
     log("seeding the database")
     url = fresh_database(PG, name)
+    naive_tables(url)
     try:
         [token] = asyncio.run(create_keys(url, "service"))
         ceiling = {"DATABASE_URL": url, "BENCH_KEY_ID": token.split("_")[1]}
         sc_env = {"DATABASE_URL": url, "REDIS_URL": REDIS_URL, "REDIS_PREFIX": prefix}
+        naive = {"DATABASE_URL": url, "REDIS_URL": REDIS_URL}
         targets = []
         for workers in (1, 2):
             targets += [
@@ -142,6 +145,7 @@ def main() -> None:
                     AppServer(sc_env | {"CHARGE_BATCH_MAX": "1"}, workers, cwd=ROOT, quiet=True),
                 ),
                 plain("ceiling", "bench.ceiling_app", workers, ceiling),
+                plain("naive handler", "bench.naive_app", workers, naive),
             ]
         runs = measure(targets, token, args.seconds, args.rounds)
         result = {"runs": runs, "summary": summary(runs)}

@@ -75,6 +75,32 @@ def fresh_database(base: str, name: str, *, charged: bool = True) -> str:
     return url
 
 
+def naive_tables(url: str) -> None:
+    """The naive handler's own minimal schema in the bench's database (bench/naive_app.py;
+    the issue's naive_schema.sql with its tables prefixed): the bench's skill at cost 1 and
+    its users with their balances, so the same load charges both."""
+    asyncio.run(
+        execute(
+            url,
+            "DROP TABLE IF EXISTS naive_credit_transactions, naive_users, naive_skill_configs",
+            "CREATE TABLE naive_skill_configs (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
+            " name text UNIQUE NOT NULL, cost int NOT NULL,"
+            " is_active bool NOT NULL DEFAULT true, version int NOT NULL DEFAULT 1)",
+            "CREATE TABLE naive_users (id text PRIMARY KEY,"
+            " credits bigint NOT NULL CHECK (credits >= 0))",
+            "CREATE TABLE naive_credit_transactions ("
+            " id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
+            " user_id text NOT NULL REFERENCES naive_users (id), amount bigint NOT NULL,"
+            " type text NOT NULL, skill_id uuid, description text NOT NULL,"
+            " balance_after bigint NOT NULL, idempotency_key text,"
+            " created_at timestamptz NOT NULL DEFAULT now())",
+            "CREATE INDEX ON naive_credit_transactions (user_id, created_at DESC)",
+            f"INSERT INTO naive_skill_configs (name, cost) VALUES ('{SKILL}', 1)",
+            "INSERT INTO naive_users SELECT user_id, credits FROM users",
+        )
+    )
+
+
 async def _charge_each_once(url: str) -> None:
     async with connection(url) as conn:
         users = [f"bench_{n}" for n in range(USERS)] + ["bench_hot"]

@@ -24,6 +24,8 @@ RATIO_COLUMNS = (
     ("skill-credits 2w", "original 2w"),
     ("ceiling + Redis GET 1w", "ceiling 1w"),
     ("skill-credits 1w", "ceiling + Redis GET 1w"),
+    ("skill-credits 1w", "naive handler 1w"),
+    ("skill-credits 2w", "naive handler 2w"),
 )
 
 

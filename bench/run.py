@@ -32,7 +32,7 @@ from tests.support.databases import create_keys, delete_prefix, drop_databases  
 from tests.support.databases import problems as reconcile  # noqa: E402
 
 from bench import phases, report  # noqa: E402
-from bench.databases import PG, REDIS_URL, SKILL, fresh_database, skill_cache_key  # noqa: E402
+from bench.databases import PG, REDIS_URL, SKILL, fresh_database, naive_tables, skill_cache_key  # noqa: E402
 from bench.phases import RESULTS, log  # noqa: E402
 from bench.servers import Target, plain, skill_credits  # noqa: E402
 
@@ -115,6 +115,7 @@ def main() -> None:
 def measure(args: argparse.Namespace, prefix: str, sc_db: str, original_db: str, scale_db: str):
     log("seeding databases")
     sc_url = fresh_database(PG, sc_db)
+    naive_tables(sc_url)  # the naive handler's own tables, beside skill-credits' ones
     original_url = fresh_database(PG, original_db, charged=False)
     [token] = asyncio.run(create_keys(sc_url, "service"))
     bench_key = {"BENCH_KEY_ID": token.split("_")[1]}  # the ceiling's statement checks it
@@ -128,6 +129,7 @@ def measure(args: argparse.Namespace, prefix: str, sc_db: str, original_db: str,
 
     def targets() -> list[Target]:
         ceiling = {"DATABASE_URL": sc_url, **bench_key}
+        naive = {"DATABASE_URL": sc_url, "REDIS_URL": REDIS_URL}
         return [
             sc(1),
             sc(2),
@@ -141,6 +143,8 @@ def measure(args: argparse.Namespace, prefix: str, sc_db: str, original_db: str,
             ),
             original(1),
             original(2),
+            plain("naive handler", "bench.naive_app", 1, naive),
+            plain("naive handler", "bench.naive_app", 2, naive),
         ]
 
     if args.ratios_only:

@@ -39,6 +39,8 @@ DECLARE
     v_need bigint;
     v_now timestamptz;
     v_credits bigint;
+    v_available bigint;
+    v_below bigint;
     v_head uuid;
     v_head_free bigint;
     v_seq bigint;
@@ -81,10 +83,10 @@ BEGIN
       AND (p_api_key_id IS NULL OR EXISTS (SELECT 1 FROM api_keys a
                                            WHERE a.id = p_api_key_id
                                              AND a.revoked_at IS NULL))
-    RETURNING u.credits, u.head_grant, u.log_seq,
+    RETURNING u.credits, u.head_grant, u.log_seq, u.credits - u.reserved, u.recharge_below,
               c.id, c.name, c.display_name, c.description, c.cost, c.is_active,
               c.version, c.created_at, c.updated_at
-    INTO v_credits, v_head, v_seq,
+    INTO v_credits, v_head, v_seq, v_available, v_below,
          s.id, s.name, s.display_name, s.description, s.cost, s.is_active,
          s.version, s.created_at, s.updated_at;  -- every column of skills, in order
     IF FOUND THEN
@@ -105,6 +107,9 @@ BEGIN
                   unit_cost, description, NULL, NULL, sources, created_at, request_hash,
                   s, NULL, NULL, NULL, NULL, member, NULL, p_limited
         INTO r;
+        IF v_below IS NOT NULL AND v_available <= v_below AND v_need > 0 THEN
+            PERFORM sc_recharge_ask(p_user);  -- auto-recharge (recharges.sql)
+        END IF;
         RETURN r;
     END IF;
 
@@ -162,7 +167,8 @@ BEGIN
     UPDATE users SET credits = credits - v_need, head_taken = 0, head_grant = v_head,
                      head_free = v_head_free, log_seq = log_seq + 1
     WHERE user_id = p_user
-    RETURNING credits, log_seq INTO v_credits, v_seq;
+    RETURNING credits, log_seq, credits - reserved, recharge_below
+    INTO v_credits, v_seq, v_available, v_below;
     -- a user with limits counts at the instant the limits were checked at
     v_now := CASE WHEN facts.limited THEN v_now ELSE clock_timestamp() END;
     INSERT INTO transactions (id, seq, user_id, type, amount, balance_after, skill_id, skill,
@@ -173,6 +179,9 @@ BEGIN
     RETURNING * INTO t;
     IF facts.limited THEN
         PERFORM sc_count(p_user, p_member, s.id, v_need, v_now, v_now);
+    END IF;
+    IF v_below IS NOT NULL AND v_available <= v_below AND v_need > 0 THEN
+        PERFORM sc_recharge_ask(p_user);  -- auto-recharge (recharges.sql)
     END IF;
     r := sc_tx_out('written', t);
     r.sk := s;

@@ -17,6 +17,8 @@ DECLARE
     v_credits bigint;
     v_seq bigint;
     v_sources jsonb;
+    v_available bigint;
+    v_below bigint;
 BEGIN
     v_known := sc_lock(p_user);
     IF NOT v_known AND p_amount > 0 THEN
@@ -42,12 +44,16 @@ BEGIN
                      next_due = least(next_due, CASE WHEN p_amount > 0 THEN p_expires_at END),
                      log_seq = log_seq + 1
     WHERE user_id = p_user
-    RETURNING credits, log_seq INTO v_credits, v_seq;
+    RETURNING credits, log_seq, credits - reserved, recharge_below
+    INTO v_credits, v_seq, v_available, v_below;
     INSERT INTO transactions (id, seq, user_id, type, amount, balance_after, description,
                               idempotency_key, request_hash, grant_id, sources)
     VALUES (sc_id(p_user), v_seq, p_user, p_type, p_amount, v_credits, p_description, p_key, p_hash,
             v_grant, v_sources)
     RETURNING * INTO t;
+    IF v_below IS NOT NULL AND v_available <= v_below AND p_amount < 0 THEN
+        PERFORM sc_recharge_ask(p_user);  -- auto-recharge (recharges.sql)
+    END IF;
     IF v_grant IS NOT NULL THEN
         INSERT INTO grants (id, user_id, transaction_id, category, priority, amount,
                             remaining, expires_at)
@@ -79,6 +85,8 @@ DECLARE
     v_seq bigint;
     v_due timestamptz;
     v_counted_at timestamptz;
+    v_available bigint;
+    v_below bigint;
 BEGIN
     IF sc_lock(p_user) THEN
         SELECT * INTO o FROM transactions WHERE user_id = p_user AND id = p_tx;
@@ -144,9 +152,13 @@ BEGIN
     IF v_lapsed_total > 0 THEN
         UPDATE users SET credits = credits - v_lapsed_total, log_seq = log_seq + 1
         WHERE user_id = p_user
-        RETURNING credits, log_seq INTO v_credits, v_seq;
+        RETURNING credits, log_seq, credits - reserved, recharge_below
+        INTO v_credits, v_seq, v_available, v_below;
         INSERT INTO transactions (id, seq, user_id, type, amount, balance_after, sources)
         VALUES (sc_id(p_user), v_seq, p_user, 'EXPIRY', -v_lapsed_total, v_credits, v_lapsed);
+        IF v_below IS NOT NULL AND v_available <= v_below THEN
+            PERFORM sc_recharge_ask(p_user);  -- auto-recharge (recharges.sql)
+        END IF;
     END IF;
     RETURN sc_tx_out('written', t);
 END $$;

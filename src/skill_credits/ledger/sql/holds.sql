@@ -21,6 +21,8 @@ DECLARE
     v_now timestamptz;
     v_limited boolean;
     v_sources jsonb;
+    v_available bigint;
+    v_below bigint;
 BEGIN
     v_found := sc_lock(p_user);
     IF p_key IS NOT NULL THEN
@@ -66,7 +68,11 @@ BEGIN
     END IF;
     UPDATE users SET reserved = reserved + v_need, hold_seq = hold_seq + 1,
                      next_due = least(next_due, v_until)
-    WHERE user_id = p_user;
+    WHERE user_id = p_user
+    RETURNING credits - reserved, recharge_below INTO v_available, v_below;
+    IF v_below IS NOT NULL AND v_available <= v_below AND v_need > 0 THEN
+        PERFORM sc_recharge_ask(p_user);  -- auto-recharge (recharges.sql)
+    END IF;
     RETURN sc_skill_out(sc_hold_out('written', h), s);
 END $$;
 
@@ -98,6 +104,8 @@ DECLARE
     v_seq bigint;
     v_sources jsonb;
     v_now timestamptz;
+    v_available bigint;
+    v_below bigint;
 BEGIN
     h := sc_hold_of(p_user, p_hold);
     r := sc_answer(p_user, p_key, CASE WHEN h.id IS NULL THEN 'hold_not_found' END);
@@ -133,7 +141,11 @@ BEGIN
     UPDATE users SET credits = credits - v_need, reserved = reserved - h.amount,
                      hold_seq = hold_seq + 1, log_seq = log_seq + 1
     WHERE user_id = p_user
-    RETURNING credits, log_seq INTO v_credits, v_seq;
+    RETURNING credits, log_seq, credits - reserved, recharge_below
+    INTO v_credits, v_seq, v_available, v_below;
+    IF v_below IS NOT NULL AND v_available <= v_below AND v_need > 0 THEN
+        PERFORM sc_recharge_ask(p_user);  -- auto-recharge (recharges.sql)
+    END IF;
     v_now := clock_timestamp();
     INSERT INTO transactions (id, seq, user_id, type, amount, balance_after, skill_id, skill,
                               units, unit_cost, description, idempotency_key, request_hash,

@@ -1,13 +1,16 @@
 -- Auto-recharge: a rule per user, and the top-ups it asks the host for, exactly once.
 --
 -- users.recharge_below is the rule's threshold while a request may be made (the rule
--- active, none pending), else NULL. The trigger users_recharge fires after an UPDATE of a
--- user's credits or reserved whose WHEN clause finds available (credits - reserved) at or
--- below it after a decrease (a charge, hold, capture, negative adjustment or expiry): the
--- request is made in the transaction of that change, under the user's row lock that every
--- write of the user's holds, so at most one is ever pending and the monthly cap is checked
--- against every request the user has. A user without a rule (recharge_below NULL) pays the
--- WHEN clause alone. Credits and releases never ask (they raise available).
+-- active, none pending), else NULL. Every function that lowers a user's credits or raises
+-- what they have reserved (sc_charge, sc_hold, sc_capture, sc_credit below 0, sc_refund's
+-- lapsed part, sc_expire's grants) has its UPDATE of the user's row return available
+-- (credits - reserved) and recharge_below, and calls sc_recharge_ask when available is at
+-- or below it: the request is made in the transaction of that change, under the user's
+-- row lock that every write of the user holds, so at most one is ever pending and the
+-- monthly cap is checked against every request the user has. A user without a rule pays
+-- one test of a NULL. (Not a trigger: a trigger's WHEN clause is read and compiled again
+-- by every UPDATE of users, about 57 000 instructions a charge; BENCHMARKS.md.) Credits
+-- and releases never ask (they raise available).
 
 -- A request as the API shows it (also the data of its events).
 CREATE OR REPLACE FUNCTION sc_recharge_json(q recharges) RETURNS jsonb
@@ -53,7 +56,8 @@ BEGIN
         'updated_at', to_char(r.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'));
 END $$;
 
--- Ask for a top-up if the rule says so, for a user the caller has locked: the rule active,
+-- Ask for a top-up if the rule says so, for a user the caller has locked (after a change that
+-- left available at or below recharge_below, or as the rule is set): the rule active,
 -- none pending, available at or below the threshold, and the month's cap not passed. The
 -- request and its event are written here; recharge_below is cleared while it is pending.
 -- The request expires 24 hours on (sc_expire), like a hold.
@@ -108,19 +112,6 @@ BEGIN
     UPDATE users SET recharge_below = v_below
     WHERE user_id = p_user AND recharge_below IS DISTINCT FROM v_below;
 END $$;
-
-CREATE OR REPLACE FUNCTION skill_credits_recharge() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM sc_recharge_ask(NEW.user_id);
-    RETURN NULL;
-END $$;
-
-CREATE OR REPLACE TRIGGER users_recharge AFTER UPDATE OF credits, reserved ON users
-FOR EACH ROW
-WHEN (NEW.recharge_below IS NOT NULL
-      AND NEW.credits - NEW.reserved <= NEW.recharge_below
-      AND (NEW.credits < OLD.credits OR NEW.reserved > OLD.reserved))
-EXECUTE FUNCTION skill_credits_recharge();
 
 -- PUT /v1/users/{id}/auto-recharge: sets or replaces the rule, active, its failures
 -- cleared; asks at once if available already is at or below the threshold. NULL for an

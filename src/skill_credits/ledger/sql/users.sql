@@ -112,6 +112,8 @@ DECLARE
     v_credits bigint;
     v_seq bigint;
     v_due timestamptz;
+    v_available bigint;
+    v_below bigint;
 BEGIN
     -- a top-up asked 24 hours ago and still pending no longer blocks the next one
     UPDATE recharges SET status = 'expired', resolved_at = expires_at
@@ -140,10 +142,14 @@ BEGIN
         WHERE user_id = p_user AND id = g.id;
         UPDATE users SET credits = credits - g.remaining, log_seq = log_seq + 1
         WHERE user_id = p_user
-        RETURNING credits, log_seq INTO v_credits, v_seq;
+        RETURNING credits, log_seq, credits - reserved, recharge_below
+        INTO v_credits, v_seq, v_available, v_below;
         INSERT INTO transactions (id, seq, user_id, type, amount, balance_after, sources)
         VALUES (sc_id(p_user), v_seq, p_user, 'EXPIRY', -g.remaining, v_credits,
                 jsonb_build_array(jsonb_build_object('grant_id', g.id, 'amount', g.remaining)));
+        IF v_below IS NOT NULL AND v_available <= v_below AND g.remaining > 0 THEN
+            PERFORM sc_recharge_ask(p_user);  -- auto-recharge (recharges.sql)
+        END IF;
     END LOOP;
 
     v_due := sc_next_due(p_user);

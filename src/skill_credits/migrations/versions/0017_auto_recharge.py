@@ -4,12 +4,12 @@
 - ``recharges``: each top-up asked of the host; at most one ``pending`` per user (a unique
   index, the last line of defence behind the user's lock).
 - ``users.recharge_below``: the rule's threshold while a change that leaves ``available``
-  at or below it would ask (NULL otherwise): the trigger's WHEN clause reads it, so a user
-  without a rule pays nothing for the feature.
+  at or below it would ask (NULL otherwise): every function that lowers the balance reads
+  it back from its UPDATE, so a user without a rule pays one test of a NULL.
 - ``events``: three more types (``balance.recharge_requested``, ``_fulfilled``,
   ``_suspended``).
 
-The functions and the trigger come from ``ledger/sql/recharges.sql`` when the upgrade
+The functions come from ``ledger/sql/recharges.sql`` when the upgrade
 reaches head, in the same transaction. On Citus, ``citus.sql`` puts the new tables with the
 user's rows.
 
@@ -87,8 +87,6 @@ UPGRADE = [
 ]
 
 DOWNGRADE = [
-    "DROP TRIGGER IF EXISTS users_recharge ON users",
-    "DROP FUNCTION IF EXISTS skill_credits_recharge()",
     "DROP FUNCTION IF EXISTS sc_recharge_ask(text)",
     "DROP FUNCTION IF EXISTS sc_recharge_json(recharges)",
     "DROP FUNCTION IF EXISTS sc_recharge_rule_json(text)",
