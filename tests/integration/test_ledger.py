@@ -331,8 +331,14 @@ async def test_charges_beyond_the_pool_answer_503_in_time_and_change_nothing(
     """Every hot-path connection stuck behind a row lock: the next charge waits at most
     the pool timeout, answers 503, and writes nothing; the stuck ones finish after."""
     pool_size = 2
-    # the default wait for a connection (1.9 s), which the cluster suites raise
-    env = server_env | {"DB_FAST_POOL_SIZE": str(pool_size), "DB_POOL_TIMEOUT": "1.9"}
+    # the default wait for a connection (1.9 s), which the cluster suites raise; each charge
+    # its own call (on a busy machine two batched ones could share one connection, leaving
+    # the late one a connection that waits on the lock instead of the pool)
+    env = server_env | {
+        "DB_FAST_POOL_SIZE": str(pool_size),
+        "DB_POOL_TIMEOUT": "1.9",
+        "CHARGE_BATCH_MAX": "1",
+    }
     server = AppServer(env, workers=1)
     server.start()
     try:
