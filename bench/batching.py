@@ -6,7 +6,8 @@ own), 1 and 2 workers each, in interleaved rounds (every other round in reverse 
 
 Each round, on every target: 10 000 users at c=32, the one hot user at c=32, and 10 000
 users at c=1, half the charges keyed. Per point: charges/s, p50, p99; PostgreSQL's CPU per
-charge (user + system time of every PostgreSQL process, from /proc, over the charges made);
+charge (user + system time of every PostgreSQL process, from /proc, over the charges made)
+and the server's (its process group: the server and its workers);
 for skill-credits, the sizes of the batches it sent (its /metrics histogram). Medians over
 the rounds; ratios between medians.
 
@@ -73,14 +74,17 @@ def measure(targets: list[Target], token: str, seconds: float, rounds: int) -> d
                     counted = target.name.startswith("skill-credits")
                     before = batch_histogram(server.url) if counted else {}
                     cpu = cpu_seconds(command="postgres")
+                    own = cpu_seconds(group=server.proc.pid)  # the server and its workers
                     r = wrk(server.url, c, seconds, **load_env(token, pattern, True))
                     cpu = cpu_seconds(command="postgres") - cpu
+                    own = cpu_seconds(group=server.proc.pid) - own
                     point = {
                         "rate": r["rate"],
                         "p50_ms": r["p50"] / 1000,
                         "p99_ms": r["p99"] / 1000,
                         "statuses": r["statuses"],
                         "pg_cpu_us": cpu / max(r["requests"], 1) * 1e6,
+                        "server_cpu_us": own / max(r["requests"], 1) * 1e6,
                     }
                     if counted:
                         point["batches"] = batches(before, batch_histogram(server.url))
@@ -103,7 +107,7 @@ def summary(runs: dict) -> dict:
         for point, values in points.items():
             row = {
                 field: statistics.median(v[field] for v in values)
-                for field in ("rate", "p50_ms", "p99_ms", "pg_cpu_us")
+                for field in ("rate", "p50_ms", "p99_ms", "pg_cpu_us", "server_cpu_us")
             }
             if "batches" in values[0]:
                 row["mean_batch"] = statistics.median(v["batches"]["mean"] for v in values)
@@ -157,6 +161,7 @@ def main() -> None:
                 print(
                     f"{target:34} {point:13} {row['rate']:7.0f}/s p50 {row['p50_ms']:6.2f}"
                     f" p99 {row['p99_ms']:7.2f} ms  pg {row['pg_cpu_us']:5.0f} µs/charge"
+                    f" server {row['server_cpu_us']:5.0f} µs/charge"
                     f"{extra} {row['statuses']}"
                 )
     finally:
