@@ -54,20 +54,17 @@ def encode_time_cursor(at: datetime, seq: int) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_time_cursor(cursor: str) -> tuple[datetime, int] | int | None:
-    """An instant and a seq; a bare seq for a cursor of the feed's former order (it ran by
-    seq alone), so a client paging across an upgrade goes on; None for anything else."""
+def decode_time_cursor(cursor: str) -> tuple[datetime, int] | None:
+    """The instant and the seq of a cursor ``encode_time_cursor`` made; None for anything
+    else."""
     raw = _raw(cursor)
-    if raw is None:
+    match = _TIME_CURSOR.fullmatch(raw) if raw is not None else None
+    if match is None or int(match[2]) > MAX_INT64:
         return None
-    if (match := _TIME_CURSOR.fullmatch(raw)) is None:
-        return decode_cursor(cursor)
     try:
-        at = _EPOCH + int(match[1]) * _MICROSECOND
+        return _EPOCH + int(match[1]) * _MICROSECOND, int(match[2])
     except OverflowError:
         return None
-    seq = int(match[2])
-    return (at, seq) if seq <= MAX_INT64 else None
 
 
 _ID_CURSOR = re.compile(r"i([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")

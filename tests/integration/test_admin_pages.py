@@ -67,6 +67,8 @@ HOSTILE_FORMS = [
     ("/admin/transactions/{tx}/refund", "user_id={user}&idem=%00", "idem"),
     ("/admin/transactions/{tx}/refund", "user_id={user}&description=a%00b", "description"),
     ("/admin/transactions/{tx}/refund", "user_id={user}&description=%ED%A0%80", "description"),
+    ("/admin/users/{user}/auto-recharge", "threshold=1%00&amount=5", "threshold"),
+    ("/admin/users/{user}/auto-recharge", "threshold=1&amount=5&category=%FF", "category"),
     ("/admin/login", "api_key=sck_%00", "api_key"),
 ]
 

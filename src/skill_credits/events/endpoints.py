@@ -19,7 +19,7 @@ from skill_credits.events.schemas import (
     ThresholdIn,
 )
 from skill_credits.openapi import BODY, PathUserId, documented, optional_string
-from skill_credits.pagination import decode_time_cursor
+from skill_credits.pagination import decode_cursor, decode_time_cursor
 from skill_credits.validation import USER_ID_RE, anchored, path_user_id
 
 Db = NamedDependency[Database]
@@ -49,8 +49,10 @@ class EventController(Controller):
             ),
         ] = None,
     ) -> EventPage:
-        before = None
-        if cursor is not None and (before := decode_time_cursor(cursor)) is None:
+        # a bare seq: a cursor of the feed's former order, so a client paging across the
+        # upgrade goes on
+        before = (decode_time_cursor(cursor) or decode_cursor(cursor)) if cursor else None
+        if cursor is not None and before is None:
             raise errors.validation_error("cursor", "is not a cursor this API returned")
         if event_type is not None and event_type not in EVENT_TYPES:
             raise errors.validation_error("type", f"must be one of {', '.join(EVENT_TYPES)}")

@@ -41,7 +41,8 @@ async def page(
 ) -> tuple[list[Event], str | None]:
     """Newest first by the instant each was written, ties by ``seq`` (on Citus every node
     numbers its events from its own range). ``event_type``: one type, any of several, or
-    None for every type; ``before``: a ``decode_time_cursor`` result."""
+    None for every type; ``before``: an instant and a seq, or a bare seq (a cursor of the
+    feed's former order)."""
     rows, next_cursor = await time_page(
         conn, "all_events", EVENT_COLUMNS, {"type": event_type, "user_id": user_id}, before, limit
     )

@@ -79,16 +79,14 @@ class AutoRechargeController(Controller):
         ] = None,
     ) -> RechargePage:
         path_user_id(user_id)
-        before = decode_time_cursor(cursor) if cursor is not None else None
-        if cursor is not None and not isinstance(before, tuple):
+        before = None
+        if cursor is not None and (before := decode_time_cursor(cursor)) is None:
             raise errors.validation_error("cursor", "is not a cursor this API returned")
         if status is not None and status not in RECHARGE_STATUSES:
             raise errors.validation_error(
                 "status", f"must be one of {', '.join(RECHARGE_STATUSES)}"
             )
-        items, next_cursor = await service.of_user(
-            db, user_id, status, before if isinstance(before, tuple) else None, limit
-        )
+        items, next_cursor = await service.of_user(db, user_id, status, before, limit)
         return RechargePage(items, next_cursor)
 
 

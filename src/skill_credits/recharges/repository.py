@@ -90,7 +90,7 @@ async def page(
     conn: Connection,
     user_id: str,
     status: str | None,
-    before: tuple[datetime, int] | int | None,
+    before: tuple[datetime, int] | None,
     limit: int,
 ) -> tuple[list[Recharge], str | None]:
     """The user's requests, newest first."""

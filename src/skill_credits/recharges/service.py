@@ -7,7 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from skill_credits import errors
-from skill_credits.db import Database
+from skill_credits.db import Connection, Database
+from skill_credits.db.shards import ShardMap
 from skill_credits.ledger import repository as ledger_repo
 from skill_credits.ledger.service import Written, call_outcome
 from skill_credits.recharges import repository as repo
@@ -51,10 +52,9 @@ async def delete_rule(db: Database, user_id: str) -> None:
         raise errors.auto_recharge_not_found(user_id)
 
 
-async def _owner(db: Database, recharge_id: str) -> str:
-    shards = await db.shard_map()
-    async with db.connect() as conn:
-        user_id = await ledger_repo.user_of(conn, "recharges", recharge_id, shards)
+async def _owner(conn: Connection, recharge_id: str, shards: ShardMap | None) -> str:
+    """The user of the request (on Citus, asked of the node its id names)."""
+    user_id = await ledger_repo.user_of(conn, "recharges", recharge_id, shards)
     if user_id is None:
         raise errors.recharge_not_found(recharge_id)
     return user_id
@@ -62,8 +62,9 @@ async def _owner(db: Database, recharge_id: str) -> str:
 
 async def get(db: Database, recharge_id: str) -> Recharge:
     """The request as of now (one pending for 24 hours reads expired)."""
-    user_id = await _owner(db, recharge_id)
+    shards = await db.shard_map()
     async with db.connect() as conn:
+        user_id = await _owner(conn, recharge_id, shards)
         recharge = await repo.get(conn, user_id, recharge_id)
     if recharge is None:
         raise errors.recharge_not_found(recharge_id)
@@ -85,8 +86,9 @@ async def of_user(
 
 async def fulfil(db: Database, recharge_id: str, reference: str | None) -> Written:
     """The purchase; a repeat answers it again (replayed), whatever its reference."""
-    user_id = await _owner(db, recharge_id)
+    shards = await db.shard_map()
     async with db.connect() as conn:
+        user_id = await _owner(conn, recharge_id, shards)
         row = await call_outcome(repo.fulfil(conn, user_id, recharge_id, reference))
     if row.outcome in ("written", "replay"):
         return Written(ledger_repo.transaction_from_row(row), replayed=row.outcome == "replay")
@@ -99,8 +101,9 @@ async def fulfil(db: Database, recharge_id: str, reference: str | None) -> Writt
 
 async def fail(db: Database, recharge_id: str, reason: str) -> Recharge:
     """The request, failed (a repeat changes nothing and answers it as it is)."""
-    user_id = await _owner(db, recharge_id)
+    shards = await db.shard_map()
     async with db.connect() as conn:
+        user_id = await _owner(conn, recharge_id, shards)
         row = await repo.fail(conn, user_id, recharge_id, reason)
     if row.outcome in ("written", "repeat"):
         return repo.recharge_from_json(row.req)

@@ -12,15 +12,20 @@
 -- by every UPDATE of users, about 57 000 instructions a charge; BENCHMARKS.md.) Credits
 -- and releases never ask (they raise available).
 
+-- An instant as the API writes it, RFC 3339 in UTC whatever the session's time zone (the
+-- JSON of a request is also the data of its events, sent as it is).
+CREATE OR REPLACE FUNCTION sc_utc(p_at timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+$$;
+
 -- A request as the API shows it (also the data of its events).
 CREATE OR REPLACE FUNCTION sc_recharge_json(q recharges) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
     SELECT jsonb_build_object(
         'id', q.id, 'user_id', q.user_id, 'amount', q.amount, 'status', q.status,
         'reference', q.reference, 'reason', q.reason, 'transaction_id', q.transaction_id,
-        'created_at', to_char(q.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-        'resolved_at', to_char(q.resolved_at AT TIME ZONE 'UTC',
-                               'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+        'created_at', sc_utc(q.created_at), 'resolved_at', sc_utc(q.resolved_at))
 $$;
 
 -- The credits of this calendar month's (UTC) requests that are pending or fulfilled.
@@ -53,7 +58,7 @@ BEGIN
         'expires_in_days', r.expires_in_days, 'status', r.status,
         'requested_this_month', v_month, 'consecutive_failures', r.consecutive_failures,
         'pending', CASE WHEN q.id IS NOT NULL THEN sc_recharge_json(q) END,
-        'updated_at', to_char(r.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'));
+        'updated_at', sc_utc(r.updated_at));
 END $$;
 
 -- Ask for a top-up if the rule says so, for a user the caller has locked (after a change that

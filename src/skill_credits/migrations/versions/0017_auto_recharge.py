@@ -89,6 +89,8 @@ UPGRADE = [
 DOWNGRADE = [
     "DROP FUNCTION IF EXISTS sc_recharge_ask(text)",
     "DROP FUNCTION IF EXISTS sc_recharge_json(recharges)",
+    "DROP FUNCTION IF EXISTS sc_utc(timestamptz)",
+    "DROP FUNCTION IF EXISTS sc_recharge_month(text)",
     "DROP FUNCTION IF EXISTS sc_recharge_rule_json(text)",
     "DROP FUNCTION IF EXISTS sc_recharge_rearm(text)",
     "DROP FUNCTION IF EXISTS sc_recharge_set(text, bigint, bigint, bigint, text, integer, integer)",
